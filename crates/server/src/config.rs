@@ -1,0 +1,220 @@
+//! The TOML configuration, parsed in two steps: raw serde structs that reject
+//! unknown keys and modes, then [`Config::validate`], which fills defaults,
+//! checks values against each other and names the listener and key at fault.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+
+use crate::registry::ListenerConfig;
+
+/// The config the server runs when given no `--config`: loopback only.
+pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
+
+/// A whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Settings of the process as a whole.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// The listeners, each in a registered mode.
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// How long shutdown waits for connections to finish before it exits.
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            drain_timeout: default_drain_timeout(),
+        }
+    }
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// Parses and validates `text`, read from `origin` (used in messages).
+    ///
+    /// # Errors
+    ///
+    /// A message that names `origin`, the listener and the key at fault.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        let config: Self =
+            toml::from_str(text).with_context(|| format!("{origin}: invalid configuration"))?;
+        config
+            .validate()
+            .with_context(|| format!("{origin}: invalid configuration"))?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates the file at `path`.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read or is not a valid configuration.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default configuration.
+    ///
+    /// # Errors
+    ///
+    /// Never in a released build: a unit test checks the embedded text.
+    pub fn embedded_default() -> anyhow::Result<Self> {
+        Self::parse(DEFAULT_CONFIG, "embedded default config")
+    }
+
+    /// Checks every listener before any binds.
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.listeners.is_empty() {
+            bail!(
+                "no [[listener]]: add at least one, e.g. mode = \"crc-tcp\", bind = \"127.0.0.1:51314\""
+            );
+        }
+        let mut names = HashSet::new();
+        let mut binds = HashSet::new();
+        let mut paths: HashSet<PathBuf> = HashSet::new();
+        for (index, listener) in self.listeners.iter().enumerate() {
+            let name = listener.name(index);
+            let at = format!("listener[{index}] ({name})");
+            if !names.insert(name.clone()) {
+                bail!("{at}: name: another listener is already called {name:?}");
+            }
+            let bind = listener.bind();
+            if bind.port() != 0 && !binds.insert(bind) {
+                bail!("{at}: bind: {bind} is already used by another listener");
+            }
+            listener.validate().with_context(|| at.clone())?;
+            if let Some(path) = listener.sink_path()
+                && !paths.insert(path.to_path_buf())
+            {
+                bail!(
+                    "{at}: handler.path: {} is already the file sink of another listener",
+                    path.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A value in the config that failed a check: the key and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct InvalidValue {
+    /// The key, as written in the file (e.g. `max_frame_size`).
+    pub key: &'static str,
+    /// What is wrong and what would be valid.
+    pub reason: String,
+}
+
+/// Shorthand for an [`InvalidValue`] error.
+pub fn invalid(key: &'static str, reason: impl Into<String>) -> anyhow::Error {
+    InvalidValue {
+        key,
+        reason: reason.into(),
+    }
+    .into()
+}
+
+/// Whether `addr` is a loopback address.
+#[must_use]
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        format!("{:#}", Config::parse(text, "test.toml").unwrap_err())
+    }
+
+    #[test]
+    fn embedded_default_is_valid_and_loopback_only() {
+        let config = Config::embedded_default().unwrap();
+        assert!(!config.listeners.is_empty());
+        for listener in &config.listeners {
+            assert!(
+                is_loopback(&listener.bind()),
+                "{:?} binds {}",
+                listener.mode(),
+                listener.bind()
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_an_unknown_mode_and_lists_the_valid_ones() {
+        let message = error_of("[[listener]]\nmode = \"udp\"\nbind = \"127.0.0.1:1\"\n");
+        assert!(message.contains("test.toml"), "{message}");
+        assert!(
+            message.contains("udp") && message.contains("crc-tcp") && message.contains("socks5"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rejects_an_unknown_key_and_names_it() {
+        let message =
+            error_of("[[listener]]\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:1\"\nmax_frame = 5\n");
+        assert!(
+            message.contains("max_frame") && message.contains("max_frame_size"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rejects_a_bad_address() {
+        let message = error_of("[[listener]]\nmode = \"crc-tcp\"\nbind = \"localhost\"\n");
+        assert!(
+            message.contains("bind") || message.contains("socket address"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rejects_a_bad_value_and_names_listener_and_key() {
+        let message = error_of(
+            "[[listener]]\nname = \"ingest\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:1\"\nmax_frame_size = 3\n",
+        );
+        assert!(
+            message.contains("listener[0] (ingest)") && message.contains("max_frame_size"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn rejects_two_listeners_with_one_name() {
+        let text = "[[listener]]\nname = \"a\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:1\"\n\
+                    [[listener]]\nname = \"a\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:2\"\n";
+        assert!(error_of(text).contains("listener[1] (a): name"));
+    }
+
+    #[test]
+    fn rejects_a_config_without_listeners() {
+        assert!(error_of("listener = []\n").contains("no [[listener]]"));
+    }
+}

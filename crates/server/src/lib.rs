@@ -1,0 +1,137 @@
+//! The `server` binary's library: configuration, the mode registry, the
+//! listeners and graceful shutdown. [`Server::bind`] then [`Server::run`]
+//! (or [`run`]) starts every listener of a [`Config`] in-process, which is
+//! how the integration tests drive it.
+//!
+//! Modules: [`config`] (TOML, validated before anything binds), [`registry`]
+//! (one variant per mode), `listener` (bind, accept, connection limits),
+//! [`modes`] (`crc-tcp`, `socks5`), [`sinks`] (the file sink), [`shutdown`]
+//! (signals). Left out on purpose: wire formats, which live in `proto` and
+//! `socks5`.
+
+pub mod config;
+mod listener;
+pub mod modes;
+pub mod registry;
+pub mod shutdown;
+pub mod sinks;
+
+pub use config::Config;
+pub use registry::MODES;
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+use crate::registry::{Common, Service};
+
+/// Every listener of a config, bound and ready to serve.
+pub struct Server {
+    listeners: Vec<Bound>,
+    drain_timeout: std::time::Duration,
+}
+
+struct Bound {
+    common: Common,
+    mode: &'static str,
+    service: Service,
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Builds every listener's service and binds every address; nothing is
+    /// served until [`Server::run`]. Logs `listening` with each address.
+    ///
+    /// # Errors
+    ///
+    /// When a listener cannot be built or bound; the message names it.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for (index, listener_config) in config.listeners.iter().enumerate() {
+            let (common, service) = listener_config.build(index)?;
+            let listener = listener::bind(&common)?;
+            let addr = listener
+                .local_addr()
+                .with_context(|| format!("listener {}: no local address", common.name))?;
+            let mode = listener_config.mode();
+            info!(listener = %common.name, mode, %addr, max_connections = common.max_connections, "listening");
+            listeners.push(Bound {
+                common,
+                mode,
+                service,
+                listener,
+                addr,
+            });
+        }
+        Ok(Self {
+            listeners,
+            drain_timeout: config.server.drain_timeout,
+        })
+    }
+
+    /// The name and bound address of each listener, in config order.
+    #[must_use]
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|b| (b.common.name.clone(), b.addr))
+            .collect()
+    }
+
+    /// Serves until `shutdown` fires, then stops accepting, lets connections
+    /// finish the frames in hand for up to the drain timeout, and flushes and
+    /// syncs every file sink.
+    ///
+    /// # Errors
+    ///
+    /// Reserved for failures of the server as a whole; today it always ends `Ok`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        let accept_loops = TaskTracker::new();
+        let mut services = Vec::with_capacity(self.listeners.len());
+        for bound in self.listeners {
+            services.push(bound.service.clone());
+            accept_loops.spawn(listener::accept_loop(
+                bound.listener,
+                bound.common,
+                bound.mode,
+                bound.service,
+                shutdown.child_token(),
+                tasks.clone(),
+            ));
+        }
+        accept_loops.close();
+        shutdown.cancelled().await;
+        info!(drain_timeout = ?self.drain_timeout, "shutting down: no new connections, finishing those in flight");
+        accept_loops.wait().await;
+        tasks.close();
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        if tokio::time::timeout_at(deadline, tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                remaining = tasks.len(),
+                "drain timeout passed; closing the remaining connections"
+            );
+        }
+        for service in services {
+            service.finish().await;
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Binds every listener of `config` and serves until `shutdown` fires.
+///
+/// # Errors
+///
+/// See [`Server::bind`] and [`Server::run`].
+pub async fn run(config: &Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Server::bind(config).await?.run(shutdown).await
+}

@@ -1,0 +1,519 @@
+//! `crc-tcp`: receives frames (PROTOCOL.md), verifies each CRC, hands the
+//! accepted ones to a handler and, when `ack = true`, answers every frame.
+//!
+//! Each connection reads into one buffer and takes every complete frame in
+//! it as a batch: the handler sees the batch at once (a file sink writes and
+//! syncs it with one call), then the acks of the whole batch go out in one
+//! write, in order. A header that can never be valid gets its NACK and the
+//! connection closes; a CRC mismatch gets NACK 1 and the connection goes on.
+
+use std::{
+    net::SocketAddr,
+    ops::Range,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use bytes::{Buf, BytesMut};
+use proto::{Ack, AckStatus, Decoded, FrameRef, HEADER_LEN, Limits, decode_frame, encode_ack};
+use serde::Deserialize;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    time::{Instant, timeout, timeout_at},
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{Level, debug, event, warn};
+
+use crate::{
+    config::invalid,
+    registry::Common,
+    sinks::file::{FileSink, SyncPolicy},
+};
+
+/// The `[[listener]]` keys of `mode = "crc-tcp"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrcTcpConfig {
+    /// Name in logs (default `crc-tcp[INDEX]`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// Answer every frame with an ack (PROTOCOL.md, "Acknowledgements").
+    #[serde(default = "yes")]
+    pub ack: bool,
+    /// What happens to accepted frames.
+    #[serde(default)]
+    pub handler: HandlerConfig,
+    /// Largest `body_size` accepted, in bytes (default 16 MiB).
+    #[serde(default = "default_max_frame_size")]
+    pub max_frame_size: u32,
+    /// Accept frames without a checksum (`crc_size = 0`).
+    #[serde(default)]
+    pub allow_no_crc: bool,
+    /// Connections served at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Close a connection that sends nothing between frames for this long.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Close a connection whose frame has started but not finished within this.
+    #[serde(default = "default_frame_timeout", with = "humantime_serde")]
+    pub frame_timeout: Duration,
+    /// Close a connection that does not take our acks or echoes within this.
+    #[serde(default = "default_write_timeout", with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// Set `SO_REUSEPORT`, so several processes can share the port.
+    #[serde(default)]
+    pub reuse_port: bool,
+}
+
+/// The `handler` table of a `crc-tcp` listener, tagged by `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum HandlerConfig {
+    /// A tracing event per frame with peer, seq, version, size and a preview.
+    Log {
+        /// The event's level: `error`, `warn`, `info`, `debug` or `trace`.
+        #[serde(default = "default_log_level")]
+        level: LogLevel,
+        /// Payload bytes shown, escaped.
+        #[serde(default = "default_preview_len")]
+        preview_len: usize,
+    },
+    /// Sends every accepted frame back, as received.
+    Echo,
+    /// Appends every accepted frame to a file before acking it.
+    File {
+        /// The file (created if missing, appended to otherwise).
+        path: PathBuf,
+        /// When to sync: `always` (before the ack), `interval` or `never`.
+        #[serde(default)]
+        sync: SyncPolicy,
+        /// The period of `sync = "interval"`.
+        #[serde(default = "default_sync_interval", with = "humantime_serde")]
+        sync_interval: Duration,
+    },
+    /// Verifies and acks, nothing else (for load tests).
+    Discard,
+}
+
+impl Default for HandlerConfig {
+    fn default() -> Self {
+        Self::Log {
+            level: default_log_level(),
+            preview_len: default_preview_len(),
+        }
+    }
+}
+
+/// A tracing level, as written in the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs, reason = "the names are the levels")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_max_frame_size() -> u32 {
+    proto::DEFAULT_MAX_BODY_SIZE
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_frame_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_write_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_log_level() -> LogLevel {
+    LogLevel::Info
+}
+fn default_preview_len() -> usize {
+    32
+}
+fn default_sync_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// The smallest `max_frame_size` that admits a one-byte payload with a CRC-32.
+const MIN_FRAME_SIZE: u32 = 5;
+
+impl CrcTcpConfig {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        if self.max_frame_size < MIN_FRAME_SIZE {
+            return Err(invalid(
+                "max_frame_size",
+                format!(
+                    "{} is too small: it must be at least {MIN_FRAME_SIZE} bytes",
+                    self.max_frame_size
+                ),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        for (key, value) in [
+            ("idle_timeout", self.idle_timeout),
+            ("frame_timeout", self.frame_timeout),
+            ("write_timeout", self.write_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than 0s"));
+            }
+        }
+        if let HandlerConfig::File {
+            sync: SyncPolicy::Interval,
+            sync_interval,
+            ..
+        } = &self.handler
+            && sync_interval.is_zero()
+        {
+            return Err(invalid("handler.sync_interval", "must be longer than 0s"));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn common(&self, name: String) -> Common {
+        Common {
+            name,
+            bind: self.bind,
+            max_connections: self.max_connections,
+            reuse_port: self.reuse_port,
+        }
+    }
+
+    pub(crate) fn sink_path(&self) -> Option<&Path> {
+        match &self.handler {
+            HandlerConfig::File { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+}
+
+/// A running `crc-tcp` listener, shared by its connections.
+#[derive(Debug)]
+pub struct CrcTcp {
+    limits: Limits,
+    ack: bool,
+    handler: Handler,
+    idle_timeout: Duration,
+    frame_timeout: Duration,
+    write_timeout: Duration,
+}
+
+#[derive(Debug)]
+enum Handler {
+    Log { level: Level, preview_len: usize },
+    Echo,
+    File(FileSink),
+    Discard,
+}
+
+/// Initial read buffer; it grows in capped steps for larger frames.
+const READ_BUFFER_LEN: usize = 64 * 1024;
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("no frame within the idle timeout of {0:?}")]
+    Idle(Duration),
+    #[error("a frame started but did not finish within {0:?}")]
+    FrameTimeout(Duration),
+    #[error("the peer did not take our acks within {0:?}")]
+    WriteTimeout(Duration),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl CrcTcp {
+    /// Builds the listener's runtime; opens the file sink, if any.
+    ///
+    /// # Errors
+    ///
+    /// When the sink's file cannot be opened.
+    pub fn new(config: &CrcTcpConfig) -> anyhow::Result<Self> {
+        let handler = match &config.handler {
+            HandlerConfig::Log { level, preview_len } => Handler::Log {
+                level: match level {
+                    LogLevel::Error => Level::ERROR,
+                    LogLevel::Warn => Level::WARN,
+                    LogLevel::Info => Level::INFO,
+                    LogLevel::Debug => Level::DEBUG,
+                    LogLevel::Trace => Level::TRACE,
+                },
+                preview_len: *preview_len,
+            },
+            HandlerConfig::Echo => Handler::Echo,
+            HandlerConfig::File {
+                path,
+                sync,
+                sync_interval,
+            } => Handler::File(FileSink::open(path, *sync, *sync_interval)?),
+            HandlerConfig::Discard => Handler::Discard,
+        };
+        Ok(Self {
+            limits: Limits {
+                max_body_size: config.max_frame_size,
+                allow_no_crc: config.allow_no_crc,
+            },
+            ack: config.ack,
+            handler,
+            idle_timeout: config.idle_timeout,
+            frame_timeout: config.frame_timeout,
+            write_timeout: config.write_timeout,
+        })
+    }
+
+    /// Serves one connection until the peer closes, a limit or a bad header
+    /// ends it, or shutdown (after the frames already received).
+    pub(crate) async fn handle(
+        &self,
+        mut stream: TcpStream,
+        _peer: SocketAddr,
+        stop: CancellationToken,
+    ) {
+        let _ = stream.set_nodelay(true);
+        let mut conn = Conn {
+            buf: BytesMut::with_capacity(READ_BUFFER_LEN),
+            out: BytesMut::new(),
+            seq: 0,
+            frames_ok: 0,
+        };
+        match self.serve(&mut stream, &mut conn, &stop).await {
+            Ok(reason) => debug!(
+                frames = conn.seq,
+                frames_ok = conn.frames_ok,
+                reason,
+                "connection closed"
+            ),
+            Err(ConnError::Io(error)) => {
+                debug!(frames = conn.seq, %error, "connection ended by an i/o error")
+            }
+            Err(error) => warn!(frames = conn.seq, %error, "connection closed"),
+        }
+    }
+
+    /// Waits for the file sink, if any, to write what it holds and sync.
+    pub(crate) async fn finish(&self) {
+        if let Handler::File(sink) = &self.handler {
+            sink.close().await;
+        }
+    }
+
+    async fn serve(
+        &self,
+        stream: &mut TcpStream,
+        conn: &mut Conn,
+        stop: &CancellationToken,
+    ) -> Result<&'static str, ConnError> {
+        let mut frame_started: Option<Instant> = None;
+        loop {
+            let fatal = self.process(conn).await;
+            if !conn.out.is_empty() {
+                timeout(self.write_timeout, stream.write_all(&conn.out))
+                    .await
+                    .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
+                conn.out.clear();
+            }
+            if let Some(error) = fatal {
+                warn!(seq = conn.seq, %error, status = %error.ack_status(), "bad header; closing the connection");
+                return Ok("bad header");
+            }
+            if stop.is_cancelled() {
+                return Ok("shutdown");
+            }
+            let deadline = if conn.buf.is_empty() {
+                frame_started = None;
+                Instant::now() + self.idle_timeout
+            } else {
+                *frame_started.get_or_insert_with(Instant::now) + self.frame_timeout
+            };
+            if conn.buf.capacity() - conn.buf.len() < READ_BUFFER_LEN / 4 {
+                conn.buf.reserve(READ_BUFFER_LEN);
+            }
+            let read = tokio::select! {
+                () = stop.cancelled() => return Ok("shutdown"),
+                read = timeout_at(deadline, stream.read_buf(&mut conn.buf)) => read,
+            };
+            match read {
+                Err(_) if conn.buf.is_empty() => return Err(ConnError::Idle(self.idle_timeout)),
+                Err(_) => return Err(ConnError::FrameTimeout(self.frame_timeout)),
+                Ok(Ok(0)) if conn.buf.is_empty() => return Ok("peer closed"),
+                Ok(Ok(0)) => {
+                    debug!(
+                        pending = conn.buf.len(),
+                        "peer closed in the middle of a frame"
+                    );
+                    return Ok("peer closed mid-frame");
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// Handles every complete frame in the buffer as one batch and queues
+    /// their acks (and echoes). Returns the header error that ends the
+    /// connection, after queueing its NACK.
+    async fn process(&self, conn: &mut Conn) -> Option<proto::HeaderError> {
+        let mut used = 0;
+        let mut fatal = None;
+        // (seq, crc ok) of each frame, and the byte ranges of the accepted ones.
+        let mut verdicts: Vec<bool> = Vec::new();
+        let mut accepted: Vec<Range<usize>> = Vec::new();
+        let first_seq = conn.seq;
+        loop {
+            let rest = conn.buf.get(used..).unwrap_or_default();
+            match decode_frame(rest, &self.limits) {
+                Ok(Decoded::Done(frame, len)) => {
+                    let seq = first_seq + verdicts.len() as u64;
+                    let ok = frame.crc_ok();
+                    if ok {
+                        self.on_frame(&frame, seq, &mut conn.out);
+                        match accepted.last_mut() {
+                            Some(last) if last.end == used => last.end = used + len,
+                            _ => accepted.push(used..used + len),
+                        }
+                    } else {
+                        debug!(
+                            seq,
+                            received = frame.received_crc,
+                            computed = frame.computed_crc,
+                            "crc mismatch"
+                        );
+                    }
+                    verdicts.push(ok);
+                    used += len;
+                }
+                Ok(Decoded::NeedMore(_)) => break,
+                Err(error) => {
+                    fatal = Some(error);
+                    break;
+                }
+            }
+        }
+        if verdicts.is_empty() && fatal.is_none() {
+            return None;
+        }
+        let handler_ok = match &self.handler {
+            Handler::File(sink) if !accepted.is_empty() => {
+                let data = conn.buf.split_to(used).freeze();
+                used = 0;
+                match sink.append(data, accepted).await {
+                    Ok(()) => true,
+                    Err(error) => {
+                        warn!(%error, "file sink failed; answering status 5");
+                        false
+                    }
+                }
+            }
+            _ => true,
+        };
+        conn.buf.advance(used);
+        for (offset, &crc_ok) in verdicts.iter().enumerate() {
+            let status = match (crc_ok, handler_ok) {
+                (false, _) => AckStatus::CrcMismatch,
+                (true, false) => AckStatus::HandlerFailed,
+                (true, true) => AckStatus::Ok,
+            };
+            if status == AckStatus::Ok {
+                conn.frames_ok += 1;
+            }
+            if self.ack {
+                encode_ack(
+                    &Ack {
+                        status,
+                        seq: first_seq + offset as u64,
+                    },
+                    &mut conn.out,
+                );
+            }
+        }
+        conn.seq += verdicts.len() as u64;
+        if let Some(error) = &fatal
+            && self.ack
+        {
+            encode_ack(
+                &Ack {
+                    status: error.ack_status(),
+                    seq: conn.seq,
+                },
+                &mut conn.out,
+            );
+        }
+        fatal
+    }
+
+    fn on_frame(&self, frame: &FrameRef<'_>, seq: u64, out: &mut BytesMut) {
+        match &self.handler {
+            Handler::Log { level, preview_len } => {
+                let preview = Preview(frame.payload, *preview_len);
+                let version = u32::from(frame.header.version);
+                let size = frame.payload.len();
+                macro_rules! frame_event {
+                    ($level:expr) => {
+                        event!($level, seq, version, size, preview = %preview, "frame")
+                    };
+                }
+                match *level {
+                    Level::ERROR => frame_event!(Level::ERROR),
+                    Level::WARN => frame_event!(Level::WARN),
+                    Level::INFO => frame_event!(Level::INFO),
+                    Level::DEBUG => frame_event!(Level::DEBUG),
+                    _ => frame_event!(Level::TRACE),
+                }
+            }
+            Handler::Echo => out.extend_from_slice(frame.raw),
+            Handler::File(_) | Handler::Discard => {}
+        }
+    }
+}
+
+struct Conn {
+    buf: BytesMut,
+    out: BytesMut,
+    seq: u64,
+    frames_ok: u64,
+}
+
+/// The first bytes of a payload, escaped (`\n`, `\xff`), with `…` if cut.
+struct Preview<'a>(&'a [u8], usize);
+
+impl std::fmt::Display for Preview<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self(payload, len) = *self;
+        let shown = payload.get(..len.min(payload.len())).unwrap_or_default();
+        write!(f, "{}", shown.escape_ascii())?;
+        if shown.len() < payload.len() {
+            f.write_str("…")?;
+        }
+        Ok(())
+    }
+}
+
+const _: () = assert!(HEADER_LEN == 12);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preview_escapes_and_cuts() {
+        assert_eq!(Preview(b"a\nb\xff", 10).to_string(), "a\\nb\\xff");
+        assert_eq!(Preview(b"abcdef", 3).to_string(), "abc…");
+        assert_eq!(Preview(b"", 3).to_string(), "");
+    }
+}

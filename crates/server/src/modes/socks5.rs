@@ -1,0 +1,422 @@
+//! `socks5`: a SOCKS5 proxy listener. The protocol lives in the `socks5`
+//! crate; this module turns the TOML section into its options, applies the
+//! open-proxy guard and logs one line per finished session.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use ipnet::IpNet;
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{config::invalid, registry::Common};
+
+/// The `[[listener]]` keys of `mode = "socks5"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Socks5Config {
+    /// Name in logs (default `socks5[INDEX]`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Address to listen on.
+    pub bind: SocketAddr,
+    /// `none` or `password`.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Users for `auth = "password"`.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// A file of `username:password` lines for `auth = "password"`.
+    #[serde(default)]
+    pub users_file: Option<PathBuf>,
+    /// Clients in these networks may skip the password (e.g. browsers that cannot send one).
+    #[serde(default)]
+    pub no_auth_networks: Vec<IpNet>,
+    /// Enabled commands: any of `connect`, `bind`, `udp-associate`.
+    #[serde(default = "all_commands")]
+    pub commands: Vec<CommandName>,
+    /// The address UDP ASSOCIATE replies advertise (for a server behind NAT).
+    #[serde(default)]
+    pub udp_advertise: Option<IpAddr>,
+    /// Local address of outbound sockets.
+    #[serde(default)]
+    pub outbound_bind: Option<IpAddr>,
+    /// Greeting, authentication and request must complete within this.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Outbound connects give up after this.
+    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A tunnel or UDP association with no traffic for this long is closed.
+    #[serde(default = "five_minutes", with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// BIND waits this long for the incoming connection.
+    #[serde(default = "two_minutes", with = "humantime_serde")]
+    pub bind_timeout: Duration,
+    /// Sessions at once (default: what the open-file limit allows).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// Set `SO_REUSEPORT`.
+    #[serde(default)]
+    pub reuse_port: bool,
+    /// Start even though the listener is an open proxy on a non-loopback address.
+    #[serde(default)]
+    pub allow_open_proxy: bool,
+    /// Access rules, checked in order; the first that matches decides.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `auth = "none" | "password"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuthMode {
+    /// No authentication.
+    #[default]
+    None,
+    /// RFC 1929 username/password (except for `no_auth_networks`).
+    Password,
+}
+
+/// One `users` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name (1 to 255 bytes).
+    pub username: String,
+    /// The password (1 to 255 bytes).
+    pub password: String,
+}
+
+/// A command name in `commands`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[allow(missing_docs, reason = "the names are RFC 1928's commands")]
+pub enum CommandName {
+    Connect,
+    Bind,
+    UdpAssociate,
+}
+
+/// One `[[listener.rules]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// `allow` or `deny`.
+    pub action: ActionName,
+    /// Client networks (any if empty).
+    #[serde(default)]
+    pub clients: Vec<IpNet>,
+    /// Destination networks (any if empty).
+    #[serde(default)]
+    pub destinations: Vec<IpNet>,
+    /// Destination names: `example.com` or `*.example.com` (any if empty).
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Destination ports: `443` or `"8000-8999"` (any if empty).
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+}
+
+/// `allow` or `deny`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[allow(missing_docs, reason = "the names say it")]
+pub enum ActionName {
+    Allow,
+    Deny,
+}
+
+/// A port or a range of ports, as written in `ports`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PortSpec {
+    /// `443`.
+    One(u16),
+    /// `"8000-8999"` or `"443"`.
+    Text(String),
+}
+
+impl PortSpec {
+    fn range(&self) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
+        match self {
+            Self::One(port) => Ok(*port..=*port),
+            Self::Text(text) => {
+                let parse = |s: &str| {
+                    s.trim().parse::<u16>().with_context(|| {
+                        format!("{text:?} is not a port or a range like \"8000-8999\"")
+                    })
+                };
+                let (low, high) = match text.split_once('-') {
+                    Some((low, high)) => (parse(low)?, parse(high)?),
+                    None => (parse(text)?, parse(text)?),
+                };
+                if low > high {
+                    bail!("{text:?}: the range is empty ({low} > {high})");
+                }
+                Ok(low..=high)
+            }
+        }
+    }
+}
+
+fn all_commands() -> Vec<CommandName> {
+    vec![
+        CommandName::Connect,
+        CommandName::Bind,
+        CommandName::UdpAssociate,
+    ]
+}
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+fn two_minutes() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// File descriptors kept aside for listeners, sinks and the runtime.
+const RESERVED_FDS: u64 = 64;
+/// The most sessions the default allows, however high the open-file limit.
+const MAX_DEFAULT_CONNECTIONS: u64 = 65_536;
+
+/// The open-file limit (soft) of this process.
+fn open_file_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+}
+
+/// Sessions the open-file limit allows: each holds two descriptors (client
+/// and outbound, or client and UDP relay).
+fn connections_for_fd_limit(limit: u64) -> usize {
+    let sessions = limit.saturating_sub(RESERVED_FDS) / 2;
+    usize::try_from(sessions.clamp(1, MAX_DEFAULT_CONNECTIONS)).unwrap_or(1)
+}
+
+impl Socks5Config {
+    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+        let users = self.load_users()?;
+        match self.auth {
+            AuthMode::None if !users.is_empty() => {
+                return Err(invalid(
+                    "users",
+                    "users are set but auth = \"none\": set auth = \"password\" to use them",
+                ));
+            }
+            AuthMode::None if !self.no_auth_networks.is_empty() => {
+                return Err(invalid(
+                    "no_auth_networks",
+                    "has no effect with auth = \"none\" (every client needs none)",
+                ));
+            }
+            AuthMode::Password if users.is_empty() => {
+                return Err(invalid(
+                    "users",
+                    "auth = \"password\" needs at least one user in users or users_file",
+                ));
+            }
+            _ => {}
+        }
+        if self.commands.is_empty() {
+            return Err(invalid(
+                "commands",
+                "enable at least one of \"connect\", \"bind\", \"udp-associate\"",
+            ));
+        }
+        for (key, value) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("bind_timeout", self.bind_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(key, "must be longer than 0s"));
+            }
+        }
+        if self.max_connections == Some(0) {
+            return Err(invalid("max_connections", "must be at least 1"));
+        }
+        for (index, rule) in self.rules.iter().enumerate() {
+            for port in &rule.ports {
+                port.range()
+                    .map_err(|e| invalid("rules.ports", format!("rules[{index}]: {e:#}")))?;
+            }
+            for domain in &rule.domains {
+                let name = domain.strip_prefix("*.").unwrap_or(domain);
+                if name.is_empty() || name.contains('*') || name.len() > 253 {
+                    return Err(invalid(
+                        "rules.domains",
+                        format!(
+                            "rules[{index}]: {domain:?} is not a name like \"example.com\" or \"*.example.com\""
+                        ),
+                    ));
+                }
+            }
+        }
+        if !self.bind.ip().is_loopback() && self.is_open() && !self.allow_open_proxy {
+            bail!(
+                "bind: {} is reachable from other hosts and this listener would proxy for anyone \
+                 (no password and no rule that limits clients): that is an open proxy. Set auth = \"password\", \
+                 or add rules that allow your clients' networks followed by a rule with action = \"deny\", \
+                 or set allow_open_proxy = true if you mean it",
+                self.bind
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether any client may use the proxy without a password: no auth (or
+    /// a password with a no-auth network that covers everything), and no
+    /// catch-all deny rule for clients not named in a rule.
+    fn is_open(&self) -> bool {
+        let anyone_without_password = match self.auth {
+            AuthMode::None => true,
+            AuthMode::Password => self
+                .no_auth_networks
+                .iter()
+                .any(|net| net.prefix_len() == 0),
+        };
+        let catch_all = self.rules.iter().find(|r| {
+            r.clients.is_empty()
+                && r.destinations.is_empty()
+                && r.domains.is_empty()
+                && r.ports.is_empty()
+        });
+        let denies_strangers = matches!(catch_all, Some(rule) if rule.action == ActionName::Deny);
+        anyone_without_password && !denies_strangers
+    }
+
+    /// The users of `users` and `users_file`.
+    fn load_users(&self) -> anyhow::Result<HashMap<String, String>> {
+        let mut users = HashMap::new();
+        let mut add =
+            |username: &str, password: &str, at: &dyn Fn() -> String| -> anyhow::Result<()> {
+                if username.is_empty()
+                    || username.len() > 255
+                    || password.is_empty()
+                    || password.len() > 255
+                {
+                    bail!(
+                        "{}: user names and passwords must be 1 to 255 bytes long (RFC 1929)",
+                        at()
+                    );
+                }
+                if users
+                    .insert(username.to_owned(), password.to_owned())
+                    .is_some()
+                {
+                    bail!("{}: user {username:?} is defined twice", at());
+                }
+                Ok(())
+            };
+        for (index, user) in self.users.iter().enumerate() {
+            add(&user.username, &user.password, &|| {
+                format!("users[{index}]")
+            })?;
+        }
+        if let Some(path) = &self.users_file {
+            let text = read_users_file(path)?;
+            for (number, line) in text.lines().enumerate() {
+                let line = line.trim_end_matches('\r');
+                if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                    continue;
+                }
+                let at = || format!("users_file {} line {}", path.display(), number + 1);
+                let Some((username, password)) = line.split_once(':') else {
+                    bail!("{}: expected username:password", at());
+                };
+                add(username, password, &at)?;
+            }
+        }
+        Ok(users)
+    }
+
+    pub(crate) fn common(&self, name: String) -> anyhow::Result<Common> {
+        let limit = open_file_limit();
+        let fits = connections_for_fd_limit(limit);
+        let max_connections = match self.max_connections {
+            Some(configured) => {
+                if configured > fits {
+                    warn!(listener = %name, max_connections = configured, open_file_limit = limit,
+                        "max_connections needs about {} file descriptors, more than the open-file limit allows; \
+                         raise it (ulimit -n, LimitNOFILE=) or lower max_connections to {fits}",
+                        configured.saturating_mul(2).saturating_add(RESERVED_FDS as usize));
+                }
+                configured
+            }
+            None => fits,
+        };
+        Ok(Common {
+            name,
+            bind: self.bind,
+            max_connections,
+            reuse_port: self.reuse_port,
+        })
+    }
+}
+
+fn read_users_file(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .with_context(|| format!("users_file: cannot read {}", path.display()))
+}
+
+/// A running `socks5` listener (stub until the library lands).
+#[derive(Debug)]
+pub struct Socks5;
+
+impl Socks5 {
+    /// Stub.
+    ///
+    /// # Errors
+    ///
+    /// Never.
+    pub fn new(config: &Socks5Config) -> anyhow::Result<Self> {
+        let _ = config.load_users()?;
+        Ok(Self)
+    }
+
+    pub(crate) async fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) {
+        let _ = (stream, peer, stop, Arc::new(0), IpAddr::from([0, 0, 0, 0]));
+        debug!("stub");
+        info!("stub");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_connections_fit_the_open_file_limit() {
+        assert_eq!(connections_for_fd_limit(1024), 480);
+        assert_eq!(connections_for_fd_limit(10), 1);
+        assert_eq!(connections_for_fd_limit(u64::MAX), 65_536);
+    }
+
+    #[test]
+    fn port_specs_parse_ports_and_ranges() {
+        assert_eq!(PortSpec::One(443).range().unwrap(), 443..=443);
+        assert_eq!(
+            PortSpec::Text("8000-8999".into()).range().unwrap(),
+            8000..=8999
+        );
+        assert!(PortSpec::Text("9-8".into()).range().is_err());
+        assert!(PortSpec::Text("http".into()).range().is_err());
+    }
+}

@@ -1,0 +1,148 @@
+//! The mode registry: every mode is one variant of [`ListenerConfig`] (so
+//! serde rejects an unknown mode and lists the valid names), one entry in
+//! [`MODES`] (shown by `server --help`) and one arm in each `match` below.
+
+use std::{net::SocketAddr, path::Path, sync::Arc};
+
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::modes::{crc_tcp, socks5};
+
+/// The registered modes and what each does, for `--help`.
+pub const MODES: &[(&str, &str)] = &[
+    (
+        "crc-tcp",
+        "receives CRC-checked frames (PROTOCOL.md), hands them to a handler, acks each",
+    ),
+    (
+        "socks5",
+        "a SOCKS5 proxy (RFC 1928: CONNECT, BIND, UDP ASSOCIATE; RFC 1929 passwords)",
+    ),
+];
+
+/// One `[[listener]]` table, tagged by its `mode` key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "mode", rename_all = "kebab-case")]
+pub enum ListenerConfig {
+    /// `mode = "crc-tcp"`.
+    CrcTcp(crc_tcp::CrcTcpConfig),
+    /// `mode = "socks5"`.
+    Socks5(socks5::Socks5Config),
+}
+
+/// What every listener has, whatever its mode.
+#[derive(Debug, Clone)]
+pub struct Common {
+    /// The listener's name in logs.
+    pub name: String,
+    /// The address to listen on.
+    pub bind: SocketAddr,
+    /// Connections served at once; the next waits in the accept queue.
+    pub max_connections: usize,
+    /// Whether to set `SO_REUSEPORT`.
+    pub reuse_port: bool,
+}
+
+impl ListenerConfig {
+    /// The mode's registered name.
+    #[must_use]
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Self::CrcTcp(_) => "crc-tcp",
+            Self::Socks5(_) => "socks5",
+        }
+    }
+
+    /// The listener's name: its `name` key, or `MODE[INDEX]`.
+    #[must_use]
+    pub fn name(&self, index: usize) -> String {
+        let name = match self {
+            Self::CrcTcp(c) => c.name.clone(),
+            Self::Socks5(c) => c.name.clone(),
+        };
+        name.unwrap_or_else(|| format!("{}[{index}]", self.mode()))
+    }
+
+    /// The address to listen on.
+    #[must_use]
+    pub fn bind(&self) -> SocketAddr {
+        match self {
+            Self::CrcTcp(c) => c.bind,
+            Self::Socks5(c) => c.bind,
+        }
+    }
+
+    /// The file a sink of this listener writes, if any.
+    #[must_use]
+    pub fn sink_path(&self) -> Option<&Path> {
+        match self {
+            Self::CrcTcp(c) => c.sink_path(),
+            Self::Socks5(_) => None,
+        }
+    }
+
+    /// Checks the mode's own settings.
+    ///
+    /// # Errors
+    ///
+    /// An error naming the key at fault.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self {
+            Self::CrcTcp(c) => c.validate(),
+            Self::Socks5(c) => c.validate(),
+        }
+    }
+
+    /// Builds the running service: opens files, builds options, and
+    /// returns the settings common to every listener.
+    ///
+    /// # Errors
+    ///
+    /// When a resource the mode needs cannot be had (a sink's file, say).
+    pub(crate) fn build(&self, index: usize) -> anyhow::Result<(Common, Service)> {
+        let name = self.name(index);
+        Ok(match self {
+            Self::CrcTcp(c) => (
+                c.common(name),
+                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c)?)),
+            ),
+            Self::Socks5(c) => (
+                c.common(name)?,
+                Service::Socks5(Arc::new(socks5::Socks5::new(c)?)),
+            ),
+        })
+    }
+}
+
+/// A running mode, shared by the connections of one listener.
+#[derive(Clone)]
+pub(crate) enum Service {
+    CrcTcp(Arc<crc_tcp::CrcTcp>),
+    Socks5(Arc<socks5::Socks5>),
+}
+
+impl Service {
+    /// Serves one accepted connection until it ends.
+    pub(crate) async fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) {
+        match self {
+            Self::CrcTcp(service) => service.handle(stream, peer, stop).await,
+            Self::Socks5(service) => service.handle(stream, peer, stop).await,
+        }
+    }
+
+    /// Waits for the mode's background work (a file sink's final sync) after
+    /// every connection has ended.
+    pub(crate) async fn finish(self) {
+        match self {
+            Self::CrcTcp(service) => service.finish().await,
+            Self::Socks5(_) => {}
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Where accepted frames go: [`file::FileSink`] appends them to a file.
+
+pub mod file;
