@@ -1,0 +1,78 @@
+//! Starting the server in-process and bounded waits.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use server::{Config, Server};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+/// The most any single network step of a test may take.
+pub const STEP: Duration = Duration::from_secs(10);
+
+/// Awaits `fut`, failing the test if it takes longer than `limit`.
+pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(limit, fut)
+        .await
+        .expect("a network step timed out")
+}
+
+/// A server started in-process from a config text.
+pub struct Running {
+    pub addrs: Vec<(String, SocketAddr)>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub async fn start(config: &str) -> Self {
+        let config = Config::parse(config, "test config").expect("test config is valid");
+        let server = Server::bind(&config).await.expect("server binds");
+        let addrs = server.local_addrs();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(server.run(shutdown.clone()));
+        Self {
+            addrs,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| *a)
+            .expect("listener exists")
+    }
+
+    /// Fires shutdown and waits for the server to finish draining.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        within(STEP, self.task)
+            .await
+            .expect("server task")
+            .expect("server ran");
+    }
+}
+
+/// Reads until the peer closes; returns what came.
+pub async fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut rest = Vec::new();
+    within(STEP, stream.read_to_end(&mut rest))
+        .await
+        .expect("read to close");
+    rest
+}
+
+/// Connects to `addr`, writes `bytes`, and returns the stream.
+pub async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
+    let mut stream = within(STEP, TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    within(STEP, stream.write_all(bytes)).await.expect("write");
+    stream
+}

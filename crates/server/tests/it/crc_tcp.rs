@@ -1,0 +1,334 @@
+//! The `crc-tcp` mode over real sockets: acks, NACKs, limits, the file sink.
+
+use std::time::Duration;
+
+use proto::{
+    ACK_FRAME_LEN, Ack, AckStatus, CrcSize, Decoded, Limits, Version, decode_ack, decode_frame,
+    encode_frame,
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::common::{Running, STEP, read_to_close, send, within};
+
+fn listener(extra: &str) -> String {
+    format!(
+        "[server]\ndrain_timeout = \"5s\"\n[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n{extra}\n"
+    )
+}
+
+fn frame(version: Version, crc: CrcSize, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode_frame(version, crc, payload, &mut out).unwrap();
+    out
+}
+
+async fn read_acks(stream: &mut TcpStream, count: usize) -> Vec<Ack> {
+    let mut bytes = vec![0u8; count * ACK_FRAME_LEN];
+    within(STEP, stream.read_exact(&mut bytes))
+        .await
+        .expect("acks");
+    bytes
+        .chunks(ACK_FRAME_LEN)
+        .map(|chunk| match decode_ack(chunk) {
+            Ok(Decoded::Done(ack, _)) => ack,
+            other => panic!("not an ack: {other:?}"),
+        })
+        .collect()
+}
+
+fn ack(status: AckStatus, seq: u64) -> Ack {
+    Ack { status, seq }
+}
+
+/// `00000001 00000002 00000001 61 10`: what the reference client sends.
+const REFERENCE_FRAME: [u8; 14] = [0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 0x61, 0x10];
+/// Status 0 for seq 0, from PROTOCOL.md.
+const ACK_OK_0: [u8; 25] = [
+    0, 0, 0, 2, 0, 0, 0, 0x0d, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbb, 0xe5, 0x68, 0xa3,
+];
+
+#[tokio::test]
+async fn acks_the_reference_clients_frame_byte_for_byte() {
+    let server = Running::start(&listener("")).await;
+    let mut stream = send(server.addr("frames"), &REFERENCE_FRAME).await;
+    let mut answer = [0u8; 25];
+    within(STEP, stream.read_exact(&mut answer)).await.unwrap();
+    assert_eq!(answer, ACK_OK_0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn accepts_a_frame_written_one_byte_at_a_time() {
+    let server = Running::start(&listener("")).await;
+    let mut stream = within(STEP, TcpStream::connect(server.addr("frames")))
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let bytes = frame(Version::V2, CrcSize::Crc32, b"one byte at a time");
+    for byte in &bytes {
+        within(STEP, stream.write_all(std::slice::from_ref(byte)))
+            .await
+            .unwrap();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 0)]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn acks_a_thousand_frames_sent_in_one_write_in_order() {
+    let server = Running::start(&listener("handler = { type = \"discard\" }")).await;
+    let mut batch = Vec::new();
+    for i in 0..1000u32 {
+        let (version, crc) = if i % 2 == 0 {
+            (Version::V1, CrcSize::Crc8)
+        } else {
+            (Version::V2, CrcSize::Crc16)
+        };
+        encode_frame(version, crc, format!("frame {i}").as_bytes(), &mut batch).unwrap();
+    }
+    let mut stream = send(server.addr("frames"), &batch).await;
+    let acks = read_acks(&mut stream, 1000).await;
+    let expected: Vec<Ack> = (0..1000).map(|seq| ack(AckStatus::Ok, seq)).collect();
+    assert_eq!(acks, expected);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_crc_gets_nack_1_and_the_connection_goes_on() {
+    let server = Running::start(&listener("")).await;
+    let mut bad = frame(Version::V2, CrcSize::Crc32, b"corrupted");
+    let last = bad.len() - 1;
+    bad[last] ^= 0xff;
+    let mut stream = send(server.addr("frames"), &bad).await;
+    assert_eq!(
+        read_acks(&mut stream, 1).await,
+        [ack(AckStatus::CrcMismatch, 0)]
+    );
+    within(
+        STEP,
+        stream.write_all(&frame(Version::V1, CrcSize::Crc8, b"fine")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 1)]);
+    server.stop().await;
+}
+
+/// Sends a header (and no body), expects one NACK with `status`, then the close.
+async fn expect_nack_and_close(header: [u32; 3], status: AckStatus, config: &str) {
+    let server = Running::start(&listener(config)).await;
+    let mut bytes = frame(Version::V1, CrcSize::Crc8, b"first");
+    bytes.extend(header.iter().flat_map(|v| v.to_be_bytes()));
+    let mut stream = send(server.addr("frames"), &bytes).await;
+    assert_eq!(
+        read_acks(&mut stream, 2).await,
+        [ack(AckStatus::Ok, 0), ack(status, 1)]
+    );
+    assert!(
+        read_to_close(&mut stream).await.is_empty(),
+        "the server closes after a bad header"
+    );
+    // The listener keeps serving other connections.
+    let mut other = send(server.addr("frames"), &REFERENCE_FRAME).await;
+    assert_eq!(read_acks(&mut other, 1).await, [ack(AckStatus::Ok, 0)]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_huge_body_size_gets_nack_4_and_a_close() {
+    expect_nack_and_close([1, 0xffff_fff0, 1], AckStatus::TooLarge, "").await;
+}
+
+#[tokio::test]
+async fn a_body_above_the_configured_limit_gets_nack_4() {
+    expect_nack_and_close([2, 1025, 4], AckStatus::TooLarge, "max_frame_size = 1024").await;
+}
+
+#[tokio::test]
+async fn rejects_crc_size_larger_than_body_with_nack_6() {
+    expect_nack_and_close([2, 3, 4], AckStatus::MalformedHeader, "").await;
+}
+
+#[tokio::test]
+async fn rejects_an_unknown_version_with_nack_2() {
+    expect_nack_and_close([3, 5, 4], AckStatus::UnsupportedVersion, "").await;
+}
+
+#[tokio::test]
+async fn rejects_an_undefined_crc_size_with_nack_3() {
+    expect_nack_and_close([2, 5, 3], AckStatus::UnsupportedCrcSize, "").await;
+}
+
+#[tokio::test]
+async fn rejects_frames_without_crc_unless_allowed() {
+    expect_nack_and_close([2, 5, 0], AckStatus::UnsupportedCrcSize, "").await;
+    let server = Running::start(&listener("allow_no_crc = true")).await;
+    let mut stream = send(
+        server.addr("frames"),
+        &frame(Version::V2, CrcSize::None, b"no crc"),
+    )
+    .await;
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 0)]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sends_no_acks_when_ack_is_off() {
+    let server = Running::start(&listener("ack = false")).await;
+    let mut stream = send(server.addr("frames"), &REFERENCE_FRAME).await;
+    stream.shutdown().await.unwrap();
+    assert!(read_to_close(&mut stream).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn echo_sends_the_frame_back_then_its_ack() {
+    let server = Running::start(&listener("handler = { type = \"echo\" }")).await;
+    let sent = frame(Version::V1, CrcSize::Crc32, b"echo me");
+    let mut stream = send(server.addr("frames"), &sent).await;
+    let mut back = vec![0u8; sent.len()];
+    within(STEP, stream.read_exact(&mut back)).await.unwrap();
+    assert_eq!(back, sent);
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 0)]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn serves_many_connections_at_once() {
+    let server = Running::start(&listener("handler = { type = \"discard\" }")).await;
+    let addr = server.addr("frames");
+    let clients: Vec<_> = (0..50)
+        .map(|client| {
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                for i in 0..20 {
+                    encode_frame(
+                        Version::V2,
+                        CrcSize::Crc32,
+                        format!("{client}/{i}").as_bytes(),
+                        &mut batch,
+                    )
+                    .unwrap();
+                }
+                // Every connection is open before any sends: they are served concurrently.
+                let mut stream = within(STEP, TcpStream::connect(addr)).await.unwrap();
+                within(STEP, stream.write_all(&batch)).await.unwrap();
+                read_acks(&mut stream, 20).await
+            })
+        })
+        .collect();
+    for client in clients {
+        let acks = within(STEP, client).await.unwrap();
+        assert!(
+            acks.iter()
+                .enumerate()
+                .all(|(i, a)| *a == ack(AckStatus::Ok, i as u64))
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn closes_an_idle_connection_after_idle_timeout() {
+    let server = Running::start(&listener("idle_timeout = \"200ms\"")).await;
+    let mut stream = send(server.addr("frames"), &REFERENCE_FRAME).await;
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 0)]);
+    assert!(read_to_close(&mut stream).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn closes_a_frame_that_never_finishes_after_frame_timeout() {
+    let server = Running::start(&listener("frame_timeout = \"200ms\"")).await;
+    let partial = &frame(Version::V2, CrcSize::Crc32, b"never finished")[..15];
+    let mut stream = send(server.addr("frames"), partial).await;
+    let started = std::time::Instant::now();
+    assert!(
+        read_to_close(&mut stream).await.is_empty(),
+        "no ack for a frame that never finished"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn file_sink_holds_exactly_the_acked_frames() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("frames.bin");
+    let config = listener(&format!(
+        "handler = {{ type = \"file\", path = {:?}, sync = \"always\" }}",
+        path.display().to_string()
+    ));
+    let server = Running::start(&config).await;
+    let good: Vec<Vec<u8>> = (0..10)
+        .map(|i| {
+            frame(
+                Version::V2,
+                CrcSize::Crc32,
+                format!("stored {i}").as_bytes(),
+            )
+        })
+        .collect();
+    let mut bad = frame(Version::V1, CrcSize::Crc8, b"not stored");
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let mut stream = within(STEP, TcpStream::connect(server.addr("frames")))
+        .await
+        .unwrap();
+    let mut expected_acks = Vec::new();
+    let mut seq = 0;
+    for (i, good) in good.iter().enumerate() {
+        let mut bytes = good.clone();
+        expected_acks.push(ack(AckStatus::Ok, seq));
+        seq += 1;
+        if i % 3 == 0 {
+            bytes.extend_from_slice(&bad);
+            expected_acks.push(ack(AckStatus::CrcMismatch, seq));
+            seq += 1;
+        }
+        within(STEP, stream.write_all(&bytes)).await.unwrap();
+    }
+    assert_eq!(
+        read_acks(&mut stream, expected_acks.len()).await,
+        expected_acks
+    );
+    // Acked ok means written and synced: the file holds them before shutdown.
+    let stored = std::fs::read(&path).unwrap();
+    assert_eq!(stored, good.concat());
+    server.stop().await;
+    assert_eq!(std::fs::read(&path).unwrap(), good.concat());
+    // The file parses back into the same frames.
+    let mut rest = stored.as_slice();
+    let mut count = 0;
+    while let Ok(Decoded::Done(frame, used)) = decode_frame(rest, &Limits::default()) {
+        assert!(frame.crc_ok());
+        assert_eq!(frame.payload, format!("stored {count}").as_bytes());
+        rest = &rest[used..];
+        count += 1;
+    }
+    assert_eq!(count, 10);
+}
+
+#[tokio::test]
+async fn file_sink_failure_answers_status_5_and_keeps_the_connection() {
+    // /dev/full accepts the open and fails every write with ENOSPC.
+    let config = listener("handler = { type = \"file\", path = \"/dev/full\", sync = \"never\" }");
+    let server = Running::start(&config).await;
+    let mut stream = send(server.addr("frames"), &REFERENCE_FRAME).await;
+    assert_eq!(
+        read_acks(&mut stream, 1).await,
+        [ack(AckStatus::HandlerFailed, 0)]
+    );
+    within(STEP, stream.write_all(&REFERENCE_FRAME))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_acks(&mut stream, 1).await,
+        [ack(AckStatus::HandlerFailed, 1)]
+    );
+    server.stop().await;
+}

@@ -1,0 +1,12 @@
+//! Integration tests of the `server` binary and library over real sockets on
+//! 127.0.0.1, as one test binary with a module per area.
+#![allow(
+    unreachable_pub,
+    reason = "test helpers are shared between the modules of one test binary"
+)]
+
+mod common;
+mod config;
+mod crc_tcp;
+mod interop;
+mod process;
