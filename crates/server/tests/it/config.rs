@@ -71,3 +71,10 @@ fn help_lists_the_modes() {
         "{help}"
     );
 }
+
+#[test]
+fn the_example_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/server.toml");
+    let output = server().arg("--check-config").arg(path).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
