@@ -57,8 +57,21 @@ impl Config {
     ///
     /// A message that names `origin`, the listener and the key at fault.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
-        let config: Self =
-            toml::from_str(text).with_context(|| format!("{origin}: invalid configuration"))?;
+        let config: Self = match toml::from_str(text) {
+            Ok(config) => config,
+            Err(error) => {
+                let line = error
+                    .span()
+                    .and_then(|span| text.get(..span.start))
+                    .map(|before| format!(":{}", before.matches('\n').count() + 1))
+                    .unwrap_or_default();
+                let at = failing_listener(text).unwrap_or_default();
+                bail!(
+                    "{origin}{line}: invalid configuration: {at}{}",
+                    error.message().trim_end()
+                );
+            }
+        };
         config
             .validate()
             .with_context(|| format!("{origin}: invalid configuration"))?;
@@ -117,6 +130,25 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// `listener[I] (NAME): ` for the first listener table that does not
+/// deserialize on its own, so a serde error names the listener at fault.
+fn failing_listener(text: &str) -> Option<String> {
+    let table: toml::Table = toml::from_str(text).ok()?;
+    let listeners = table.get("listener")?.as_array()?;
+    listeners.iter().enumerate().find_map(|(index, value)| {
+        ListenerConfig::deserialize(value.clone()).err()?;
+        let mode = value
+            .get("mode")
+            .and_then(toml::Value::as_str)
+            .unwrap_or("listener");
+        let name = value
+            .get("name")
+            .and_then(toml::Value::as_str)
+            .map_or_else(|| format!("{mode}[{index}]"), str::to_owned);
+        Some(format!("listener[{index}] ({name}): "))
+    })
 }
 
 /// A value in the config that failed a check: the key and why.

@@ -66,10 +66,14 @@ fn main() -> ExitCode {
         eprintln!("error: {error:#}");
         return ExitCode::FAILURE;
     }
+    let json = matches!(args.log_format, LogFormat::Json);
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if json => {
+            error!(error = format!("{error:#}"), "cannot run");
+            ExitCode::FAILURE
+        }
         Err(error) => {
-            error!("{error:#}");
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }

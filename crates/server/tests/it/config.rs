@@ -76,5 +76,86 @@ fn help_lists_the_modes() {
 fn the_example_config_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/server.toml");
     let output = server().arg("--check-config").arg(path).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn socks(extra: &str) -> String {
+    format!("[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\n{extra}\n")
+}
+
+#[test]
+fn refuses_an_open_proxy_on_a_public_address_and_says_how_to_allow_it() {
+    let (ok, stderr) = check(&socks("bind = \"0.0.0.0:1080\""));
+    assert!(!ok);
+    assert!(
+        stderr.contains("open proxy") && stderr.contains("allow_open_proxy = true"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_open_proxy_starts_when_allowed_on_purpose_or_limited() {
+    for extra in [
+        "bind = \"0.0.0.0:1080\"\nallow_open_proxy = true",
+        "bind = \"0.0.0.0:1080\"\nauth = \"password\"\nusers = [{ username = \"u\", password = \"p\" }]",
+        "bind = \"0.0.0.0:1080\"\n[[listener.rules]]\naction = \"allow\"\nclients = [\"10.0.0.0/8\"]\n\
+         [[listener.rules]]\naction = \"deny\"",
+        "bind = \"127.0.0.1:1080\"",
+    ] {
+        let (ok, stderr) = check(&socks(extra));
+        assert!(ok, "{extra}: {stderr}");
+    }
+}
+
+#[test]
+fn a_password_for_everyone_through_no_auth_networks_is_still_open() {
+    let (ok, stderr) = check(&socks(
+        "bind = \"0.0.0.0:1080\"\nauth = \"password\"\nusers = [{ username = \"u\", password = \"p\" }]\n\
+         no_auth_networks = [\"0.0.0.0/0\"]",
+    ));
+    assert!(!ok && stderr.contains("open proxy"), "{stderr}");
+}
+
+#[test]
+fn password_auth_needs_users_and_reads_a_users_file() {
+    let (ok, stderr) = check(&socks("bind = \"127.0.0.1:1080\"\nauth = \"password\""));
+    assert!(!ok && stderr.contains("users"), "{stderr}");
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "# operators\nalice:secret\n\nbob:hunter2\n").unwrap();
+    let text = socks(&format!(
+        "bind = \"127.0.0.1:1080\"\nauth = \"password\"\nusers_file = {:?}",
+        users.display().to_string()
+    ));
+    let (ok, stderr) = check(&text);
+    assert!(ok, "{stderr}");
+    std::fs::write(&users, "alice\n").unwrap();
+    let (ok, stderr) = check(&text);
+    assert!(
+        !ok && stderr.contains("line 1") && stderr.contains("username:password"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn rejects_bad_rules_and_commands() {
+    let (ok, stderr) = check(&socks(
+        "bind = \"127.0.0.1:1080\"\ncommands = [\"connect\", \"ping\"]",
+    ));
+    assert!(!ok && stderr.contains("udp-associate"), "{stderr}");
+    let (ok, stderr) = check(&socks(
+        "bind = \"127.0.0.1:1080\"\n[[listener.rules]]\naction = \"deny\"\nports = [\"90-80\"]",
+    ));
+    assert!(
+        !ok && stderr.contains("rules") && stderr.contains("90-80"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check(&socks(
+        "bind = \"127.0.0.1:1080\"\n[[listener.rules]]\naction = \"deny\"\nclients = [\"10.0.0.0/33\"]",
+    ));
+    assert!(!ok, "{stderr}");
 }
