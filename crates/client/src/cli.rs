@@ -1,0 +1,239 @@
+//! The command line: `client send` and `client bench` (clap derive).
+//!
+//! The option names are part of the interface: the xtask scenarios and the
+//! README call them.
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use proto::{CrcSize, Version};
+
+/// Sends CRC frames (PROTOCOL.md) to a listener, directly or through a
+/// SOCKS5 proxy, and benchmarks it.
+#[derive(Debug, Parser)]
+#[command(name = "client", about, version)]
+pub(crate) struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Send frames: one per MESSAGE, the whole of --file, or one per line of stdin.
+    Send(SendArgs),
+    /// Send many frames of one size over several connections and report the rate.
+    Bench(BenchArgs),
+}
+
+/// `client send`.
+#[derive(Debug, Args)]
+pub(crate) struct SendArgs {
+    /// Where and how to connect.
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+    /// The frames' format.
+    #[command(flatten)]
+    pub(crate) format: FormatArgs,
+    /// Read an ack for every frame and fail on the first one that is not ok.
+    /// Without it, anything the listener sends is discarded, and the client
+    /// exits once the listener closes after reading every frame.
+    #[arg(long)]
+    pub(crate) wait_ack: bool,
+    /// What to send.
+    #[command(flatten)]
+    pub(crate) input: Input,
+}
+
+/// The payloads of `client send`: exactly one of the three sources.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct Input {
+    /// Payloads, one frame each (the argument's bytes, as given).
+    #[arg(value_name = "MESSAGE")]
+    pub(crate) messages: Vec<OsString>,
+    /// Send the whole file as one frame.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+    /// Read stdin to its end and send one frame per line, without the line
+    /// ending ("\n" or "\r\n"); a last line without a newline is sent too.
+    #[arg(long)]
+    pub(crate) stdin_lines: bool,
+}
+
+/// `client bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Where and how to connect.
+    #[command(flatten)]
+    pub(crate) connect: ConnectArgs,
+    /// The frames' format.
+    #[command(flatten)]
+    pub(crate) format: FormatArgs,
+    /// Frames to send in all, split evenly over the connections.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) frames: u64,
+    /// Payload bytes per frame.
+    #[arg(long, value_name = "BYTES")]
+    pub(crate) size: usize,
+    /// Connections to open, each with its own task.
+    #[arg(long, value_name = "C", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_CONNECTIONS))]
+    pub(crate) connections: u64,
+    /// Read the acks and report their latency; fail on the first one that is not ok.
+    #[arg(long)]
+    pub(crate) wait_ack: bool,
+    /// Print one JSON object on stdout instead of the human summary.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The most connections `bench` opens.
+const MAX_CONNECTIONS: u64 = 10_000;
+
+/// The target, the optional SOCKS5 proxy, and the deadline of every wait.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// The listener, as HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) addr: String,
+    /// The deadline of every network wait: connect, proxy handshake, each
+    /// write, each ack, the final read to EOF (humantime: 10s, 500ms, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "10s",
+          value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
+    /// Connect through this SOCKS5 proxy (RFC 1928), which then connects to --addr.
+    #[arg(long, value_name = "PROXY_HOST:PORT")]
+    pub(crate) socks5: Option<String>,
+    /// The user name for the proxy (RFC 1929); without it, no authentication.
+    #[arg(long, value_name = "USER", requires_all = ["socks5", "proxy_password"])]
+    pub(crate) proxy_user: Option<String>,
+    /// The password for the proxy; needs --proxy-user.
+    #[arg(long, value_name = "PASS", requires = "proxy_user")]
+    pub(crate) proxy_password: Option<String>,
+}
+
+/// The version and CRC size of the frames sent.
+#[derive(Debug, Clone, Copy, Args)]
+pub(crate) struct FormatArgs {
+    /// Frame version: 1 is the reference Python client's format, 2 the native one.
+    #[arg(long, value_name = "1|2", default_value = "1", value_parser = parse_version)]
+    pub(crate) version: Version,
+    /// CRC trailer size in bytes (0 means no checksum, which listeners refuse
+    /// unless configured to allow it); 1 matches the reference client's CRC-8.
+    #[arg(long, value_name = "0|1|2|4", default_value = "1", value_parser = parse_crc_size)]
+    pub(crate) crc_size: CrcSize,
+}
+
+fn parse_version(text: &str) -> Result<Version, String> {
+    let raw: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not 1 or 2"))?;
+    Version::try_from(raw).map_err(|error| error.to_string())
+}
+
+fn parse_crc_size(text: &str) -> Result<CrcSize, String> {
+    let raw: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not 0, 1, 2 or 4"))?;
+    CrcSize::try_from(raw).map_err(|error| error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("client").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn send_defaults_to_the_reference_format() {
+        let Command::Send(send) = parse(&["send", "--addr", "h:1", "a", "b"]).unwrap().command
+        else {
+            panic!("expected send");
+        };
+        assert_eq!(send.format.version, Version::V1);
+        assert_eq!(send.format.crc_size, CrcSize::Crc8);
+        assert_eq!(send.connect.timeout, Duration::from_secs(10));
+        assert_eq!(send.input.messages, ["a", "b"]);
+        assert!(!send.wait_ack);
+    }
+
+    #[test]
+    fn send_takes_exactly_one_input() {
+        assert!(parse(&["send", "--addr", "h:1"]).is_err());
+        assert!(parse(&["send", "--addr", "h:1", "--stdin-lines", "a"]).is_err());
+        assert!(parse(&["send", "--addr", "h:1", "--file", "f", "--stdin-lines"]).is_err());
+        assert!(parse(&["send", "--addr", "h:1", "--stdin-lines"]).is_ok());
+    }
+
+    #[test]
+    fn rejects_unknown_versions_and_crc_sizes() {
+        assert!(parse(&["send", "--addr", "h:1", "--version", "3", "a"]).is_err());
+        assert!(parse(&["send", "--addr", "h:1", "--crc-size", "3", "a"]).is_err());
+        let Command::Send(send) = parse(&[
+            "send",
+            "--addr",
+            "h:1",
+            "--version",
+            "2",
+            "--crc-size",
+            "0",
+            "a",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected send");
+        };
+        assert_eq!(send.format.version, Version::V2);
+        assert_eq!(send.format.crc_size, CrcSize::None);
+    }
+
+    #[test]
+    fn proxy_credentials_come_in_pairs_and_need_a_proxy() {
+        let base = ["send", "--addr", "h:1", "--socks5", "p:1080"];
+        assert!(parse(&[&base[..], &["--proxy-user", "u", "a"]].concat()).is_err());
+        assert!(parse(&[&base[..], &["--proxy-password", "p", "a"]].concat()).is_err());
+        let both = ["--proxy-user", "u", "--proxy-password", "p", "a"];
+        assert!(parse(&[&base[..], &both[..]].concat()).is_ok());
+        let no_proxy = ["send", "--addr", "h:1"];
+        assert!(parse(&[&no_proxy[..], &both[..]].concat()).is_err());
+    }
+
+    #[test]
+    fn bench_parses_its_options() {
+        let Command::Bench(bench) = parse(&[
+            "bench",
+            "--addr",
+            "h:1",
+            "--frames",
+            "100",
+            "--size",
+            "64",
+            "--connections",
+            "4",
+            "--wait-ack",
+            "--json",
+            "--timeout",
+            "500ms",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected bench");
+        };
+        assert_eq!((bench.frames, bench.size, bench.connections), (100, 64, 4));
+        assert!(bench.wait_ack && bench.json);
+        assert_eq!(bench.connect.timeout, Duration::from_millis(500));
+        assert!(parse(&["bench", "--addr", "h:1", "--frames", "0", "--size", "1"]).is_err());
+    }
+}

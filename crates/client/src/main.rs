@@ -1,0 +1,57 @@
+//! `client`: sends CRC frames (PROTOCOL.md) to a listener, directly or
+//! through a SOCKS5 proxy, and benchmarks it.
+//!
+//! - `client send --addr HOST:PORT (MESSAGE... | --file PATH | --stdin-lines)`
+//!   sends one frame per message, file or line, optionally checking the acks;
+//! - `client bench --addr HOST:PORT --frames N --size BYTES --connections C`
+//!   measures frames per second and, with `--wait-ack`, ack latency.
+//!
+//! Modules: [`cli`] (the options), [`send`], [`bench`](mod@bench), [`ack`] (what the
+//! listener sends back), [`connect`] (opening connections, directly or
+//! through the `socks5` crate's client),
+//! [`deadline`], [`histogram`] and [`output`].
+//!
+//! Left out: logging (the client reports in its summary line and its error
+//! chain) and any retry: a failure ends the run with a non-zero exit.
+
+mod ack;
+mod bench;
+mod cli;
+mod connect;
+mod deadline;
+mod histogram;
+mod output;
+mod send;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Send(args) => send::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! `client send`: frames from arguments, a file or the lines of stdin,
+//! written in batches, with the acks optionally read and checked.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use bytes::BytesMut;
+use proto::encode_frame;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::tcp::OwnedWriteHalf,
+};
+
+use crate::{
+    ack::{AckFailure, discarding_input, drain_to_eof, read_acks, with_ack_reader},
+    cli::{FormatArgs, Input, SendArgs},
+    connect::Dialer,
+    deadline::within,
+};
+
+/// Frames are encoded into one buffer and written once it holds this much:
+/// one `write` per batch, not per frame.
+const BATCH_LEN: usize = 256 * 1024;
+
+/// Payload bytes shown of a rejected frame.
+const PREVIEW_LEN: usize = 32;
+
+/// Sends the frames, then shuts the write side down. With `--wait-ack` it
+/// also reads an ack per frame and fails on the first that is not ok, and
+/// returns after the last ack. Without, it discards whatever the listener
+/// sends and returns when the listener closes (which it does once it has read
+/// every frame). Prints a one-line summary to stderr.
+///
+/// # Errors
+///
+/// When the input cannot be read, the connection fails or times out, or
+/// (with `--wait-ack`) an ack is missing, out of order or not ok.
+pub(crate) async fn run(args: SendArgs) -> Result<()> {
+    let payloads = read_payloads(&args.input).await?;
+    let too_long = u32::MAX as usize - args.format.crc_size.len();
+    if let Some((index, payload)) = payloads
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.len() > too_long)
+    {
+        bail!(
+            "frame {index}: a payload of {} bytes does not fit in one frame",
+            payload.len()
+        );
+    }
+    let dialer = Dialer::new(&args.connect).await?;
+    let timeout = dialer.timeout();
+    let (mut reader, mut writer) = dialer.connect().await?.into_split();
+    let writing = write_frames(&mut writer, &payloads, args.format, timeout);
+    let frames = payloads.len() as u64;
+    let addr = &args.connect.addr;
+    let wire_len = if args.wait_ack {
+        let acks = async {
+            read_acks(&mut reader, frames, timeout, |_| {})
+                .await
+                .map_err(|failure| explain(failure, &payloads))
+                .with_context(|| format!("waiting for acks from {addr}"))
+        };
+        with_ack_reader(writing, acks).await?.0
+    } else {
+        let written = discarding_input(&mut reader, writing).await?;
+        // Closing while the listener still sends (acks nobody asked for)
+        // makes the kernel reset the connection and drop whatever of ours is
+        // still unsent: the tail of the frames would be lost. Waiting for the
+        // listener's close avoids that, and it means every frame was read.
+        drain_to_eof(&mut reader, timeout)
+            .await
+            .context("waiting for the server to close after the last frame")?;
+        written
+    };
+    let acked = if args.wait_ack {
+        format!(", {frames} acked ok")
+    } else {
+        String::new()
+    };
+    eprintln!("sent {frames} frames ({wire_len} bytes){acked}");
+    Ok(())
+}
+
+/// The payloads, one per frame.
+async fn read_payloads(input: &Input) -> Result<Vec<Vec<u8>>> {
+    if let Some(path) = &input.file {
+        let payload = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("reading {}", path.display()))?;
+        return Ok(vec![payload]);
+    }
+    if input.stdin_lines {
+        let mut text = Vec::new();
+        tokio::io::stdin()
+            .read_to_end(&mut text)
+            .await
+            .context("reading stdin")?;
+        return Ok(split_lines(&text));
+    }
+    Ok(input
+        .messages
+        .iter()
+        .map(|message| message.clone().into_encoded_bytes())
+        .collect())
+}
+
+/// Splits `text` into lines without their "\n" or "\r\n"; a last line without
+/// a newline counts, an empty tail after the last newline does not.
+fn split_lines(text: &[u8]) -> Vec<Vec<u8>> {
+    if text.is_empty() {
+        return Vec::new();
+    }
+    let text = text.strip_suffix(b"\n").unwrap_or(text);
+    text.split(|&byte| byte == b'\n')
+        .map(|line| line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+        .collect()
+}
+
+/// Encodes every frame, writes them in batches of about [`BATCH_LEN`] bytes,
+/// and shuts the write side down. Returns the bytes written.
+async fn write_frames(
+    io: &mut OwnedWriteHalf,
+    payloads: &[Vec<u8>],
+    format: FormatArgs,
+    timeout: Duration,
+) -> Result<u64> {
+    let mut batch = BytesMut::with_capacity(BATCH_LEN);
+    let mut written = 0u64;
+    for (index, payload) in payloads.iter().enumerate() {
+        encode_frame(format.version, format.crc_size, payload, &mut batch)
+            .with_context(|| format!("encoding frame {index}"))?;
+        if batch.len() >= BATCH_LEN || index + 1 == payloads.len() {
+            within(timeout, io.write_all(&batch))
+                .await
+                .context("writing frames")?;
+            written += batch.len() as u64;
+            batch.clear();
+        }
+    }
+    within(timeout, io.shutdown())
+        .await
+        .context("shutting the connection down for writing")?;
+    Ok(written)
+}
+
+/// Names the rejected frame by index and payload preview.
+fn explain(failure: AckFailure, payloads: &[Vec<u8>]) -> anyhow::Error {
+    match failure {
+        AckFailure::Rejected { seq, status } => {
+            let payload = usize::try_from(seq)
+                .ok()
+                .and_then(|index| payloads.get(index));
+            let preview = payload.map_or_else(String::new, |payload| preview(payload));
+            anyhow!("frame {seq} ({preview}) was rejected: {status}")
+        }
+        other => other.into(),
+    }
+}
+
+/// The start of `payload` as quoted, escaped text, with "…" when cut.
+fn preview(payload: &[u8]) -> String {
+    let shown = payload.get(..PREVIEW_LEN).unwrap_or(payload);
+    let text = String::from_utf8_lossy(shown);
+    let more = if shown.len() < payload.len() {
+        "…"
+    } else {
+        ""
+    };
+    format!("{:?}{more}, {} bytes", text, payload.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_stdin_into_lines() {
+        let lines = |text: &[u8]| split_lines(text);
+        assert_eq!(lines(b"a\nbb\r\nc"), [&b"a"[..], b"bb", b"c"]);
+        assert_eq!(lines(b"a\n\nb\n"), [&b"a"[..], b"", b"b"]);
+        assert_eq!(lines(b"a\n"), [b"a"]);
+        assert_eq!(lines(b"\n"), [b""]);
+        assert!(lines(b"").is_empty());
+    }
+
+    #[test]
+    fn previews_are_short_and_quoted() {
+        assert_eq!(preview(b"hi"), "\"hi\", 2 bytes");
+        let long = preview(&[b'x'; 100]);
+        assert!(
+            long.starts_with(&format!("\"{}\"…", "x".repeat(PREVIEW_LEN))),
+            "{long}"
+        );
+        assert!(long.ends_with(", 100 bytes"));
+    }
+}
