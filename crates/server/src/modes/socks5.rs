@@ -371,30 +371,120 @@ fn read_users_file(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("users_file: cannot read {}", path.display()))
 }
 
-/// A running `socks5` listener (stub until the library lands).
-#[derive(Debug)]
-pub struct Socks5;
+/// A running `socks5` listener, shared by its sessions.
+pub struct Socks5 {
+    options: socks5::ServerOptions,
+}
+
+impl std::fmt::Debug for Socks5 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Socks5").finish_non_exhaustive()
+    }
+}
 
 impl Socks5 {
-    /// Stub.
+    /// Builds the session options from the config.
     ///
     /// # Errors
     ///
-    /// Never.
+    /// When the users file cannot be read or a rule is invalid.
     pub fn new(config: &Socks5Config) -> anyhow::Result<Self> {
-        let _ = config.load_users()?;
-        Ok(Self)
+        let users = config.load_users()?;
+        let auth = match config.auth {
+            AuthMode::None => socks5::AuthPolicy::none(),
+            AuthMode::Password => {
+                socks5::AuthPolicy::password(users, config.no_auth_networks.clone())
+            }
+        };
+        let mut rules = Vec::with_capacity(config.rules.len());
+        for rule in &config.rules {
+            rules.push(socks5::Rule {
+                action: match rule.action {
+                    ActionName::Allow => socks5::Action::Allow,
+                    ActionName::Deny => socks5::Action::Deny,
+                },
+                clients: rule.clients.clone(),
+                destinations: rule.destinations.clone(),
+                domains: rule
+                    .domains
+                    .iter()
+                    .map(|d| {
+                        socks5::DomainPattern::new(d)
+                            .with_context(|| format!("rules.domains: {d:?}"))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+                ports: rule
+                    .ports
+                    .iter()
+                    .map(PortSpec::range)
+                    .collect::<anyhow::Result<_>>()?,
+            });
+        }
+        let has = |c| config.commands.contains(&c);
+        let options = socks5::ServerOptions {
+            handshake_timeout: config.handshake_timeout,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            bind_timeout: config.bind_timeout,
+            commands: socks5::Commands {
+                connect: has(CommandName::Connect),
+                bind: has(CommandName::Bind),
+                udp_associate: has(CommandName::UdpAssociate),
+            },
+            auth: Arc::new(auth),
+            rules: Arc::new(socks5::Rules {
+                rules,
+                default: socks5::Action::Allow,
+            }),
+            udp_advertise: config.udp_advertise,
+            outbound_bind: config.outbound_bind,
+            ..socks5::ServerOptions::default()
+        };
+        Ok(Self { options })
     }
 
+    /// Serves one session and logs its summary.
     pub(crate) async fn handle(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         stop: CancellationToken,
     ) {
-        let _ = (stream, peer, stop, Arc::new(0), IpAddr::from([0, 0, 0, 0]));
-        debug!("stub");
-        info!("stub");
+        let report = socks5::serve(stream, peer, &self.options, stop).await;
+        let duration_ms = u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX);
+        let Some(command) = report.command else {
+            if let Some(error) = &report.error {
+                debug!(client = %report.client, %error, duration_ms, "session ended before a request");
+            }
+            return;
+        };
+        let command = match command {
+            socks5::Command::Connect => "connect",
+            socks5::Command::Bind => "bind",
+            socks5::Command::UdpAssociate => "udp-associate",
+        };
+        let destination = report
+            .destination
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string);
+        let reply = report.reply.map_or_else(
+            || "-".to_owned(),
+            |r| format!("{r:?} ({:#04x})", u8::from(r)),
+        );
+        let user = report.user.as_deref().unwrap_or("-");
+        let error = report.error.as_ref().map(ToString::to_string);
+        info!(
+            client = %report.client,
+            user,
+            command,
+            destination,
+            reply,
+            bytes_up = report.bytes_up,
+            bytes_down = report.bytes_down,
+            duration_ms,
+            error,
+            "session"
+        );
     }
 }
 
