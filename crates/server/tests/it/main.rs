@@ -10,3 +10,4 @@ mod config;
 mod crc_tcp;
 mod interop;
 mod process;
+mod socks5;

@@ -1,0 +1,131 @@
+//! The `socks5` mode as configured in TOML: frames through the proxy,
+//! passwords, rules and disabled commands, with our SOCKS5 client.
+
+use std::{net::SocketAddr, time::Duration};
+
+use socks5::{Address, Error, Reply, client};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{Running, STEP, within};
+
+const FRAMES: &str =
+    "[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n";
+
+fn proxy(extra: &str) -> String {
+    format!(
+        "{FRAMES}[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n{extra}\n"
+    )
+}
+
+/// The reference client's frame and the ack it gets (PROTOCOL.md).
+const REFERENCE_FRAME: [u8; 14] = [0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 0x61, 0x10];
+const ACK_OK_0: [u8; 25] = [
+    0, 0, 0, 2, 0, 0, 0, 0x0d, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbb, 0xe5, 0x68, 0xa3,
+];
+
+async fn frame_through(
+    proxy: SocketAddr,
+    frames: SocketAddr,
+    credentials: client::Credentials<'_>,
+) -> Result<(), Error> {
+    let (mut stream, _bound) =
+        client::connect(proxy, &Address::Ip(frames), credentials, STEP).await?;
+    within(STEP, stream.write_all(&REFERENCE_FRAME)).await?;
+    let mut ack = [0u8; 25];
+    within(STEP, stream.read_exact(&mut ack)).await?;
+    assert_eq!(ack, ACK_OK_0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn frames_reach_the_crc_tcp_listener_through_the_socks5_listener() {
+    let server = Running::start(&proxy("")).await;
+    frame_through(server.addr("proxy"), server.addr("frames"), None)
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn password_listener_lets_users_in_and_keeps_others_out() {
+    let server = Running::start(&proxy(
+        "auth = \"password\"\nusers = [{ username = \"alice\", password = \"s3cret\" }]",
+    ))
+    .await;
+    let (proxy, frames) = (server.addr("proxy"), server.addr("frames"));
+    frame_through(proxy, frames, Some(("alice", "s3cret")))
+        .await
+        .unwrap();
+    let wrong = frame_through(proxy, frames, Some(("alice", "guess"))).await;
+    assert!(matches!(wrong, Err(Error::AuthFailed)), "{wrong:?}");
+    let anonymous = frame_through(proxy, frames, None).await;
+    assert!(
+        matches!(anonymous, Err(Error::NoAcceptableMethod)),
+        "{anonymous:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn no_auth_networks_skip_the_password() {
+    let server = Running::start(&proxy(
+        "auth = \"password\"\nusers = [{ username = \"alice\", password = \"s3cret\" }]\nno_auth_networks = [\"127.0.0.0/8\"]",
+    ))
+    .await;
+    frame_through(server.addr("proxy"), server.addr("frames"), None)
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_deny_rule_from_the_config_gets_reply_2() {
+    let server = Running::start(&proxy(
+        "[[listener.rules]]\naction = \"deny\"\ndestinations = [\"127.0.0.0/8\"]",
+    ))
+    .await;
+    let denied = frame_through(server.addr("proxy"), server.addr("frames"), None).await;
+    assert!(
+        matches!(denied, Err(Error::Rejected(Reply::NotAllowed))),
+        "{denied:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_disabled_command_gets_reply_7() {
+    let server = Running::start(&proxy("commands = [\"bind\"]")).await;
+    let refused = frame_through(server.addr("proxy"), server.addr("frames"), None).await;
+    assert!(
+        matches!(refused, Err(Error::Rejected(Reply::CommandNotSupported))),
+        "{refused:?}"
+    );
+    let pending = client::bind(
+        server.addr("proxy"),
+        &Address::Ip("127.0.0.1:0".parse().unwrap()),
+        None,
+        STEP,
+    )
+    .await;
+    assert!(pending.is_ok(), "{pending:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_sessions_still_in_their_handshake() {
+    let server = Running::start(&proxy("handshake_timeout = \"60s\"")).await;
+    let mut silent = within(STEP, tokio::net::TcpStream::connect(server.addr("proxy")))
+        .await
+        .unwrap();
+    within(STEP, silent.write_all(&[5])).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Stop returns well before the handshake timeout: the session was ended.
+    within(Duration::from_secs(5), server.stop()).await;
+    let mut rest = Vec::new();
+    assert_eq!(
+        within(STEP, silent.read_to_end(&mut rest))
+            .await
+            .unwrap_or(0),
+        0
+    );
+}
