@@ -1,0 +1,398 @@
+//! The TCP relay between a client and its target, once CONNECT or BIND succeeded.
+//!
+//! Each direction waits for its socket to become readable and only then takes a buffer, reads
+//! until the socket is drained, writes everything to the other side, and gives the buffer back.
+//! An idle tunnel thus holds no buffer at all, only the two sockets and this future. On Linux,
+//! a read that fills the whole buffer shows bulk data, and the rest of that burst moves through
+//! a pipe with splice(2), which spares the two copies through this process (measured: about a
+//! quarter less CPU per GiB); the pipe, like the buffer, lives only for the burst. End of
+//! stream in one direction is passed on as a half-close (`shutdown(SHUT_WR)`) while the other
+//! direction keeps going; the relay ends when both directions have ended, on an error, or when
+//! no byte moved either way for the idle timeout.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::debug;
+
+use crate::Error;
+
+/// What the relay moved, and how it ended.
+#[derive(Debug)]
+pub(crate) struct Relayed {
+    /// Bytes from the client to the target (including the pending bytes).
+    pub(crate) up: u64,
+    /// Bytes from the target to the client.
+    pub(crate) down: u64,
+    /// `Ok` when both directions ended (or a peer reset, which is an ordinary way to close).
+    pub(crate) result: Result<(), Error>,
+}
+
+/// Relays between `client` and `target` until both directions end, an error, or
+/// `idle_timeout` without traffic. `pending` (bytes the client sent after its request) goes to
+/// the target first.
+pub(crate) async fn relay(
+    client: &mut TcpStream,
+    target: &mut TcpStream,
+    pending: BytesMut,
+    buffer_len: usize,
+    idle_timeout: Duration,
+) -> Relayed {
+    let buffer_len = buffer_len.max(1);
+    let (mut up, mut down) = (0, 0);
+    if !pending.is_empty() {
+        match timeout(idle_timeout, target.write_all(&pending)).await {
+            Ok(Ok(())) => up += pending.len() as u64,
+            Ok(Err(error)) => {
+                return Relayed {
+                    up,
+                    down,
+                    result: ended(error),
+                };
+            }
+            Err(_) => {
+                let result = Err(Error::Idle {
+                    limit: idle_timeout,
+                });
+                return Relayed { up, down, result };
+            }
+        }
+    }
+    drop(pending);
+
+    let clock = Clock::new();
+    let (client_read, mut client_write) = client.split();
+    let (target_read, mut target_write) = target.split();
+    let both = async {
+        tokio::try_join!(
+            pump(&client_read, &mut target_write, buffer_len, &mut up, &clock),
+            pump(
+                &target_read,
+                &mut client_write,
+                buffer_len,
+                &mut down,
+                &clock
+            ),
+        )
+    };
+    let result = tokio::select! {
+        done = both => done.map(drop).or_else(ended),
+        () = clock.idle(idle_timeout) => Err(Error::Idle { limit: idle_timeout }),
+    };
+    Relayed { up, down, result }
+}
+
+/// A reset or a broken pipe is how many peers close; it ends the relay without an error.
+fn ended(error: io::Error) -> Result<(), Error> {
+    match error.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::NotConnected => {
+            debug!(%error, "relay ended by a reset");
+            Ok(())
+        }
+        _ => Err(error.into()),
+    }
+}
+
+/// One direction: readable → take a buffer → drain `from` into `to` → give the buffer back.
+async fn pump(
+    from: &ReadHalf<'_>,
+    to: &mut WriteHalf<'_>,
+    buffer_len: usize,
+    count: &mut u64,
+    clock: &Clock,
+) -> io::Result<()> {
+    loop {
+        from.readable().await?;
+        let mut buf = Vec::with_capacity(buffer_len);
+        loop {
+            buf.clear();
+            match from.try_read_buf(&mut buf) {
+                Ok(0) => {
+                    to.shutdown().await?;
+                    return Ok(());
+                }
+                Ok(n) => {
+                    write_all(to, &buf).await?;
+                    *count += n as u64;
+                    clock.touch();
+                    if n < buf.capacity() {
+                        // A short read drained the socket: forget the readiness now instead of
+                        // paying a read that would only say WouldBlock (tokio's own `poll_read`
+                        // does the same). A FIN that came with the data stays visible.
+                        clear_read_readiness(from);
+                        break;
+                    }
+                    #[cfg(target_os = "linux")]
+                    {
+                        // A full buffer means bulk data: move the rest of the burst through a
+                        // pipe with splice(2), without copying it through this process.
+                        match splice::burst(from, to, count, clock).await? {
+                            splice::Ended::Drained => break,
+                            splice::Ended::Eof => {
+                                to.shutdown().await?;
+                                return Ok(());
+                            }
+                            // No pipe to be had (file limit): keep copying.
+                            splice::Ended::NoPipe => {}
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn clear_read_readiness(from: &ReadHalf<'_>) {
+    let stream: &TcpStream = from.as_ref();
+    // try_io clears the readiness it saw when the closure says WouldBlock, and only that
+    // readiness: an event that arrived since is kept.
+    let _ = stream.try_io(Interest::READABLE, || {
+        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    });
+}
+
+#[cfg(target_os = "linux")]
+mod splice {
+    //! Zero-copy bulk transfer: socket → pipe → socket.
+    use std::io;
+
+    use rustix::pipe::{PipeFlags, SpliceFlags, fcntl_setpipe_size, pipe_with, splice};
+    use tokio::io::Interest;
+    use tokio::net::TcpStream;
+    use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+    use super::Clock;
+
+    /// The pipe size asked for: 4 times the default 64 KiB halves the CPU time per GiB of the
+    /// default pipe again (measured 0.16–0.18 against 0.19–0.22 s/GiB). Pages are taken only
+    /// while data sits in the pipe.
+    const PIPE_LEN: usize = 256 * 1024;
+    /// What a pipe holds when it cannot be resized.
+    const DEFAULT_PIPE_LEN: usize = 64 * 1024;
+
+    pub(super) enum Ended {
+        /// `from` has nothing more for now (its readiness is cleared).
+        Drained,
+        /// `from` reached end of stream (everything before it was written).
+        Eof,
+        /// No pipe could be created; nothing was moved.
+        NoPipe,
+    }
+
+    /// Moves what `from` has into `to` until `from` runs dry or ends. The pipe lives only for
+    /// this burst, so an idle tunnel holds no pipe.
+    pub(super) async fn burst(
+        from: &ReadHalf<'_>,
+        to: &WriteHalf<'_>,
+        count: &mut u64,
+        clock: &Clock,
+    ) -> io::Result<Ended> {
+        let Ok((pipe_out, pipe_in)) = pipe_with(PipeFlags::NONBLOCK | PipeFlags::CLOEXEC) else {
+            return Ok(Ended::NoPipe);
+        };
+        let pipe_len = fcntl_setpipe_size(&pipe_in, PIPE_LEN).unwrap_or(DEFAULT_PIPE_LEN);
+        let source: &TcpStream = from.as_ref();
+        let sink: &TcpStream = to.as_ref();
+        let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
+        loop {
+            // The pipe is empty here, so WouldBlock can only mean the socket is (and try_io
+            // then clears its readiness). A short splice proves nothing: the pipe may have run
+            // out of slots, so only WouldBlock ends the burst.
+            let filled = source.try_io(Interest::READABLE, || {
+                splice(source, None, &pipe_in, None, pipe_len, flags).map_err(io::Error::from)
+            });
+            let mut in_pipe = match filled {
+                Ok(0) => return Ok(Ended::Eof),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Ended::Drained),
+                Err(e) => return Err(e),
+            };
+            *count += in_pipe as u64;
+            while in_pipe > 0 {
+                let drained = sink.try_io(Interest::WRITABLE, || {
+                    splice(&pipe_out, None, sink, None, in_pipe, flags).map_err(io::Error::from)
+                });
+                match drained {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => in_pipe -= n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+                    Err(e) => return Err(e),
+                }
+            }
+            clock.touch();
+        }
+    }
+}
+
+async fn write_all(to: &WriteHalf<'_>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        match to.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => data = data.get(n..).unwrap_or_default(),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => to.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// When the last byte moved, shared by both directions of one relay (they run in the same task;
+/// the atomic only makes the future `Send`).
+struct Clock {
+    start: Instant,
+    last_nanos: AtomicU64,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            start: Instant::now(),
+            last_nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Completes once `limit` passed since the last byte moved.
+    async fn idle(&self, limit: Duration) {
+        loop {
+            let last = self.start + Duration::from_nanos(self.last_nanos.load(Ordering::Relaxed));
+            let deadline = last + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            sleep_until(deadline).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (connected, accepted) = tokio::join!(TcpStream::connect(address), listener.accept());
+        (connected.expect("connect"), accepted.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_with_half_close_and_pending_bytes() {
+        let (mut client, mut client_side) = pair().await;
+        let (mut target_side, mut target) = pair().await;
+        let pending = BytesMut::from(&b"early "[..]);
+        let relay = tokio::spawn(async move {
+            relay(
+                &mut client_side,
+                &mut target_side,
+                pending,
+                16,
+                Duration::from_secs(10),
+            )
+            .await
+        });
+        let work = async {
+            client.write_all(b"hello").await?;
+            client.shutdown().await?;
+            let mut got = Vec::new();
+            target.read_to_end(&mut got).await?;
+            assert_eq!(got, b"early hello");
+            target.write_all(&[7; 100]).await?;
+            target.shutdown().await?;
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await?;
+            assert_eq!(back, vec![7; 100]);
+            io::Result::Ok(())
+        };
+        timeout(Duration::from_secs(10), work)
+            .await
+            .expect("in time")
+            .expect("io");
+        let relayed = timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("in time")
+            .expect("join");
+        assert!(relayed.result.is_ok(), "{:?}", relayed.result);
+        assert_eq!((relayed.up, relayed.down), (11, 100));
+    }
+
+    /// A small buffer fills at once, so on Linux this goes through splice, and the end of
+    /// stream arrives in the middle of a burst.
+    #[tokio::test]
+    async fn relays_bulk_data_intact_and_passes_the_end_on() {
+        const LEN: usize = 4 << 20;
+        let (mut client, mut client_side) = pair().await;
+        let (mut target_side, mut target) = pair().await;
+        let relay = tokio::spawn(async move {
+            relay(
+                &mut client_side,
+                &mut target_side,
+                BytesMut::new(),
+                4096,
+                Duration::from_secs(10),
+            )
+            .await
+        });
+        let data: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            target.write_all(&data).await?;
+            target.shutdown().await?;
+            io::Result::Ok(target)
+        });
+        let mut got = Vec::new();
+        timeout(Duration::from_secs(20), client.read_to_end(&mut got))
+            .await
+            .expect("in time")
+            .expect("read");
+        assert!(
+            got == expected,
+            "{} bytes arrived, content equal: {}",
+            got.len(),
+            got == expected
+        );
+        drop(client);
+        let _target = writer.await.expect("join").expect("write");
+        let relayed = timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("in time")
+            .expect("join");
+        assert_eq!(relayed.down, LEN as u64);
+    }
+
+    #[tokio::test]
+    async fn ends_after_the_idle_timeout() {
+        let (_client, mut client_side) = pair().await;
+        let (mut target_side, _target) = pair().await;
+        let limit = Duration::from_millis(200);
+        let relayed = timeout(
+            Duration::from_secs(10),
+            relay(
+                &mut client_side,
+                &mut target_side,
+                BytesMut::new(),
+                1024,
+                limit,
+            ),
+        )
+        .await
+        .expect("in time");
+        assert!(matches!(relayed.result, Err(Error::Idle { .. })));
+    }
+}

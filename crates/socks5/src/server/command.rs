@@ -1,0 +1,285 @@
+//! CONNECT and BIND (RFC 1928 §4, §6); UDP ASSOCIATE lives in [`crate::udp`].
+
+use std::net::{IpAddr, SocketAddr};
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use super::{ServerOptions, Session, cancellable};
+use crate::resolve::lookup;
+use crate::rules::Action;
+use crate::wire::{Address, Reply};
+use crate::{Error, relay};
+
+/// While BIND waits for its peer, at most this much of what the client sends is kept (to be
+/// relayed first); beyond it the client is simply not read until the peer arrives.
+const MAX_BIND_PENDING_LEN: usize = 64 * 1024;
+
+impl Session<'_> {
+    /// CONNECT: open the target, reply with the outbound socket's address, relay.
+    pub(super) async fn connect(
+        &mut self,
+        destination: &Address,
+        pending: BytesMut,
+        stop: &CancellationToken,
+    ) -> Result<(), Error> {
+        let opened = cancellable(
+            stop,
+            "connect",
+            open(self.client_ip, destination, self.options),
+        );
+        let mut target = match opened.await {
+            Ok(target) => target,
+            Err(error @ Error::Cancelled { .. }) => return Err(error),
+            Err(error) => return Err(self.fail(error).await),
+        };
+        let bound = match target.local_addr() {
+            Ok(bound) => bound,
+            Err(error) => return Err(self.fail(error.into()).await),
+        };
+        self.reply(Reply::Succeeded, Address::Ip(bound)).await?;
+        self.relay(&mut target, pending).await
+    }
+
+    /// BIND: listen, reply with the listening address, wait for the expected peer, reply with
+    /// its address, relay.
+    ///
+    /// DST.ADDR names the expected peer (RFC 1928 §4). If it is not unspecified, a connection
+    /// from any other IP (for a domain: from an IP it does not resolve to) gets the second
+    /// reply X'02' and ends the session, as does a peer the rules deny. DST.PORT is not
+    /// checked, since the peer's source port is rarely known in advance.
+    pub(super) async fn bind(
+        &mut self,
+        expected: &Address,
+        mut pending: BytesMut,
+        stop: &CancellationToken,
+    ) -> Result<(), Error> {
+        let (listener, expected_ips) =
+            match cancellable(stop, "BIND setup", self.listen(expected)).await {
+                Ok(ready) => ready,
+                Err(error @ Error::Cancelled { .. }) => return Err(error),
+                Err(error) => return Err(self.fail(error).await),
+            };
+        let listening = match listener.local_addr() {
+            Ok(address) => address,
+            Err(error) => return Err(self.fail(error.into()).await),
+        };
+        self.reply(Reply::Succeeded, Address::Ip(listening)).await?;
+        let waited = cancellable(
+            stop,
+            "BIND wait",
+            self.wait_for_peer(&listener, &mut pending),
+        );
+        let waited = waited.await;
+        drop(listener);
+        let (mut peer_stream, peer) = match waited {
+            Ok(accepted) => accepted,
+            Err(error @ Error::Cancelled { .. }) => return Err(error),
+            Err(error) => return Err(self.fail(error).await),
+        };
+        let peer_ip = peer.ip().to_canonical();
+        if let Some(ips) = &expected_ips
+            && !ips.contains(&peer_ip)
+        {
+            let error = Error::UnexpectedPeer {
+                expected: expected.clone(),
+                actual: peer,
+            };
+            return Err(self.fail(error).await);
+        }
+        if self
+            .options
+            .rules
+            .check(self.client_ip, None, peer_ip, peer.port())
+            == Action::Deny
+        {
+            return Err(self
+                .fail(Error::Denied {
+                    target: Address::Ip(peer),
+                })
+                .await);
+        }
+        self.reply(
+            Reply::Succeeded,
+            Address::Ip(SocketAddr::new(peer_ip, peer.port())),
+        )
+        .await?;
+        self.relay(&mut peer_stream, pending).await
+    }
+
+    /// The BIND listener, and the IPs the peer may come from (`None`: any).
+    async fn listen(
+        &self,
+        expected: &Address,
+    ) -> Result<(TcpListener, Option<Vec<IpAddr>>), Error> {
+        let rules = &self.options.rules;
+        let denied = || Error::Denied {
+            target: expected.clone(),
+        };
+        let expected_ips = match expected {
+            Address::Ip(address) if address.ip().is_unspecified() => None,
+            Address::Ip(address) => {
+                let ip = address.ip().to_canonical();
+                if rules.check(self.client_ip, None, ip, address.port()) == Action::Deny {
+                    return Err(denied());
+                }
+                Some(vec![ip])
+            }
+            Address::Domain(host, port) => {
+                if rules.check_name(self.client_ip, host, *port) == Some(Action::Deny) {
+                    return Err(denied());
+                }
+                let limit = self.options.connect_timeout;
+                let found = timeout(limit, lookup(&*self.options.resolver, host, *port))
+                    .await
+                    .map_err(|_| Error::ConnectTimeout {
+                        target: expected.clone(),
+                        limit,
+                    })??;
+                let allowed: Vec<IpAddr> = found
+                    .iter()
+                    .filter(|a| {
+                        rules.check(self.client_ip, Some(host), a.ip(), a.port()) == Action::Allow
+                    })
+                    .map(SocketAddr::ip)
+                    .collect();
+                if allowed.is_empty() {
+                    return Err(denied());
+                }
+                Some(allowed)
+            }
+        };
+        let local_ip = match self.options.outbound_bind {
+            Some(ip) => ip,
+            None => self.stream.local_addr()?.ip().to_canonical(),
+        };
+        let socket = if local_ip.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(local_ip, 0))?;
+        Ok((socket.listen(1)?, expected_ips))
+    }
+
+    /// Waits for one connection, keeping what the client sends meanwhile; the client closing
+    /// ends the wait.
+    async fn wait_for_peer(
+        &mut self,
+        listener: &TcpListener,
+        pending: &mut BytesMut,
+    ) -> Result<(TcpStream, SocketAddr), Error> {
+        let limit = self.options.bind_timeout;
+        let control = &mut self.stream;
+        let work = async {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => return accepted.map_err(Error::from),
+                    read = control.read_buf(&mut *pending), if pending.len() < MAX_BIND_PENDING_LEN => {
+                        if read? == 0 {
+                            return Err(Error::Closed { stage: "BIND wait" });
+                        }
+                    }
+                }
+            }
+        };
+        timeout(limit, work)
+            .await
+            .map_err(|_| Error::BindTimeout { limit })?
+    }
+
+    /// Relays between the client and `target`, and counts.
+    async fn relay(&mut self, target: &mut TcpStream, pending: BytesMut) -> Result<(), Error> {
+        for stream in [&self.stream, &*target] {
+            if let Err(error) = stream.set_nodelay(true) {
+                debug!(%error, "cannot set TCP_NODELAY");
+            }
+        }
+        let options = self.options;
+        let relayed = relay::relay(
+            &mut self.stream,
+            target,
+            pending,
+            options.relay_buffer_len,
+            options.idle_timeout,
+        )
+        .await;
+        self.report.bytes_up += relayed.up;
+        self.report.bytes_down += relayed.down;
+        relayed.result
+    }
+}
+
+/// Resolves (if needed) and connects, trying each allowed address in turn, all within
+/// `connect_timeout`.
+async fn open(
+    client_ip: IpAddr,
+    destination: &Address,
+    options: &ServerOptions,
+) -> Result<TcpStream, Error> {
+    let limit = options.connect_timeout;
+    let rules = &options.rules;
+    let denied = || Error::Denied {
+        target: destination.clone(),
+    };
+    let work = async {
+        match destination {
+            Address::Ip(address) => {
+                let address = SocketAddr::new(address.ip().to_canonical(), address.port());
+                if rules.check(client_ip, None, address.ip(), address.port()) == Action::Deny {
+                    return Err(denied());
+                }
+                connect_one(address, options.outbound_bind).await
+            }
+            Address::Domain(host, port) => {
+                if rules.check_name(client_ip, host, *port) == Some(Action::Deny) {
+                    return Err(denied());
+                }
+                let mut last_failure = None;
+                for address in lookup(&*options.resolver, host, *port).await? {
+                    if rules.check(client_ip, Some(host), address.ip(), address.port())
+                        == Action::Deny
+                    {
+                        debug!(%host, %address, "rules deny this address of the name");
+                        continue;
+                    }
+                    match connect_one(address, options.outbound_bind).await {
+                        Ok(stream) => return Ok(stream),
+                        Err(error) => {
+                            debug!(%host, %error, "connect attempt failed");
+                            last_failure = Some(error);
+                        }
+                    }
+                }
+                Err(last_failure.unwrap_or_else(denied))
+            }
+        }
+    };
+    timeout(limit, work)
+        .await
+        .map_err(|_| Error::ConnectTimeout {
+            target: destination.clone(),
+            limit,
+        })?
+}
+
+async fn connect_one(address: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream, Error> {
+    let attempt = async {
+        let socket = if address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = bind {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        socket.connect(address).await
+    };
+    attempt
+        .await
+        .map_err(|error| Error::Connect { address, error })
+}

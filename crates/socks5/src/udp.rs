@@ -1,0 +1,336 @@
+//! UDP ASSOCIATE (RFC 1928 §7): one relay socket per association.
+//!
+//! - The socket is bound to `outbound_bind` or the local IP of the client's TCP connection,
+//!   port 0, and the reply names it (or `udp_advertise`).
+//! - A datagram is the client's if it comes from the client's IP (that of its TCP connection)
+//!   and the client's port: DST.PORT of the request if not 0, else the port of the first
+//!   datagram from that IP, which locks it. DST.ADDR is not used to pick the IP, because
+//!   clients behind NAT often send their private address there.
+//! - The client's datagrams are relayed to their header's destination (a domain is resolved,
+//!   with a small cache for the association's lifetime), if the rules allow it; fragments
+//!   (FRAG ≠ 0) and malformed headers are dropped.
+//! - Datagrams from an address the client has sent to come back to the client with a header
+//!   naming their source; datagrams from anywhere else are dropped (like a NAT's
+//!   address-and-port-dependent filtering), so strangers cannot inject traffic.
+//! - The association ends when the TCP connection closes or fails, or after `idle_timeout`
+//!   without a relayed datagram.
+//!
+//! The socket has one IP family: if it is bound to a specific IPv4 (IPv6) address, targets of
+//! the other family are dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::{Instant, sleep, timeout};
+use tracing::debug;
+
+use crate::Error;
+use crate::resolve::lookup;
+use crate::rules::Action;
+use crate::server::{ServerOptions, Session};
+use crate::wire::{Address, Decoded, Reply, UdpHeader, decode_udp_header, encode_udp_header};
+
+/// Room in front of a received datagram for the header of an IP address (the largest, IPv6: RSV,
+/// FRAG, ATYP, 16 + 2 bytes), so that a datagram goes back to the client without a copy.
+const HEADER_ROOM: usize = 3 + 1 + 16 + 2;
+/// Larger than any UDP payload.
+const MAX_DATAGRAM_LEN: usize = 64 * 1024;
+/// Remembered targets, whose answers are let back in. Past this, the set starts over.
+const MAX_TARGETS: usize = 1024;
+/// Remembered names. Past this, the cache starts over.
+const MAX_NAMES: usize = 64;
+
+/// Runs a UDP association for `session` until it ends.
+pub(crate) async fn associate(session: &mut Session<'_>, requested: &Address) -> Result<(), Error> {
+    let (socket, advertised) = match open(session).await {
+        Ok(opened) => opened,
+        Err(error) => return Err(session.fail(error).await),
+    };
+    session
+        .reply(Reply::Succeeded, Address::Ip(advertised))
+        .await?;
+    let local = socket.local_addr()?;
+    let mut association = Association {
+        local_unspecified: local.ip().is_unspecified(),
+        v6: local.is_ipv6(),
+        socket,
+        client_ip: session.client_ip,
+        client_port: Some(requested.port()).filter(|&port| port != 0),
+        client: None,
+        targets: HashSet::new(),
+        names: HashMap::new(),
+        options: session.options,
+        up: 0,
+        down: 0,
+    };
+    let result = association.run(&mut session.stream).await;
+    session.report.bytes_up += association.up;
+    session.report.bytes_down += association.down;
+    result
+}
+
+/// Binds the relay socket; returns it and the address for the reply.
+async fn open(session: &Session<'_>) -> Result<(UdpSocket, SocketAddr), Error> {
+    let local_ip = session.stream.local_addr()?.ip().to_canonical();
+    let bind_ip = session.options.outbound_bind.unwrap_or(local_ip);
+    let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
+    let bound = socket.local_addr()?;
+    let ip = match session.options.udp_advertise {
+        Some(ip) => ip,
+        None if bound.ip().is_unspecified() => local_ip,
+        None => bound.ip().to_canonical(),
+    };
+    Ok((socket, SocketAddr::new(ip, bound.port())))
+}
+
+struct Association<'a> {
+    socket: UdpSocket,
+    /// Bound to `0.0.0.0` or `::`: may send to any address of its family (and `::` to IPv4).
+    local_unspecified: bool,
+    /// An IPv6 socket.
+    v6: bool,
+    client_ip: IpAddr,
+    client_port: Option<u16>,
+    /// The client's address exactly as the socket sees it, once known.
+    client: Option<SocketAddr>,
+    targets: HashSet<SocketAddr>,
+    names: HashMap<String, Vec<IpAddr>>,
+    options: &'a ServerOptions,
+    up: u64,
+    down: u64,
+}
+
+enum Event {
+    Control(io::Result<usize>),
+    Readable(io::Result<()>),
+    Idle,
+}
+
+impl Association<'_> {
+    async fn run(&mut self, control: &mut TcpStream) -> Result<(), Error> {
+        let limit = self.options.idle_timeout;
+        let idle = sleep(limit);
+        tokio::pin!(idle);
+        let mut ignored = [0; 64];
+        loop {
+            let event = tokio::select! {
+                read = control.read(&mut ignored) => Event::Control(read),
+                ready = self.socket.readable() => Event::Readable(ready),
+                () = &mut idle => Event::Idle,
+            };
+            match event {
+                Event::Control(Ok(0)) => return Ok(()),
+                // RFC 1928 defines no message on the control connection after the reply.
+                Event::Control(Ok(_)) => {}
+                Event::Control(Err(error)) => {
+                    debug!(%error, "UDP association control connection failed");
+                    return Ok(());
+                }
+                Event::Readable(ready) => {
+                    ready?;
+                    if self.drain().await? {
+                        idle.as_mut().reset(Instant::now() + limit);
+                    }
+                }
+                Event::Idle => {
+                    return Err(Error::Idle { limit });
+                }
+            }
+        }
+    }
+
+    /// Handles every datagram waiting on the socket, with one buffer taken for the burst;
+    /// returns whether any was relayed.
+    async fn drain(&mut self) -> Result<bool, Error> {
+        let mut buf = Vec::with_capacity(HEADER_ROOM + MAX_DATAGRAM_LEN);
+        let mut relayed = false;
+        loop {
+            buf.clear();
+            buf.resize(HEADER_ROOM, 0);
+            let from = match self.socket.try_recv_buf_from(&mut buf) {
+                Ok((_, from)) => from,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(relayed),
+                // ICMP errors for earlier datagrams; they do not concern this one.
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset
+                    ) =>
+                {
+                    debug!(%error, "UDP relay socket reported an error");
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            };
+            relayed |= self.handle(&mut buf, from).await;
+        }
+    }
+
+    /// One datagram in `buf[HEADER_ROOM..]`; returns whether it was relayed.
+    async fn handle(&mut self, buf: &mut [u8], from: SocketAddr) -> bool {
+        let is_client = from.ip().to_canonical() == self.client_ip
+            && self.client_port.is_none_or(|port| port == from.port());
+        if is_client {
+            if self.client.is_none() {
+                debug!(client = %from, "UDP association locked to the client's address");
+                self.client_port = Some(from.port());
+                self.client = Some(from);
+            }
+            let datagram = buf.get(HEADER_ROOM..).unwrap_or_default();
+            self.relay_out(datagram).await
+        } else if let Some(client) = self.client
+            && self.targets.contains(&from)
+        {
+            self.relay_back(buf, from, client).await
+        } else {
+            debug!(%from, "dropped a UDP datagram from an unknown source");
+            false
+        }
+    }
+
+    async fn relay_out(&mut self, datagram: &[u8]) -> bool {
+        let (header, used) = match decode_udp_header(datagram) {
+            Ok(Decoded::Done(header, used)) => (header, used),
+            Ok(Decoded::NeedMore(_)) => {
+                debug!(len = datagram.len(), "dropped a truncated UDP datagram");
+                return false;
+            }
+            Err(error) => {
+                debug!(%error, "dropped a UDP datagram with a malformed header");
+                return false;
+            }
+        };
+        if header.frag != 0 {
+            debug!(
+                frag = header.frag,
+                "dropped a UDP fragment: fragmentation is not supported"
+            );
+            return false;
+        }
+        let Some(target) = self.target(&header.address).await else {
+            return false;
+        };
+        let payload = datagram.get(used..).unwrap_or_default();
+        match self.socket.send_to(payload, target).await {
+            Ok(_) => {
+                self.up += payload.len() as u64;
+                if self.targets.len() >= MAX_TARGETS && !self.targets.contains(&target) {
+                    self.targets.clear();
+                }
+                self.targets.insert(target);
+                true
+            }
+            Err(error) => {
+                debug!(%error, %target, "could not send a UDP datagram");
+                false
+            }
+        }
+    }
+
+    /// Wraps the datagram in `buf[HEADER_ROOM..]` in a header naming `from`, in place.
+    async fn relay_back(&mut self, buf: &mut [u8], from: SocketAddr, client: SocketAddr) -> bool {
+        let payload_len = buf.len().saturating_sub(HEADER_ROOM);
+        let source = SocketAddr::new(from.ip().to_canonical(), from.port());
+        let header = UdpHeader::new(Address::Ip(source));
+        let start = HEADER_ROOM.saturating_sub(3 + header.address.encoded_len());
+        let Some(mut slot) = buf.get_mut(start..HEADER_ROOM) else {
+            return false;
+        };
+        if encode_udp_header(&header, &mut slot).is_err() {
+            return false;
+        }
+        let packet = buf.get(start..).unwrap_or_default();
+        match self.socket.send_to(packet, client).await {
+            Ok(_) => {
+                self.down += payload_len as u64;
+                true
+            }
+            Err(error) => {
+                debug!(%error, %client, "could not send a UDP datagram to the client");
+                false
+            }
+        }
+    }
+
+    /// Where to send a datagram for `address`, if the rules and the socket's family allow.
+    async fn target(&mut self, address: &Address) -> Option<SocketAddr> {
+        let rules = &self.options.rules;
+        let client = self.client_ip;
+        let (ip, port) = match address {
+            Address::Ip(address) => {
+                let ip = address.ip().to_canonical();
+                if rules.check(client, None, ip, address.port()) == Action::Deny {
+                    debug!(target = %address, "rules deny a UDP destination");
+                    return None;
+                }
+                (ip, address.port())
+            }
+            Address::Domain(host, port) => {
+                if rules.check_name(client, host, *port) == Some(Action::Deny) {
+                    debug!(%host, "rules deny a UDP destination");
+                    return None;
+                }
+                let ips = self.resolve(host, *port).await;
+                let usable = ips.into_iter().find(|&ip| {
+                    self.reachable(ip)
+                        && rules.check(client, Some(host), ip, *port) == Action::Allow
+                });
+                let Some(ip) = usable else {
+                    debug!(%host, "no allowed address for a UDP destination");
+                    return None;
+                };
+                (ip, *port)
+            }
+        };
+        if !self.reachable(ip) {
+            debug!(%ip, "UDP relay socket cannot reach this address family");
+            return None;
+        }
+        Some(self.socket_address(SocketAddr::new(ip, port)))
+    }
+
+    /// The addresses of `host`, from the cache if possible (a failed lookup is cached as none).
+    async fn resolve(&mut self, host: &str, port: u16) -> Vec<IpAddr> {
+        if let Some(ips) = self.names.get(host) {
+            return ips.clone();
+        }
+        let limit = self.options.connect_timeout;
+        let ips = match timeout(limit, lookup(&*self.options.resolver, host, port)).await {
+            Ok(Ok(found)) => found.into_iter().map(|a| a.ip()).collect(),
+            Ok(Err(error)) => {
+                debug!(%error, "UDP destination does not resolve");
+                Vec::new()
+            }
+            Err(_) => {
+                debug!(%host, ?limit, "resolving a UDP destination timed out");
+                Vec::new()
+            }
+        };
+        if self.names.len() >= MAX_NAMES {
+            self.names.clear();
+        }
+        self.names.insert(host.to_owned(), ips.clone());
+        ips
+    }
+
+    fn reachable(&self, ip: IpAddr) -> bool {
+        match (self.v6, ip) {
+            (false, IpAddr::V4(_)) | (true, IpAddr::V6(_)) => true,
+            (true, IpAddr::V4(_)) => self.local_unspecified,
+            (false, IpAddr::V6(_)) => false,
+        }
+    }
+
+    /// An IPv6 socket reaches IPv4 targets through their IPv4-mapped form.
+    fn socket_address(&self, target: SocketAddr) -> SocketAddr {
+        match target.ip() {
+            IpAddr::V4(ip) if self.v6 => {
+                SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), target.port())
+            }
+            _ => target,
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! Integration tests: a real server on 127.0.0.1:0 (and ::1) driven by raw bytes, our client,
+//! curl and PySocks. Nothing leaves the machine: names resolve through a static resolver.
+
+mod auth;
+mod bind;
+mod connect;
+mod handshake;
+mod harness;
+mod interop;
+mod replies;
+mod udp;

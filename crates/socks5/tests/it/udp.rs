@@ -1,0 +1,218 @@
+//! UDP ASSOCIATE: the round trip with its header, domains, drops, and the association's end.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socks5::client::UdpAssociation;
+use socks5::{Address, Command, Error, ServerOptions};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+
+use crate::harness::{LIMIT, Proxy, greeted, options, read_reply_v4, udp_echo, within};
+
+/// A UDP echo that answers `[n] + payload`, n counting the datagrams it has seen, so a test can
+/// tell whether a datagram it expected to be dropped got through.
+async fn counting_echo() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let address = socket.local_addr().expect("address");
+    tokio::spawn(async move {
+        let mut buf = vec![0; 65536];
+        let mut seen = 0_u8;
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            seen = seen.wrapping_add(1);
+            let mut answer = vec![seen];
+            answer.extend_from_slice(buf.get(..len).unwrap_or_default());
+            let _ = socket.send_to(&answer, from).await;
+        }
+    });
+    address
+}
+
+/// A raw association: the control stream, the client's UDP socket and the relay address.
+async fn raw_association(proxy: SocketAddr) -> (TcpStream, UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let local = socket.local_addr().expect("address");
+    let mut control = greeted(proxy).await;
+    let mut request = vec![5, 3, 0, 1, 127, 0, 0, 1];
+    request.extend_from_slice(&local.port().to_be_bytes());
+    within(LIMIT, control.write_all(&request))
+        .await
+        .expect("request");
+    let (reply, relay) = read_reply_v4(&mut control).await;
+    assert_eq!(reply, 0);
+    assert_eq!(
+        relay.ip(),
+        proxy.ip(),
+        "the relay is on the address the client reached"
+    );
+    (control, socket, relay)
+}
+
+fn datagram(frag: u8, target: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let SocketAddr::V4(target) = target else {
+        panic!("IPv4 expected")
+    };
+    let mut out = vec![0, 0, frag, 1];
+    out.extend_from_slice(&target.ip().octets());
+    out.extend_from_slice(&target.port().to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+async fn receive(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0; 65536];
+    let (len, from) = within(LIMIT, socket.recv_from(&mut buf))
+        .await
+        .expect("datagram");
+    buf.truncate(len);
+    (buf, from)
+}
+
+#[tokio::test]
+async fn relays_a_datagram_and_its_answer_with_the_source_header() {
+    let proxy = Proxy::start(options()).await;
+    let echo = udp_echo().await;
+    let (_control, socket, relay) = raw_association(proxy.address).await;
+    within(LIMIT, socket.send_to(&datagram(0, echo, b"ping"), relay))
+        .await
+        .expect("send");
+    let (answer, from) = receive(&socket).await;
+    assert_eq!(from, relay);
+    assert_eq!(
+        answer,
+        datagram(0, echo, b"ping"),
+        "RSV, FRAG 0, the echo's address, DATA"
+    );
+}
+
+#[tokio::test]
+async fn client_relays_to_ip_and_domain_targets() {
+    let mut proxy = Proxy::start(options()).await;
+    let echo = udp_echo().await;
+    let association = within(LIMIT, UdpAssociation::associate(proxy.address, None, LIMIT))
+        .await
+        .expect("associate");
+    let mut buf = vec![0; 2048];
+    for target in [
+        Address::Ip(echo),
+        Address::Domain("echo.test".into(), echo.port()),
+    ] {
+        within(LIMIT, association.send_to(&target, b"hello"))
+            .await
+            .expect("send");
+        let (source, len) = within(LIMIT, association.recv_from(&mut buf))
+            .await
+            .expect("receive");
+        assert_eq!(
+            source,
+            Address::Ip(echo),
+            "the answer names its source by IP"
+        );
+        assert_eq!(&buf[..len], b"hello");
+    }
+    drop(association); // closes the control connection, which ends the association
+    let report = proxy.report().await;
+    assert_eq!(report.command, Some(Command::UdpAssociate));
+    assert_eq!((report.bytes_up, report.bytes_down), (10, 10));
+    assert!(report.error.is_none(), "{:?}", report.error);
+}
+
+#[tokio::test]
+async fn drops_fragments() {
+    let proxy = Proxy::start(options()).await;
+    let echo = counting_echo().await;
+    let (_control, socket, relay) = raw_association(proxy.address).await;
+    within(LIMIT, socket.send_to(&datagram(1, echo, b"part"), relay))
+        .await
+        .expect("send");
+    within(LIMIT, socket.send_to(&datagram(0, echo, b"whole"), relay))
+        .await
+        .expect("send");
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(
+        answer,
+        datagram(0, echo, b"\x01whole"),
+        "the fragment never reached the echo"
+    );
+}
+
+#[tokio::test]
+async fn ignores_datagrams_from_foreign_sources() {
+    let proxy = Proxy::start(options()).await;
+    let echo = counting_echo().await;
+    let (_control, socket, relay) = raw_association(proxy.address).await;
+    let stranger = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    within(
+        LIMIT,
+        stranger.send_to(&datagram(0, echo, b"foreign"), relay),
+    )
+    .await
+    .expect("send");
+    within(LIMIT, socket.send_to(&datagram(0, echo, b"mine"), relay))
+        .await
+        .expect("send");
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(
+        answer,
+        datagram(0, echo, b"\x01mine"),
+        "the stranger's datagram was relayed"
+    );
+    // The stranger gets nothing back either: the client's answer above came first and only.
+    within(LIMIT, stranger.send_to(b"not even a header", relay))
+        .await
+        .expect("send");
+    within(LIMIT, socket.send_to(&datagram(0, echo, b"again"), relay))
+        .await
+        .expect("send");
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(answer, datagram(0, echo, b"\x02again"));
+}
+
+#[tokio::test]
+async fn ends_after_the_idle_timeout() {
+    let options = ServerOptions {
+        idle_timeout: Duration::from_millis(300),
+        ..options()
+    };
+    let mut proxy = Proxy::start(options).await;
+    let _association = within(LIMIT, UdpAssociation::associate(proxy.address, None, LIMIT))
+        .await
+        .expect("associate");
+    let report = proxy.report().await;
+    assert!(
+        matches!(report.error, Some(Error::Idle { .. })),
+        "{:?}",
+        report.error
+    );
+}
+
+#[tokio::test]
+async fn drops_datagrams_to_denied_destinations() {
+    let denied = counting_echo().await;
+    let allowed = counting_echo().await;
+    let rules = socks5::Rules {
+        rules: vec![socks5::Rule {
+            ports: vec![denied.port()..=denied.port()],
+            ..socks5::Rule::new(socks5::Action::Deny)
+        }],
+        default: socks5::Action::Allow,
+    };
+    let options = ServerOptions {
+        rules: std::sync::Arc::new(rules),
+        ..options()
+    };
+    let proxy = Proxy::start(options).await;
+    let (_control, socket, relay) = raw_association(proxy.address).await;
+    within(LIMIT, socket.send_to(&datagram(0, denied, b"no"), relay))
+        .await
+        .expect("send");
+    within(LIMIT, socket.send_to(&datagram(0, allowed, b"yes"), relay))
+        .await
+        .expect("send");
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(
+        answer,
+        datagram(0, allowed, b"\x01yes"),
+        "only the allowed target answered"
+    );
+}
