@@ -1,1 +1,81 @@
-fn main() {}
+//! `cargo xtask`: the workspace's scripted checks, as a Rust program.
+//!
+//! - `cargo xtask e2e [--only NAME]` builds the release `server` and
+//!   `client` once, starts one real server on `127.0.0.1:0` and drives real
+//!   peers through it (the Python reference client, our client, curl,
+//!   Chromium, ncat, PySocks, hostile peers), then stops it with SIGTERM;
+//! - `cargo xtask bench [--quick] [--out DIR]` measures the SOCKS5 relay and
+//!   the crc-tcp listener against loopback baselines and writes
+//!   `bench.json` and `bench.md`;
+//! - `cargo xtask ci` runs the gates of STYLE.md in order, then `e2e` and
+//!   `bench --quick`.
+//!
+//! Modules: [`harness`] (build, the server child, its log events),
+//! [`process`] (tools run with deadlines), [`peers`] (the local HTTP, sink,
+//! echo and UDP servers), [`socks`] (a minimal SOCKS5 client for probes and
+//! load), [`e2e`], [`bench`] and [`ci`].
+//!
+//! Left out on purpose: anything that leaves loopback, fixed ports, sleeps
+//! that wait for startup, and killing processes by name.
+#![allow(
+    clippy::print_stdout,
+    reason = "xtask reports its tables and progress on the terminal"
+)]
+
+mod bench;
+mod ci;
+mod e2e;
+mod harness;
+mod peers;
+mod process;
+mod socks;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+
+/// Workspace automation: end-to-end scenarios, benchmarks, CI gates.
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the end-to-end scenarios against one real server.
+    E2e {
+        /// Run only the scenarios whose number or name contains NAME
+        /// (e.g. `3`, `curl`, `hostile`); may be repeated.
+        #[arg(long, value_name = "NAME")]
+        only: Vec<String>,
+    },
+    /// Measure the relay and the frame listener; write bench.json and bench.md.
+    Bench {
+        /// Small counts: finishes in under a minute (for CI).
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the results (relative to the workspace root).
+        #[arg(long, value_name = "DIR", default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// fmt, clippy, test, doc, then e2e and bench --quick, stopping at the first failure.
+    Ci,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::E2e { only } => e2e::run(&only),
+        Command::Bench { quick, out } => bench::run(quick, &out),
+        Command::Ci => ci::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
