@@ -77,11 +77,12 @@ bind = "127.0.0.1:0"
 auth = "none"
 handshake_timeout = "1s"
 # Loopback only: Chromium also asks for its update and sign-in hosts, and
-# the run must not reach anything off this machine. (The server resolves a
-# name before it applies the rules, so those names still reach the resolver.)
+# the run must not reach anything off this machine. Names are decided before
+# anything is resolved (`*` denies every other name), so no DNS query leaves.
 rules = [
-    { action = "allow", destinations = ["127.0.0.0/8", "::1/128", "0.0.0.0/32"] },
     { action = "allow", domains = ["localhost"] },
+    { action = "deny", domains = ["*"] },
+    { action = "allow", destinations = ["127.0.0.0/8", "::1/128", "0.0.0.0/32"] },
     { action = "deny" },
 ]
 

@@ -32,13 +32,20 @@ pub struct DomainPattern {
 }
 
 impl DomainPattern {
-    /// Parses `name` or `*.name`.
+    /// Parses `name`, `*.name` or `*` (any name at all, so that a rule can decide every
+    /// domain destination by name, before anything is resolved).
     ///
     /// # Errors
     ///
     /// [`Error::DomainPattern`] if the name is empty or holds a `*` anywhere but a leading `*.`.
     pub fn new(pattern: &str) -> Result<Self, Error> {
         let trimmed = pattern.strip_suffix('.').unwrap_or(pattern);
+        if trimmed == "*" {
+            return Ok(DomainPattern {
+                name: String::new(),
+                subdomains: true,
+            });
+        }
         let (name, subdomains) = match trimmed.strip_prefix("*.") {
             Some(rest) => (rest, true),
             None => (trimmed, false),
@@ -56,6 +63,10 @@ impl DomainPattern {
     #[must_use]
     pub fn matches(&self, name: &str) -> bool {
         let name = name.strip_suffix('.').unwrap_or(name);
+        if self.name.is_empty() {
+            // `*`: every name.
+            return true;
+        }
         if name.eq_ignore_ascii_case(&self.name) {
             return true;
         }
@@ -87,6 +98,9 @@ impl FromStr for DomainPattern {
 
 impl fmt::Display for DomainPattern {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.name.is_empty() {
+            return f.write_str("*");
+        }
         if self.subdomains {
             f.write_str("*.")?;
         }
@@ -287,6 +301,8 @@ mod tests {
             ("*.example.com", ".example.com", false),
             ("*.example.com", "example.org", false),
             ("*.com", "x.com", true),
+            ("*", "clients2.google.com", true),
+            ("*", "localhost", true),
         ];
         for (pattern_text, name, expected) in table {
             assert_eq!(
@@ -295,6 +311,41 @@ mod tests {
                 "{pattern_text} vs {name}"
             );
         }
+    }
+
+    #[test]
+    fn a_star_pattern_decides_every_name_before_resolving() {
+        let rules = Rules {
+            rules: vec![
+                Rule {
+                    domains: vec![pattern("localhost")],
+                    ..Rule::new(Action::Allow)
+                },
+                Rule {
+                    domains: vec![pattern("*")],
+                    ..Rule::new(Action::Deny)
+                },
+                Rule {
+                    destinations: vec!["127.0.0.0/8".parse().expect("net")],
+                    ..Rule::new(Action::Allow)
+                },
+            ],
+            default: Action::Deny,
+        };
+        let client = ip("127.0.0.1");
+        assert_eq!(
+            rules.check_name(client, "localhost", 80),
+            Some(Action::Allow)
+        );
+        assert_eq!(
+            rules.check_name(client, "update.example.com", 443),
+            Some(Action::Deny)
+        );
+        assert_eq!(
+            rules.check(client, None, ip("127.0.0.2"), 80),
+            Action::Allow
+        );
+        assert_eq!(pattern("*").to_string(), "*");
     }
 
     #[test]

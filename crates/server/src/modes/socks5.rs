@@ -247,24 +247,8 @@ impl Socks5Config {
         if self.max_connections == Some(0) {
             return Err(invalid("max_connections", "must be at least 1"));
         }
-        for (index, rule) in self.rules.iter().enumerate() {
-            for port in &rule.ports {
-                port.range()
-                    .map_err(|e| invalid("rules.ports", format!("rules[{index}]: {e:#}")))?;
-            }
-            for domain in &rule.domains {
-                let name = domain.strip_prefix("*.").unwrap_or(domain);
-                if name.is_empty() || name.contains('*') || name.len() > 253 {
-                    return Err(invalid(
-                        "rules.domains",
-                        format!(
-                            "rules[{index}]: {domain:?} is not a name like \"example.com\" or \"*.example.com\""
-                        ),
-                    ));
-                }
-            }
-        }
-        if !self.bind.ip().is_loopback() && self.is_open() && !self.allow_open_proxy {
+        let open = self.is_open()?;
+        if !self.bind.ip().is_loopback() && open && !self.allow_open_proxy {
             bail!(
                 "bind: {} is reachable from other hosts and this listener would proxy for anyone \
                  (no password and no rule that limits clients): that is an open proxy. Set auth = \"password\", \
@@ -277,9 +261,9 @@ impl Socks5Config {
     }
 
     /// Whether any client may use the proxy without a password: no auth (or
-    /// a password with a no-auth network that covers everything), and no
-    /// catch-all deny rule for clients not named in a rule.
-    fn is_open(&self) -> bool {
+    /// a password with a no-auth network that covers everything), and rules
+    /// that let a client from an unnamed network through.
+    fn is_open(&self) -> anyhow::Result<bool> {
         let anyone_without_password = match self.auth {
             AuthMode::None => true,
             AuthMode::Password => self
@@ -287,14 +271,41 @@ impl Socks5Config {
                 .iter()
                 .any(|net| net.prefix_len() == 0),
         };
-        let catch_all = self.rules.iter().find(|r| {
-            r.clients.is_empty()
-                && r.destinations.is_empty()
-                && r.domains.is_empty()
-                && r.ports.is_empty()
-        });
-        let denies_strangers = matches!(catch_all, Some(rule) if rule.action == ActionName::Deny);
-        anyone_without_password && !denies_strangers
+        Ok(anyone_without_password && !self.rules()?.limits_clients())
+    }
+
+    /// The access rules, in the library's terms.
+    fn rules(&self) -> anyhow::Result<socks5::Rules> {
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (index, rule) in self.rules.iter().enumerate() {
+            let at = |key: &'static str, e: String| invalid(key, format!("rules[{index}]: {e}"));
+            let mut domains = Vec::with_capacity(rule.domains.len());
+            for domain in &rule.domains {
+                domains.push(socks5::DomainPattern::new(domain).map_err(|_| {
+                    at("rules.domains", format!("{domain:?} is not a name like \"example.com\", \"*.example.com\" or \"*\""))
+                })?);
+            }
+            let ports = rule
+                .ports
+                .iter()
+                .map(PortSpec::range)
+                .collect::<anyhow::Result<_>>()
+                .map_err(|e| at("rules.ports", format!("{e:#}")))?;
+            rules.push(socks5::Rule {
+                action: match rule.action {
+                    ActionName::Allow => socks5::Action::Allow,
+                    ActionName::Deny => socks5::Action::Deny,
+                },
+                clients: rule.clients.clone(),
+                destinations: rule.destinations.clone(),
+                domains,
+                ports,
+            });
+        }
+        Ok(socks5::Rules {
+            rules,
+            default: socks5::Action::Allow,
+        })
     }
 
     /// The users of `users` and `users_file`.
@@ -396,30 +407,6 @@ impl Socks5 {
                 socks5::AuthPolicy::password(users, config.no_auth_networks.clone())
             }
         };
-        let mut rules = Vec::with_capacity(config.rules.len());
-        for rule in &config.rules {
-            rules.push(socks5::Rule {
-                action: match rule.action {
-                    ActionName::Allow => socks5::Action::Allow,
-                    ActionName::Deny => socks5::Action::Deny,
-                },
-                clients: rule.clients.clone(),
-                destinations: rule.destinations.clone(),
-                domains: rule
-                    .domains
-                    .iter()
-                    .map(|d| {
-                        socks5::DomainPattern::new(d)
-                            .with_context(|| format!("rules.domains: {d:?}"))
-                    })
-                    .collect::<anyhow::Result<_>>()?,
-                ports: rule
-                    .ports
-                    .iter()
-                    .map(PortSpec::range)
-                    .collect::<anyhow::Result<_>>()?,
-            });
-        }
         let has = |c| config.commands.contains(&c);
         let options = socks5::ServerOptions {
             handshake_timeout: config.handshake_timeout,
@@ -432,10 +419,7 @@ impl Socks5 {
                 udp_associate: has(CommandName::UdpAssociate),
             },
             auth: Arc::new(auth),
-            rules: Arc::new(socks5::Rules {
-                rules,
-                default: socks5::Action::Allow,
-            }),
+            rules: Arc::new(config.rules()?),
             udp_advertise: config.udp_advertise,
             outbound_bind: config.outbound_bind,
             ..socks5::ServerOptions::default()
