@@ -350,14 +350,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_domain_patterns() {
-        for bad in [
-            "",
-            ".",
-            "*.",
-            "a.*.com",
-            "*example.com",
-            ".example.com",
-        ] {
+        for bad in ["", ".", "*.", "a.*.com", "*example.com", ".example.com"] {
             assert!(
                 matches!(DomainPattern::new(bad), Err(Error::DomainPattern(p)) if p == bad),
                 "{bad}"
