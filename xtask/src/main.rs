@@ -13,7 +13,7 @@
 //! Modules: [`harness`] (build, the server child, its log events),
 //! [`process`] (tools run with deadlines), [`peers`] (the local HTTP, sink,
 //! echo and UDP servers), [`socks`] (a minimal SOCKS5 client for probes and
-//! load), [`e2e`], [`bench`] and [`ci`].
+//! load), [`e2e`], [`mod@bench`] and [`ci`].
 //!
 //! Left out on purpose: anything that leaves loopback, fixed ports, sleeps
 //! that wait for startup, and killing processes by name.

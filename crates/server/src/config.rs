@@ -1,5 +1,5 @@
 //! The TOML configuration, parsed in two steps: raw serde structs that reject
-//! unknown keys and modes, then [`Config::validate`], which fills defaults,
+//! unknown keys and modes, then a validation pass (`Config::parse`), which fills defaults,
 //! checks values against each other and names the listener and key at fault.
 
 use std::{
