@@ -272,6 +272,7 @@ impl Session<'_> {
             command,
             destination,
         } = request;
+        let destination = destination.without_ip_literal_name();
         self.report.command = Some(command);
         self.report.destination = Some(destination.clone());
         if !self.options.commands.allows(command) {

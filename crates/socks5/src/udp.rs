@@ -257,6 +257,14 @@ impl Association<'_> {
 
     /// Where to send a datagram for `address`, if the rules and the socket's family allow.
     async fn target(&mut self, address: &Address) -> Option<SocketAddr> {
+        let literal;
+        let address = match address {
+            Address::Domain(..) => {
+                literal = address.clone().without_ip_literal_name();
+                &literal
+            }
+            Address::Ip(_) => address,
+        };
         let rules = &self.options.rules;
         let client = self.client_ip;
         let (ip, port) = match address {

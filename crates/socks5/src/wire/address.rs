@@ -44,6 +44,26 @@ impl Address {
         }
     }
 
+    /// The address with a domain name that is an IP literal (`"127.0.0.1"`,
+    /// `"::1"` or `"[::1]"`, as some clients send, Chromium among them) turned
+    /// into that IP: such a name needs no resolver, and rules judge it as the IP it is.
+    #[must_use]
+    pub fn without_ip_literal_name(self) -> Address {
+        match &self {
+            Address::Domain(name, port) => {
+                let bare = name
+                    .strip_prefix('[')
+                    .and_then(|n| n.strip_suffix(']'))
+                    .unwrap_or(name);
+                match bare.parse::<std::net::IpAddr>() {
+                    Ok(ip) => Address::Ip(SocketAddr::new(ip, *port)),
+                    Err(_) => self,
+                }
+            }
+            Address::Ip(_) => self,
+        }
+    }
+
     /// How many bytes [`encode_address`] writes (for a domain longer than 255 bytes, what it
     /// would write if it fit).
     #[must_use]
@@ -52,6 +72,29 @@ impl Address {
             Address::Ip(SocketAddr::V4(_)) => 1 + 4 + 2,
             Address::Ip(SocketAddr::V6(_)) => 1 + 16 + 2,
             Address::Domain(name, _) => 1 + 1 + name.len() + 2,
+        }
+    }
+}
+
+#[cfg(test)]
+mod literal_tests {
+    use super::*;
+
+    #[test]
+    fn ip_literal_names_become_ips_and_other_names_stay() {
+        let cases = [
+            ("127.0.0.1", Some("127.0.0.1:80")),
+            ("::1", Some("[::1]:80")),
+            ("[::1]", Some("[::1]:80")),
+            ("localhost", None),
+            ("1.2.3.4.example", None),
+        ];
+        for (name, expected) in cases {
+            let address = Address::Domain(name.to_owned(), 80).without_ip_literal_name();
+            match expected {
+                Some(ip) => assert_eq!(address, Address::Ip(ip.parse().expect("ip")), "{name}"),
+                None => assert_eq!(address, Address::Domain(name.to_owned(), 80), "{name}"),
+            }
         }
     }
 }
