@@ -11,7 +11,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::common::{Running, STEP, read_to_close, send, within};
+use crate::common::{ACK_OK_0, REFERENCE_FRAME, Running, STEP, read_to_close, send, within};
 
 fn listener(extra: &str) -> String {
     format!(
@@ -42,13 +42,6 @@ async fn read_acks(stream: &mut TcpStream, count: usize) -> Vec<Ack> {
 fn ack(status: AckStatus, seq: u64) -> Ack {
     Ack { status, seq }
 }
-
-/// `00000001 00000002 00000001 61 10`: what the reference client sends.
-const REFERENCE_FRAME: [u8; 14] = [0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 0x61, 0x10];
-/// Status 0 for seq 0, from PROTOCOL.md.
-const ACK_OK_0: [u8; 25] = [
-    0, 0, 0, 2, 0, 0, 0, 0x0d, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbb, 0xe5, 0x68, 0xa3,
-];
 
 #[tokio::test]
 async fn acks_the_reference_clients_frame_byte_for_byte() {

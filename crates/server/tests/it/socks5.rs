@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 use socks5::{Address, Error, Reply, client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{Running, STEP, within};
+use crate::common::{ACK_OK_0, REFERENCE_FRAME, Running, STEP, within};
 
 const FRAMES: &str =
     "[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n";
@@ -16,12 +16,6 @@ fn proxy(extra: &str) -> String {
         "{FRAMES}[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n{extra}\n"
     )
 }
-
-/// The reference client's frame and the ack it gets (PROTOCOL.md).
-const REFERENCE_FRAME: [u8; 14] = [0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 0x61, 0x10];
-const ACK_OK_0: [u8; 25] = [
-    0, 0, 0, 2, 0, 0, 0, 0x0d, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbb, 0xe5, 0x68, 0xa3,
-];
 
 async fn frame_through(
     proxy: SocketAddr,
