@@ -45,9 +45,20 @@ pub(crate) fn bind(common: &Common) -> anyhow::Result<TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
-    socket
-        .bind(&addr.into())
-        .with_context(|| format!("listener {}: cannot bind {addr}", common.name))?;
+    socket.bind(&addr.into()).map_err(|error| {
+        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+            format!(
+                " (another socket holds the port: `ss -tanp 'sport = :{}'` shows which)",
+                addr.port()
+            )
+        } else {
+            String::new()
+        };
+        anyhow::Error::new(error).context(format!(
+            "listener {}: cannot bind {addr}{hint}",
+            common.name
+        ))
+    })?;
     socket
         .listen(BACKLOG)
         .with_context(|| format!("listener {}: cannot listen on {addr}", common.name))?;
