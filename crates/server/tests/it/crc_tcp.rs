@@ -325,3 +325,61 @@ async fn file_sink_failure_answers_status_5_and_keeps_the_connection() {
     );
     server.stop().await;
 }
+
+/// A small deterministic generator, so the garbage is the same on every run.
+fn garbage(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn survives_garbage_and_keeps_serving() {
+    let server = Running::start(&listener(
+        "frame_timeout = \"300ms\"\nidle_timeout = \"300ms\"",
+    ))
+    .await;
+    let addr = server.addr("frames");
+    let peers: Vec<_> = (0..100u64)
+        .map(|seed| {
+            tokio::spawn(async move {
+                // Half of the peers start with a valid header so the garbage lands in a body.
+                let mut bytes = if seed % 2 == 0 {
+                    REFERENCE_FRAME[..12].to_vec()
+                } else {
+                    Vec::new()
+                };
+                bytes.extend(garbage(seed, 1 + (seed as usize * 37) % 600));
+                let mut stream = send(addr, &bytes).await;
+                // Whatever the verdict, the server answers with acks only, then closes.
+                let answer = read_to_close(&mut stream).await;
+                assert_eq!(
+                    answer.len() % ACK_FRAME_LEN,
+                    0,
+                    "peer {seed}: {} bytes back",
+                    answer.len()
+                );
+                for chunk in answer.chunks(ACK_FRAME_LEN) {
+                    assert!(
+                        matches!(decode_ack(chunk), Ok(Decoded::Done(..))),
+                        "peer {seed}: not an ack"
+                    );
+                }
+            })
+        })
+        .collect();
+    for peer in peers {
+        within(STEP, peer).await.unwrap();
+    }
+    let mut stream = send(addr, &REFERENCE_FRAME).await;
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 0)]);
+    server.stop().await;
+}

@@ -123,3 +123,48 @@ async fn shutdown_ends_sessions_still_in_their_handshake() {
         0
     );
 }
+
+#[tokio::test]
+async fn survives_garbage_and_keeps_serving() {
+    // Garbage could, however unlikely, spell a valid request to an outside
+    // address: the rules keep every destination on loopback.
+    let server = Running::start(&proxy(
+        "handshake_timeout = \"300ms\"\n[[listener.rules]]\naction = \"allow\"\ndestinations = [\"127.0.0.0/8\"]\n\
+         [[listener.rules]]\naction = \"deny\"",
+    ))
+    .await;
+    let addr = server.addr("proxy");
+    let peers: Vec<_> = (0..100u64)
+        .map(|seed| {
+            tokio::spawn(async move {
+                let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+                let len = 1 + (seed as usize * 31) % 300;
+                let mut bytes: Vec<u8> = (0..len)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        (state >> 33) as u8
+                    })
+                    .collect();
+                // Half of the peers get past the version byte, into the method list and request.
+                if seed % 2 == 0 {
+                    bytes[0] = 5;
+                }
+                let mut stream = within(STEP, tokio::net::TcpStream::connect(addr))
+                    .await
+                    .unwrap();
+                // The server may close before it read everything: a reset is an answer too.
+                let _ = within(STEP, stream.write_all(&bytes)).await;
+                let mut rest = Vec::new();
+                let _ = within(STEP, stream.read_to_end(&mut rest)).await;
+                assert!(rest.len() <= 64, "peer {seed}: {} bytes back", rest.len());
+            })
+        })
+        .collect();
+    for peer in peers {
+        within(STEP, peer).await.unwrap();
+    }
+    frame_through(server.addr("proxy"), server.addr("frames"), None)
+        .await
+        .unwrap();
+    server.stop().await;
+}
