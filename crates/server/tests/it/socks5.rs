@@ -127,10 +127,13 @@ async fn shutdown_ends_sessions_still_in_their_handshake() {
 #[tokio::test]
 async fn survives_garbage_and_keeps_serving() {
     // Garbage could, however unlikely, spell a valid request to an outside
-    // address: the rules keep every destination on loopback.
+    // address or name: the rules refuse every name before it is resolved and
+    // every address off loopback.
     let server = Running::start(&proxy(
-        "handshake_timeout = \"300ms\"\n[[listener.rules]]\naction = \"allow\"\ndestinations = [\"127.0.0.0/8\"]\n\
-         [[listener.rules]]\naction = \"deny\"",
+        "handshake_timeout = \"300ms\"\nrules = [\n\
+         { action = \"deny\", domains = [\"*\"] },\n\
+         { action = \"allow\", destinations = [\"127.0.0.0/8\"] },\n\
+         { action = \"deny\" },\n]",
     ))
     .await;
     let addr = server.addr("proxy");
