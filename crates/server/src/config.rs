@@ -36,18 +36,26 @@ pub struct ServerSection {
     /// How long shutdown waits for connections to finish before it exits.
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// How often each listener logs its counters (`0s`: only at shutdown).
+    #[serde(default = "default_stats_interval", with = "humantime_serde")]
+    pub stats_interval: Duration,
 }
 
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
             drain_timeout: default_drain_timeout(),
+            stats_interval: default_stats_interval(),
         }
     }
 }
 
 fn default_drain_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_stats_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Config {

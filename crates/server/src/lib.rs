@@ -15,11 +15,12 @@ pub mod modes;
 pub mod registry;
 pub mod shutdown;
 pub mod sinks;
+pub mod stats;
 
 pub use config::Config;
 pub use registry::MODES;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -32,6 +33,7 @@ use crate::registry::{Common, Service};
 pub struct Server {
     listeners: Vec<Bound>,
     drain_timeout: std::time::Duration,
+    stats_interval: std::time::Duration,
 }
 
 struct Bound {
@@ -70,6 +72,7 @@ impl Server {
         Ok(Self {
             listeners,
             drain_timeout: config.server.drain_timeout,
+            stats_interval: config.server.stats_interval,
         })
     }
 
@@ -93,6 +96,23 @@ impl Server {
         let tasks = TaskTracker::new();
         let accept_loops = TaskTracker::new();
         let mut services = Vec::with_capacity(self.listeners.len());
+        let stats: Vec<_> = self
+            .listeners
+            .iter()
+            .map(|b| (b.common.name.clone(), b.mode, Arc::clone(&b.common.stats)))
+            .collect();
+        let ticker = (!self.stats_interval.is_zero()).then(|| {
+            let (stats, interval, stop) = (stats.clone(), self.stats_interval, shutdown.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = tick.tick() => stats.iter().for_each(|(name, mode, s)| s.log(name, mode)),
+                    }
+                }
+            })
+        });
         for bound in self.listeners {
             services.push(bound.service.clone());
             accept_loops.spawn(listener::accept_loop(
@@ -122,6 +142,10 @@ impl Server {
         for service in services {
             service.finish().await;
         }
+        if let Some(ticker) = ticker {
+            let _ = ticker.await;
+        }
+        stats.iter().for_each(|(name, mode, s)| s.log(name, mode));
         info!("stopped");
         Ok(())
     }

@@ -10,7 +10,10 @@ use tokio::{net::TcpListener, sync::Semaphore, time::sleep};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::registry::{Common, Service};
+use crate::{
+    registry::{Common, Service},
+    stats::ActiveGuard,
+};
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so that a
 /// persistent failure never becomes a hot loop.
@@ -111,11 +114,13 @@ pub(crate) async fn accept_loop(
             full_warned = false;
         }
         let service = service.clone();
+        let stats = Arc::clone(&common.stats);
         let stop = stop.child_token();
         let span = info_span!("conn", listener = %common.name, mode, %peer);
         tasks.spawn(
             async move {
                 let _permit = permit;
+                let _active = ActiveGuard::new(&stats);
                 debug!("accepted");
                 service.handle(stream, peer, stop).await;
             }

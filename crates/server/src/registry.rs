@@ -8,7 +8,10 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::modes::{crc_tcp, socks5};
+use crate::{
+    modes::{crc_tcp, socks5},
+    stats::ListenerStats,
+};
 
 /// The registered modes and what each does, for `--help`.
 pub const MODES: &[(&str, &str)] = &[
@@ -43,6 +46,8 @@ pub struct Common {
     pub max_connections: usize,
     /// Whether to set `SO_REUSEPORT`.
     pub reuse_port: bool,
+    /// The listener's counters, shared with its service.
+    pub stats: Arc<ListenerStats>,
 }
 
 impl ListenerConfig {
@@ -103,14 +108,15 @@ impl ListenerConfig {
     /// When a resource the mode needs cannot be had (a sink's file, say).
     pub(crate) fn build(&self, index: usize) -> anyhow::Result<(Common, Service)> {
         let name = self.name(index);
+        let stats = Arc::new(ListenerStats::default());
         Ok(match self {
             Self::CrcTcp(c) => (
-                c.common(name),
-                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c)?)),
+                c.common(name, Arc::clone(&stats)),
+                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats)?)),
             ),
             Self::Socks5(c) => (
-                c.common(name)?,
-                Service::Socks5(Arc::new(socks5::Socks5::new(c)?)),
+                c.common(name, Arc::clone(&stats))?,
+                Service::Socks5(Arc::new(socks5::Socks5::new(c, stats)?)),
             ),
         })
     }

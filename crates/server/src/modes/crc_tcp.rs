@@ -11,6 +11,7 @@ use std::{
     net::SocketAddr,
     ops::Range,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -29,6 +30,7 @@ use crate::{
     config::invalid,
     registry::Common,
     sinks::file::{FileSink, SyncPolicy},
+    stats::ListenerStats,
 };
 
 /// The `[[listener]]` keys of `mode = "crc-tcp"`.
@@ -186,8 +188,9 @@ impl CrcTcpConfig {
         Ok(())
     }
 
-    pub(crate) fn common(&self, name: String) -> Common {
+    pub(crate) fn common(&self, name: String, stats: Arc<ListenerStats>) -> Common {
         Common {
+            stats,
             name,
             bind: self.bind,
             max_connections: self.max_connections,
@@ -212,6 +215,7 @@ pub struct CrcTcp {
     idle_timeout: Duration,
     frame_timeout: Duration,
     write_timeout: Duration,
+    stats: Arc<ListenerStats>,
 }
 
 #[derive(Debug)]
@@ -244,7 +248,7 @@ impl CrcTcp {
     /// # Errors
     ///
     /// When the sink's file cannot be opened.
-    pub fn new(config: &CrcTcpConfig) -> anyhow::Result<Self> {
+    pub fn new(config: &CrcTcpConfig, stats: Arc<ListenerStats>) -> anyhow::Result<Self> {
         let handler = match &config.handler {
             HandlerConfig::Log { level, preview_len } => Handler::Log {
                 level: match level {
@@ -274,6 +278,7 @@ impl CrcTcp {
             idle_timeout: config.idle_timeout,
             frame_timeout: config.frame_timeout,
             write_timeout: config.write_timeout,
+            stats,
         })
     }
 
@@ -323,6 +328,7 @@ impl CrcTcp {
         loop {
             let fatal = self.process(conn).await;
             if !conn.out.is_empty() {
+                ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
                 timeout(self.write_timeout, stream.write_all(&conn.out))
                     .await
                     .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
@@ -359,7 +365,7 @@ impl CrcTcp {
                     );
                     return Ok("peer closed mid-frame");
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok(read)) => ListenerStats::add(&self.stats.bytes_in, read as u64),
                 Ok(Err(error)) => return Err(error.into()),
             }
         }
@@ -423,6 +429,7 @@ impl CrcTcp {
             _ => true,
         };
         conn.buf.advance(used);
+        let ok_before = conn.frames_ok;
         for (offset, &crc_ok) in verdicts.iter().enumerate() {
             let status = match (crc_ok, handler_ok) {
                 (false, _) => AckStatus::CrcMismatch,
@@ -443,6 +450,12 @@ impl CrcTcp {
             }
         }
         conn.seq += verdicts.len() as u64;
+        let batch_ok = conn.frames_ok - ok_before;
+        ListenerStats::add(&self.stats.frames_ok, batch_ok);
+        ListenerStats::add(
+            &self.stats.frames_rejected,
+            verdicts.len() as u64 - batch_ok + u64::from(fatal.is_some()),
+        );
         if let Some(error) = &fatal
             && self.ack
         {

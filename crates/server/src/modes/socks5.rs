@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{config::invalid, registry::Common};
+use crate::{config::invalid, registry::Common, stats::ListenerStats};
 
 /// The `[[listener]]` keys of `mode = "socks5"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -353,7 +353,7 @@ impl Socks5Config {
         Ok(users)
     }
 
-    pub(crate) fn common(&self, name: String) -> anyhow::Result<Common> {
+    pub(crate) fn common(&self, name: String, stats: Arc<ListenerStats>) -> anyhow::Result<Common> {
         let limit = open_file_limit();
         let fits = connections_for_fd_limit(limit);
         let max_connections = match self.max_connections {
@@ -369,6 +369,7 @@ impl Socks5Config {
             None => fits,
         };
         Ok(Common {
+            stats,
             name,
             bind: self.bind,
             max_connections,
@@ -385,6 +386,7 @@ fn read_users_file(path: &Path) -> anyhow::Result<String> {
 /// A running `socks5` listener, shared by its sessions.
 pub struct Socks5 {
     options: socks5::ServerOptions,
+    stats: Arc<ListenerStats>,
 }
 
 impl std::fmt::Debug for Socks5 {
@@ -399,7 +401,7 @@ impl Socks5 {
     /// # Errors
     ///
     /// When the users file cannot be read or a rule is invalid.
-    pub fn new(config: &Socks5Config) -> anyhow::Result<Self> {
+    pub fn new(config: &Socks5Config, stats: Arc<ListenerStats>) -> anyhow::Result<Self> {
         let users = config.load_users()?;
         let auth = match config.auth {
             AuthMode::None => socks5::AuthPolicy::none(),
@@ -424,7 +426,7 @@ impl Socks5 {
             outbound_bind: config.outbound_bind,
             ..socks5::ServerOptions::default()
         };
-        Ok(Self { options })
+        Ok(Self { options, stats })
     }
 
     /// Serves one session and logs its summary.
@@ -436,12 +438,18 @@ impl Socks5 {
     ) {
         let report = socks5::serve(stream, peer, &self.options, stop).await;
         let duration_ms = u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX);
+        ListenerStats::add(&self.stats.bytes_in, report.bytes_up);
+        ListenerStats::add(&self.stats.bytes_out, report.bytes_down);
         let Some(command) = report.command else {
             if let Some(error) = &report.error {
                 debug!(client = %report.client, %error, duration_ms, "session ended before a request");
             }
             return;
         };
+        ListenerStats::add(&self.stats.sessions, 1);
+        if report.error.is_some() || report.reply != Some(socks5::Reply::Succeeded) {
+            ListenerStats::add(&self.stats.sessions_failed, 1);
+        }
         let command = match command {
             socks5::Command::Connect => "connect",
             socks5::Command::Bind => "bind",
