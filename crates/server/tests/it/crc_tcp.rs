@@ -383,3 +383,14 @@ async fn survives_garbage_and_keeps_serving() {
     assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 0)]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn listens_on_ipv6_loopback() {
+    let config = "[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"[::1]:0\"\n";
+    let server = Running::start(config).await;
+    let addr = server.addr("frames");
+    assert!(addr.is_ipv6());
+    let mut stream = send(addr, &REFERENCE_FRAME).await;
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 0)]);
+    server.stop().await;
+}
