@@ -23,12 +23,31 @@ impl Drop for Guard {
     }
 }
 
-/// Starts the binary and waits for its `listening` event.
+/// Starts the binary and waits for its first `listening` event; returns the
+/// lines logged up to it too.
 fn start(config: &str) -> (Guard, SocketAddr, mpsc::Receiver<String>) {
+    let (guard, addr, rx, _) = start_with_open_files(config, None);
+    (guard, addr, rx)
+}
+
+/// As [`start`], under an open-file limit of `open_files` (soft and hard) if given.
+fn start_with_open_files(
+    config: &str,
+    open_files: Option<u32>,
+) -> (Guard, SocketAddr, mpsc::Receiver<String>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.toml");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_server"))
+    let mut command = match open_files {
+        Some(limit) => {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\"")]);
+            sh.arg(env!("CARGO_BIN_EXE_server"));
+            sh
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_server")),
+    };
+    let child = command
         .args(["--log-format", "json", "--log-level", "debug", "--config"])
         .arg(&path)
         .stderr(Stdio::piped())
@@ -43,19 +62,44 @@ fn start(config: &str) -> (Guard, SocketAddr, mpsc::Receiver<String>) {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut early = Vec::new();
     loop {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("listening event");
+            .unwrap_or_else(|_| panic!("no listening event; logged: {early:?}"));
         if line.contains("\"message\":\"listening\"") {
             let addr = line
                 .split("\"addr\":\"")
                 .nth(1)
                 .and_then(|rest| rest.split('"').next())
                 .unwrap();
-            return (guard, addr.parse().unwrap(), rx);
+            return (guard, addr.parse().unwrap(), rx, early);
         }
+        early.push(line);
     }
+}
+
+#[test]
+fn warns_when_max_connections_does_not_fit_the_open_file_limit() {
+    let config = "[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\nmax_connections = 10000\n\
+                  [[listener]]\nname = \"fits\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n";
+    let (_guard, _addr, rx, early) = start_with_open_files(config, Some(256));
+    let warning = early
+        .iter()
+        .find(|l| l.contains("open-file limit"))
+        .unwrap_or_else(|| panic!("{early:?}"));
+    assert!(
+        warning.contains("\"level\":\"WARN\"") && warning.contains("\"max_connections\":10000"),
+        "{warning}"
+    );
+    // The listener without a configured value takes what the limit allows: (256 - 64) / 2.
+    let fits = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(10)).ok())
+        .find(|l| l.contains("\"listener\":\"fits\""))
+        .expect("the second listener's listening event");
+    assert!(
+        fits.contains("\"listener\":\"fits\"") && fits.contains("\"max_connections\":96"),
+        "{fits}"
+    );
 }
 
 #[test]
