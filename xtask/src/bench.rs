@@ -71,6 +71,9 @@ pub(crate) struct Plan {
     pub(crate) quick: bool,
     /// Bytes per bulk run (split over the streams).
     pub(crate) bulk_bytes: u64,
+    /// Bulk runs of each kind, alternating direct and proxied; the median is reported
+    /// (a single sub-second run on a shared VM varies by ±30 %).
+    pub(crate) bulk_rounds: usize,
     /// The cap of each bulk run.
     pub(crate) bulk_cap: Duration,
     /// Echo round trips per path.
@@ -99,6 +102,7 @@ impl Plan {
             Self {
                 quick,
                 bulk_bytes: 512 << 20,
+                bulk_rounds: 1,
                 bulk_cap: Duration::from_secs(3),
                 echo_iterations: 5_000,
                 tunnels: 20_000,
@@ -113,7 +117,8 @@ impl Plan {
         } else {
             Self {
                 quick,
-                bulk_bytes: 1 << 30,
+                bulk_bytes: 4 << 30,
+                bulk_rounds: 3,
                 bulk_cap: Duration::from_secs(20),
                 echo_iterations: 20_000,
                 tunnels: 200_000,
