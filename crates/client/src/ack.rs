@@ -72,34 +72,81 @@ pub(crate) async fn read_acks<R: AsyncRead + Unpin>(
 ) -> Result<(), AckFailure> {
     let mut acks = FramedRead::new(io, AckCodec);
     for seq in 0..expected {
-        let next = within(timeout, async { Ok(acks.next().await) })
-            .await
-            .map_err(|_| AckFailure::Timeout { seq, timeout })?;
-        let closed = AckFailure::Closed {
-            received: seq,
-            expected,
-        };
-        let ack = match next {
-            None => return Err(closed),
-            Some(Err(CodecError::Io(error))) if is_reset(&error) => return Err(closed),
-            Some(Err(source)) => return Err(AckFailure::Read { seq, source }),
-            Some(Ok(ack)) => ack,
-        };
-        if ack.seq != seq {
-            return Err(AckFailure::OutOfOrder {
-                expected: seq,
-                got: ack.seq,
-            });
-        }
-        if ack.status != AckStatus::Ok {
-            return Err(AckFailure::Rejected {
-                seq,
-                status: ack.status,
-            });
-        }
+        next_ack(&mut acks, seq, expected, timeout).await?;
         on_ack(seq);
     }
     Ok(())
+}
+
+/// Reads the ack of frame `seq` (of `expected` sent so far) and checks it.
+async fn next_ack<R: AsyncRead + Unpin>(
+    acks: &mut FramedRead<R, AckCodec>,
+    seq: u64,
+    expected: u64,
+    timeout: Duration,
+) -> Result<(), AckFailure> {
+    let next = within(timeout, async { Ok(acks.next().await) })
+        .await
+        .map_err(|_| AckFailure::Timeout { seq, timeout })?;
+    let closed = AckFailure::Closed {
+        received: seq,
+        expected,
+    };
+    let ack = match next {
+        None => return Err(closed),
+        Some(Err(CodecError::Io(error))) if is_reset(&error) => return Err(closed),
+        Some(Err(source)) => return Err(AckFailure::Read { seq, source }),
+        Some(Ok(ack)) => ack,
+    };
+    if ack.seq != seq {
+        return Err(AckFailure::OutOfOrder {
+            expected: seq,
+            got: ack.seq,
+        });
+    }
+    if ack.status != AckStatus::Ok {
+        return Err(AckFailure::Rejected {
+            seq,
+            status: ack.status,
+        });
+    }
+    Ok(())
+}
+
+/// How far a streaming writer has got: frames written, and whether it is done.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Sent {
+    /// Frames written so far.
+    pub(crate) frames: u64,
+    /// Whether the writer has written its last frame.
+    pub(crate) done: bool,
+}
+
+/// Reads and checks acks for a writer whose frame count is not known in
+/// advance: it waits (without a deadline) while every written frame is acked,
+/// at most `timeout` for each ack that is due, and returns once the writer is
+/// done and every frame it wrote was acked ok. Returns the frames acked.
+///
+/// # Errors
+///
+/// The first [`AckFailure`].
+pub(crate) async fn read_acks_streaming<R: AsyncRead + Unpin>(
+    io: R,
+    mut sent: tokio::sync::watch::Receiver<Sent>,
+    timeout: Duration,
+) -> Result<u64, AckFailure> {
+    let mut acks = FramedRead::new(io, AckCodec);
+    let mut seq = 0;
+    loop {
+        let now = *sent.borrow_and_update();
+        if seq < now.frames {
+            next_ack(&mut acks, seq, now.frames, timeout).await?;
+            seq += 1;
+        } else if now.done || sent.changed().await.is_err() {
+            // Done, or the writer is gone (it failed, and its error will say why).
+            return Ok(seq);
+        }
+    }
 }
 
 /// Runs a connection's `writer` and its ack `reader` to completion together.

@@ -56,8 +56,9 @@ pub(crate) struct Input {
     /// Send the whole file as one frame.
     #[arg(long, value_name = "PATH")]
     pub(crate) file: Option<PathBuf>,
-    /// Read stdin to its end and send one frame per line, without the line
-    /// ending ("\n" or "\r\n"); a last line without a newline is sent too.
+    /// Send one frame per line of stdin, without the line ending ("\n" or
+    /// "\r\n"), as the lines come (`tail -f log | client send --stdin-lines`);
+    /// a last line without a newline is sent too.
     #[arg(long)]
     pub(crate) stdin_lines: bool,
 }

@@ -7,12 +7,16 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::BytesMut;
 use proto::encode_frame;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader},
     net::tcp::OwnedWriteHalf,
+    sync::watch,
 };
 
 use crate::{
-    ack::{AckFailure, discarding_input, drain_to_eof, read_acks, with_ack_reader},
+    ack::{
+        AckFailure, Sent, discarding_input, drain_to_eof, read_acks, read_acks_streaming,
+        with_ack_reader,
+    },
     cli::{FormatArgs, Input, SendArgs},
     connect::Dialer,
     deadline::within,
@@ -36,6 +40,9 @@ const PREVIEW_LEN: usize = 32;
 /// When the input cannot be read, the connection fails or times out, or
 /// (with `--wait-ack`) an ack is missing, out of order or not ok.
 pub(crate) async fn run(args: SendArgs) -> Result<()> {
+    if args.input.stdin_lines {
+        return send_lines(&args).await;
+    }
     let payloads = read_payloads(&args.input).await?;
     let too_long = u32::MAX as usize - args.format.crc_size.len();
     if let Some((index, payload)) = payloads
@@ -90,14 +97,6 @@ async fn read_payloads(input: &Input) -> Result<Vec<Vec<u8>>> {
             .with_context(|| format!("reading {}", path.display()))?;
         return Ok(vec![payload]);
     }
-    if input.stdin_lines {
-        let mut text = Vec::new();
-        tokio::io::stdin()
-            .read_to_end(&mut text)
-            .await
-            .context("reading stdin")?;
-        return Ok(split_lines(&text));
-    }
     Ok(input
         .messages
         .iter()
@@ -105,16 +104,90 @@ async fn read_payloads(input: &Input) -> Result<Vec<Vec<u8>>> {
         .collect())
 }
 
-/// Splits `text` into lines without their "\n" or "\r\n"; a last line without
-/// a newline counts, an empty tail after the last newline does not.
-fn split_lines(text: &[u8]) -> Vec<Vec<u8>> {
-    if text.is_empty() {
-        return Vec::new();
+/// `client send --stdin-lines`: a frame per line of stdin, sent as the lines
+/// come. A batch goes out when it is full or when stdin has nothing more
+/// buffered, so a slow producer (`tail -f`) gets each line sent at once and
+/// memory stays at one batch whatever the input's length.
+async fn send_lines(args: &SendArgs) -> Result<()> {
+    let dialer = Dialer::new(&args.connect).await?;
+    let timeout = dialer.timeout();
+    let (mut reader, mut writer) = dialer.connect().await?.into_split();
+    let (progress, sent) = watch::channel(Sent::default());
+    let stdin = BufReader::with_capacity(BATCH_LEN, tokio::io::stdin());
+    let writing = write_lines(stdin, &mut writer, args.format, timeout, &progress);
+    let addr = &args.connect.addr;
+    let (wire_len, acked) = if args.wait_ack {
+        let acks = async {
+            read_acks_streaming(&mut reader, sent, timeout)
+                .await
+                .map_err(|failure| match failure {
+                    AckFailure::Rejected { seq, status } => {
+                        anyhow!("frame {seq} (line {}) was rejected: {status}", seq + 1)
+                    }
+                    other => other.into(),
+                })
+                .with_context(|| format!("waiting for acks from {addr}"))
+        };
+        let (wire_len, acked) = with_ack_reader(writing, acks).await?;
+        (wire_len, Some(acked))
+    } else {
+        let written = discarding_input(&mut reader, writing).await?;
+        drain_to_eof(&mut reader, timeout)
+            .await
+            .context("waiting for the server to close after the last frame")?;
+        (written, None)
+    };
+    let frames = progress.borrow().frames;
+    let acked = acked.map_or_else(String::new, |n| format!(", {n} acked ok"));
+    eprintln!("sent {frames} frames ({wire_len} bytes){acked}");
+    Ok(())
+}
+
+/// Reads lines (without "\n" or "\r\n"; a last line without a newline counts)
+/// and writes a frame per line, publishing the count of frames written.
+/// Returns the bytes written.
+async fn write_lines<R: AsyncRead + Unpin>(
+    mut input: BufReader<R>,
+    io: &mut OwnedWriteHalf,
+    format: FormatArgs,
+    timeout: Duration,
+    progress: &watch::Sender<Sent>,
+) -> Result<u64> {
+    let (mut batch, mut line) = (BytesMut::with_capacity(BATCH_LEN), Vec::new());
+    let (mut written, mut frames, mut pending) = (0u64, 0u64, 0u64);
+    loop {
+        line.clear();
+        let read = input
+            .read_until(b'\n', &mut line)
+            .await
+            .context("reading stdin")?;
+        if read > 0 {
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            encode_frame(format.version, format.crc_size, text, &mut batch)
+                .with_context(|| format!("encoding line {}", frames + pending + 1))?;
+            pending += 1;
+        }
+        let flush = read == 0 || batch.len() >= BATCH_LEN || input.buffer().is_empty();
+        if flush && !batch.is_empty() {
+            within(timeout, io.write_all(&batch))
+                .await
+                .context("writing frames")?;
+            written += batch.len() as u64;
+            batch.clear();
+            frames += pending;
+            pending = 0;
+            progress.send_modify(|sent| sent.frames = frames);
+        }
+        if read == 0 {
+            break;
+        }
     }
-    let text = text.strip_suffix(b"\n").unwrap_or(text);
-    text.split(|&byte| byte == b'\n')
-        .map(|line| line.strip_suffix(b"\r").unwrap_or(line).to_vec())
-        .collect()
+    within(timeout, io.shutdown())
+        .await
+        .context("shutting the connection down for writing")?;
+    progress.send_modify(|sent| sent.done = true);
+    Ok(written)
 }
 
 /// Encodes every frame, writes them in batches of about [`BATCH_LEN`] bytes,
@@ -173,16 +246,6 @@ fn preview(payload: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splits_stdin_into_lines() {
-        let lines = |text: &[u8]| split_lines(text);
-        assert_eq!(lines(b"a\nbb\r\nc"), [&b"a"[..], b"bb", b"c"]);
-        assert_eq!(lines(b"a\n\nb\n"), [&b"a"[..], b"", b"b"]);
-        assert_eq!(lines(b"a\n"), [b"a"]);
-        assert_eq!(lines(b"\n"), [b""]);
-        assert!(lines(b"").is_empty());
-    }
 
     #[test]
     fn previews_are_short_and_quoted() {

@@ -265,3 +265,87 @@ async fn reports_a_refused_connection() {
         "{run:?}"
     );
 }
+
+#[tokio::test]
+async fn stdin_lines_are_sent_as_they_come() {
+    use futures_util::StreamExt;
+    use proto::{Ack, FrameCodec, encode_ack};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::FramedRead;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["send", "--addr", &addr, "--stdin-lines", "--wait-ack"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    within(stdin.write_all(b"first\n")).await.unwrap();
+    let (stream, _) = within(listener.accept()).await.unwrap();
+    let (reader, mut writer) = stream.into_split();
+    let mut frames = FramedRead::new(reader, FrameCodec::default());
+    // The first line arrives while stdin is still open: nothing waits for EOF.
+    let first = within(frames.next()).await.unwrap().unwrap();
+    assert_eq!(&first.payload()[..], b"first");
+    let mut ack = Vec::new();
+    encode_ack(
+        &Ack {
+            status: AckStatus::Ok,
+            seq: 0,
+        },
+        &mut ack,
+    );
+    within(writer.write_all(&ack)).await.unwrap();
+    within(stdin.write_all(b"second\n")).await.unwrap();
+    drop(stdin);
+    let second = within(frames.next()).await.unwrap().unwrap();
+    assert_eq!(&second.payload()[..], b"second");
+    ack.clear();
+    encode_ack(
+        &Ack {
+            status: AckStatus::Ok,
+            seq: 1,
+        },
+        &mut ack,
+    );
+    within(writer.write_all(&ack)).await.unwrap();
+    let output = within(child.wait_with_output()).await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("sent 2 frames") && stderr.contains("2 acked ok"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn stdin_lines_name_the_rejected_line() {
+    let (addr, _server) = frame_server(1, |seq| {
+        Reply::Ack(if seq == 2 {
+            AckStatus::HandlerFailed
+        } else {
+            AckStatus::Ok
+        })
+    })
+    .await;
+    let run = client(
+        &[
+            "send",
+            "--addr",
+            &addr.to_string(),
+            "--stdin-lines",
+            "--wait-ack",
+        ],
+        Some(b"one\ntwo\nthree\nfour\n"),
+    )
+    .await;
+    assert!(!run.success, "{run:?}");
+    assert!(
+        run.stderr
+            .contains("frame 2 (line 3) was rejected: handler failed"),
+        "{run:?}"
+    );
+}
