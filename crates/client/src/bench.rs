@@ -28,7 +28,7 @@ use serde::Serialize;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpStream, tcp::OwnedWriteHalf},
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
     time::Instant,
 };
 
@@ -144,6 +144,8 @@ struct Plan {
     frames_per_batch: u64,
     payload_len: usize,
     wait_ack: bool,
+    /// Frames in flight per connection, at most (`--window`).
+    window: Option<u32>,
     timeout: Duration,
     connections: u64,
 }
@@ -167,6 +169,9 @@ impl Plan {
         let per_batch = (BATCH_LEN / frame_len).max(1);
         let per_connection = args.frames.div_ceil(args.connections);
         let per_batch = per_batch.min(usize::try_from(per_connection).unwrap_or(usize::MAX));
+        let per_batch = args
+            .window
+            .map_or(per_batch, |window| per_batch.min(window as usize));
         let mut batch = BytesMut::with_capacity(per_batch * frame_len);
         for _ in 0..per_batch {
             batch.extend_from_slice(&one);
@@ -177,6 +182,7 @@ impl Plan {
             frames_per_batch: per_batch as u64,
             payload_len: args.size,
             wait_ack: args.wait_ack,
+            window: args.window,
             timeout: args.connect.timeout,
             connections: args.connections,
         })
@@ -231,7 +237,7 @@ async fn run_connection(
     let timeout = plan.timeout;
     let (mut reader, mut writer) = stream.into_split();
     if !plan.wait_ack {
-        let writing = write_batches(&mut writer, frames, &plan, &progress, None);
+        let writing = write_batches(&mut writer, frames, &plan, &progress, None, None);
         discarding_input(&mut reader, writing).await?;
         drain_to_eof(&mut reader, timeout)
             .await
@@ -249,10 +255,16 @@ async fn run_connection(
     let (starts_tx, mut starts) =
         mpsc::channel(usize::try_from(batches).unwrap_or(usize::MAX).max(1));
     let per_batch = plan.frames_per_batch;
+    // With --window, the writer takes a permit per frame and each ack gives one back.
+    let window = plan.window.map(|n| Arc::new(Semaphore::new(n as usize)));
+    let returned = window.clone();
     let acks = tokio::spawn(async move {
         let mut latency = Histogram::default();
         let (mut batch_start, mut next_batch) = (None, 0);
         read_acks(reader, frames, timeout, |seq| {
+            if let Some(window) = &returned {
+                window.add_permits(1);
+            }
             while next_batch <= seq / per_batch {
                 batch_start = starts.try_recv().ok();
                 next_batch += 1;
@@ -270,7 +282,14 @@ async fn run_connection(
         acks.await
             .map_err(|error| anyhow!("the ack reader panicked: {error}"))?
     };
-    let writing = write_batches(&mut writer, frames, &plan, &progress, Some(starts_tx));
+    let writing = write_batches(
+        &mut writer,
+        frames,
+        &plan,
+        &progress,
+        Some(starts_tx),
+        window.as_deref(),
+    );
     let ((), latency) = with_ack_reader(writing, acks).await?;
     Ok(Done { frames, latency })
 }
@@ -282,10 +301,20 @@ async fn write_batches(
     plan: &Plan,
     progress: &ProgressBar,
     starts: Option<mpsc::Sender<Instant>>,
+    window: Option<&Semaphore>,
 ) -> Result<()> {
     let mut left = frames;
     while left > 0 {
         let count = left.min(plan.frames_per_batch);
+        if let Some(window) = window {
+            // A batch never exceeds the window, so the permits always come.
+            let permits = u32::try_from(count).unwrap_or(u32::MAX);
+            tokio::time::timeout(plan.timeout, window.acquire_many(permits))
+                .await
+                .map_err(|_| anyhow!("no ack opened the window within {:?}", plan.timeout))?
+                .context("the window closed")?
+                .forget();
+        }
         let batch = plan.frames(count);
         if let Some(starts) = &starts {
             // Cannot be full: the channel has a slot per batch.

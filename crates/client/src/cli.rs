@@ -85,6 +85,12 @@ pub(crate) struct BenchArgs {
     /// Read the acks and report their latency; fail on the first one that is not ok.
     #[arg(long)]
     pub(crate) wait_ack: bool,
+    /// With --wait-ack: at most N frames per connection sent and not yet
+    /// acked (1 is ping-pong). Without it the client sends as fast as it can,
+    /// and the ack latency is mostly time spent queued behind earlier frames.
+    #[arg(long, value_name = "N", requires = "wait_ack",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) window: Option<u32>,
     /// Print one JSON object on stdout instead of the human summary.
     #[arg(long)]
     pub(crate) json: bool,

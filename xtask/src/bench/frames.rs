@@ -84,7 +84,7 @@ pub(crate) fn run(
                         version,
                         size,
                         frames,
-                        ack,
+                        if ack { Acks::Wait } else { Acks::Off },
                         plan.client_cap,
                     )
                 });
@@ -102,6 +102,59 @@ pub(crate) fn run(
                     Err(error) => results.failed(GROUP, &metric, &error),
                 }
             }
+        }
+    }
+    ack_latency(bins, server, plan, started, results);
+}
+
+/// Ack latency without queueing: v2 64 B frames with at most `window` frames
+/// in flight (1 is ping-pong: one frame, one ack, one network round trip).
+fn ack_latency(
+    bins: &Binaries,
+    server: &Server,
+    plan: &Plan,
+    started: Instant,
+    results: &mut Results,
+) {
+    let frames = plan.frames[1] / 20;
+    for window in [1u32, 64] {
+        let metric = format!("v2 64 B acks, window {window}");
+        let measured = within_budget(plan, started).and_then(|()| {
+            client_bench(
+                bins,
+                server.addr("frames-ack"),
+                2,
+                64,
+                frames,
+                Acks::Window(window),
+                plan.client_cap,
+            )
+        });
+        match measured {
+            Ok(report) => {
+                let number = |key: &str| report[key].as_f64().unwrap_or(f64::NAN);
+                let note = format!(
+                    "{} frames at {:.0} frames/s",
+                    report["frames"],
+                    number("frames_per_sec")
+                );
+                results.rows.push(
+                    Row::new(
+                        GROUP,
+                        format!("{metric}: ack p50"),
+                        number("ack_p50_us"),
+                        "us",
+                    )
+                    .note(note),
+                );
+                results.rows.push(Row::new(
+                    GROUP,
+                    format!("{metric}: ack p99"),
+                    number("ack_p99_us"),
+                    "us",
+                ));
+            }
+            Err(error) => results.failed(GROUP, &metric, &error),
         }
     }
 }
@@ -161,6 +214,17 @@ fn record(results: &mut Results, metric: &str, size: u64, ack: bool, raw_mib: f6
     }
 }
 
+/// How `client bench` treats acks.
+#[derive(Debug, Clone, Copy)]
+enum Acks {
+    /// Not read.
+    Off,
+    /// Read and checked, with the client sending as fast as it can.
+    Wait,
+    /// Read and checked, with at most this many frames in flight.
+    Window(u32),
+}
+
 /// `client bench --json` with one connection and CRC-32 frames.
 fn client_bench(
     bins: &Binaries,
@@ -168,7 +232,7 @@ fn client_bench(
     version: u8,
     size: u64,
     frames: u64,
-    ack: bool,
+    acks: Acks,
     cap: Duration,
 ) -> anyhow::Result<Value> {
     let mut cmd = Command::new(&bins.client);
@@ -183,8 +247,14 @@ fn client_bench(
             "4",
         ])
         .args(["--json", "--timeout", "10s"]);
-    if ack {
-        cmd.arg("--wait-ack");
+    match acks {
+        Acks::Off => {}
+        Acks::Wait => {
+            cmd.arg("--wait-ack");
+        }
+        Acks::Window(window) => {
+            cmd.args(["--wait-ack", "--window", &window.to_string()]);
+        }
     }
     let done = Proc::spawn("client bench", &mut cmd, Stdio::null(), Stdout::Capture)?.wait(cap)?;
     if !done.status.success() {

@@ -142,3 +142,67 @@ async fn human_summary_goes_to_stdout() {
     assert!(run.stdout.contains("ack latency: p50"), "{run:?}");
     within(server).await.unwrap();
 }
+
+#[tokio::test]
+async fn window_1_sends_each_frame_only_after_the_previous_ack() {
+    use futures_util::StreamExt;
+    use proto::{Ack, FrameCodec, encode_ack};
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::FramedRead;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (stream, _) = within(listener.accept()).await.unwrap();
+        let (reader, mut writer) = stream.into_split();
+        let mut frames = FramedRead::new(reader, FrameCodec::default());
+        let mut seq = 0;
+        while let Some(frame) = within(frames.next()).await {
+            assert!(frame.unwrap().crc_ok);
+            // Nothing of the next frame may be here before this one is acked.
+            assert!(
+                frames.read_buffer().is_empty(),
+                "frame {seq}: the window was exceeded"
+            );
+            let mut ack = Vec::new();
+            encode_ack(
+                &Ack {
+                    status: AckStatus::Ok,
+                    seq,
+                },
+                &mut ack,
+            );
+            within(writer.write_all(&ack)).await.unwrap();
+            seq += 1;
+        }
+        seq
+    });
+    let mut args = bench_args(&addr.to_string(), 200, 10, 1);
+    args.extend(["--wait-ack", "--window", "1"].map(str::to_owned));
+    let (run, report) = bench(&args).await;
+    assert!(run.success, "{run:?}");
+    assert_eq!(within(server).await.unwrap(), 200);
+    assert_eq!(report["frames"], 200);
+    assert!(report["ack_p50_us"].as_u64().is_some(), "{report}");
+}
+
+#[tokio::test]
+async fn window_needs_wait_ack() {
+    let run = client(
+        &[
+            "bench",
+            "--addr",
+            "127.0.0.1:9",
+            "--frames",
+            "1",
+            "--size",
+            "1",
+            "--window",
+            "4",
+        ],
+        None,
+    )
+    .await;
+    assert!(!run.success);
+    assert!(run.stderr.contains("--wait-ack"), "{run:?}");
+}
