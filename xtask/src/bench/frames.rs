@@ -48,7 +48,16 @@ pub(crate) fn run(
     ] {
         let label = size_label(size);
         let wire = frames * (size + OVERHEAD);
-        let raw = match within_budget(plan, started).and_then(|()| raw_stream(sink.addr(), wire)) {
+        // The limit: the best of a few raw runs, since one run on a shared VM
+        // can come out at half the machine's rate.
+        let best_raw = || -> anyhow::Result<f64> {
+            let mut best: f64 = 0.0;
+            for _ in 0..plan.bulk_rounds.max(1) {
+                best = best.max(raw_stream(sink.addr(), wire)?);
+            }
+            Ok(best)
+        };
+        let raw = match within_budget(plan, started).and_then(|()| best_raw()) {
             Ok(mib) => {
                 results.rows.push(
                     Row::new(
@@ -58,9 +67,10 @@ pub(crate) fn run(
                         "MiB/s",
                     )
                     .note(format!(
-                        "{} MiB in {} KiB writes",
+                        "{} MiB in {} KiB writes, best of {}",
                         wire >> 20,
-                        RAW_CHUNK >> 10
+                        RAW_CHUNK >> 10,
+                        plan.bulk_rounds.max(1)
                     )),
                 );
                 mib
