@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashSet,
-    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -178,12 +177,6 @@ pub fn invalid(key: &'static str, reason: impl Into<String>) -> anyhow::Error {
     .into()
 }
 
-/// Whether `addr` is a loopback address.
-#[must_use]
-pub fn is_loopback(addr: &SocketAddr) -> bool {
-    addr.ip().is_loopback()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,7 +191,7 @@ mod tests {
         assert!(!config.listeners.is_empty());
         for listener in &config.listeners {
             assert!(
-                is_loopback(&listener.bind()),
+                listener.bind().ip().is_loopback(),
                 "{:?} binds {}",
                 listener.mode(),
                 listener.bind()
