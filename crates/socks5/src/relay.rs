@@ -102,6 +102,12 @@ fn ended(error: io::Error) -> Result<(), Error> {
 }
 
 /// One direction: readable → take a buffer → drain `from` into `to` → give the buffer back.
+///
+/// Readiness is cleared only with the readiness event taken *before* a read, as tokio's own
+/// `poll_read` does: an edge that arrives while a short read is being written on (or at any
+/// other moment after the read) bumps the event's tick, so the clear is skipped and the next
+/// `readable()` returns at once. Clearing an event observed after the write (the old code)
+/// threw such an edge away, and the piece it announced sat unread until the idle timeout.
 async fn pump(
     from: &ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
@@ -114,51 +120,80 @@ async fn pump(
         let mut buf = Vec::with_capacity(buffer_len);
         loop {
             buf.clear();
-            match from.try_read_buf(&mut buf) {
-                Ok(0) => {
+            let read = read_clearing_when_short(from, &mut buf)?;
+            let n = match read {
+                Read::Eof => {
                     to.shutdown().await?;
                     return Ok(());
                 }
-                Ok(n) => {
-                    write_all(to, &buf).await?;
-                    *count += n as u64;
-                    clock.touch();
-                    if n < buf.capacity() {
-                        // A short read drained the socket: forget the readiness now instead of
-                        // paying a read that would only say WouldBlock (tokio's own `poll_read`
-                        // does the same). A FIN that came with the data stays visible.
-                        clear_read_readiness(from);
-                        break;
+                Read::Full(n) | Read::Short(n) => n,
+                Read::Empty => break,
+            };
+            let data = buf.get(..n).unwrap_or_default();
+            write_all(to, data).await?;
+            *count += n as u64;
+            clock.touch();
+            // try_read, try_write and splice spend none of tokio's cooperative budget, so a
+            // tunnel that always has data would never give its worker back to handshakes, acks
+            // and timers. Spend one unit per chunk; when the budget is gone, this yields.
+            tokio::task::consume_budget().await;
+            if matches!(read, Read::Short(_)) {
+                break;
+            }
+            #[cfg(target_os = "linux")]
+            {
+                // A full buffer means bulk data: move the rest of the burst through a
+                // pipe with splice(2), without copying it through this process.
+                match splice::burst(from, to, count, clock).await? {
+                    splice::Ended::Drained => break,
+                    splice::Ended::Eof => {
+                        to.shutdown().await?;
+                        return Ok(());
                     }
-                    #[cfg(target_os = "linux")]
-                    {
-                        // A full buffer means bulk data: move the rest of the burst through a
-                        // pipe with splice(2), without copying it through this process.
-                        match splice::burst(from, to, count, clock).await? {
-                            splice::Ended::Drained => break,
-                            splice::Ended::Eof => {
-                                to.shutdown().await?;
-                                return Ok(());
-                            }
-                            // No pipe to be had (file limit): keep copying.
-                            splice::Ended::NoPipe => {}
-                        }
-                    }
+                    // No pipe to be had (file limit): keep copying.
+                    splice::Ended::NoPipe => {}
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
             }
         }
     }
 }
 
-fn clear_read_readiness(from: &ReadHalf<'_>) {
+/// What one read found.
+#[derive(Clone, Copy)]
+enum Read {
+    /// End of stream.
+    Eof,
+    /// `n` bytes that filled the buffer: more may be waiting.
+    Full(usize),
+    /// `n` bytes, fewer than the buffer holds: the socket was drained, and its readiness has
+    /// been cleared (unless a new edge came in since the read began).
+    Short(usize),
+    /// Nothing to read (the readiness was spurious, and is cleared).
+    Empty,
+}
+
+/// Reads once into `buf`'s spare capacity. A short read clears the read readiness with the
+/// event taken before the read (through `try_io`, which clears exactly that event when its
+/// closure says `WouldBlock`), which spares the read that would only say `WouldBlock` without
+/// ever forgetting an edge that came later. A FIN that came with the data stays visible.
+fn read_clearing_when_short(from: &ReadHalf<'_>, buf: &mut Vec<u8>) -> io::Result<Read> {
     let stream: &TcpStream = from.as_ref();
-    // try_io clears the readiness it saw when the closure says WouldBlock, and only that
-    // readiness: an event that arrived since is kept.
-    let _ = stream.try_io(Interest::READABLE, || {
-        Err::<(), _>(io::ErrorKind::WouldBlock.into())
+    let capacity = buf.capacity();
+    let mut short = 0;
+    let result = stream.try_io(Interest::READABLE, || match from.try_read_buf(buf)? {
+        n if n > 0 && n < capacity => {
+            short = n;
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        n => Ok(n),
     });
+    Ok(match result {
+        Ok(0) => Read::Eof,
+        Ok(n) => Read::Full(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Read::Short(short),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Empty,
+        Err(e) => return Err(e),
+    })
 }
 
 #[cfg(target_os = "linux")]
@@ -230,6 +265,8 @@ mod splice {
                 }
             }
             clock.touch();
+            // As in `pump`: a burst that never runs dry must still let the worker go.
+            tokio::task::consume_budget().await;
         }
     }
 }
@@ -374,6 +411,76 @@ mod tests {
             .expect("in time")
             .expect("join");
         assert_eq!(relayed.down, LEN as u64);
+    }
+
+    /// Waits, yielding, until `condition` holds (bounded by `within`).
+    #[cfg(target_os = "linux")]
+    async fn until(mut condition: impl FnMut() -> bool) {
+        let wait = async {
+            while !condition() {
+                tokio::task::yield_now().await;
+            }
+        };
+        timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("condition within 10 s");
+    }
+
+    /// Bytes queued in a socket's receive buffer.
+    #[cfg(target_os = "linux")]
+    fn queued(stream: impl std::os::fd::AsFd) -> u64 {
+        rustix::io::ioctl_fionread(stream).expect("FIONREAD")
+    }
+
+    /// The lost wake-up: a short read, then a write to the target that has to wait, and the
+    /// client's last piece arrives during that wait. The readiness it raised must survive, or the
+    /// piece sits in the socket until the idle timeout.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn data_arriving_while_a_short_read_is_written_is_not_forgotten() {
+        const FIRST: usize = 60 * 1024;
+        let (mut client, client_side) = pair().await;
+        // Small buffers toward the target, set before connecting (a window once advertised
+        // stays), so writing FIRST to the target must wait until the target reads.
+        let listening = tokio::net::TcpSocket::new_v4().expect("socket");
+        listening.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        listening
+            .bind("127.0.0.1:0".parse().expect("valid"))
+            .expect("bind");
+        let listener = listening.listen(1).expect("listen");
+        let connecting = tokio::net::TcpSocket::new_v4().expect("socket");
+        connecting.set_send_buffer_size(4096).expect("SO_SNDBUF");
+        let address = listener.local_addr().expect("address");
+        let (connected, accepted) = tokio::join!(connecting.connect(address), listener.accept());
+        let (mut target_side, mut target) =
+            (connected.expect("connect"), accepted.expect("accept").0);
+        let watched = client_side.into_std().expect("std");
+        let watcher = watched.try_clone().expect("clone");
+        let client_side = TcpStream::from_std(watched).expect("tokio");
+        let relay = tokio::spawn(async move {
+            let mut client_side = client_side;
+            relay(
+                &mut client_side,
+                &mut target_side,
+                BytesMut::new(),
+                64 * 1024,
+                Duration::from_secs(30),
+            )
+            .await
+        });
+        client.write_all(&[1; FIRST]).await.expect("first piece");
+        // The relay has taken the first piece (a short read: less than its 64 KiB buffer) and
+        // cannot have written it all, since the target reads nothing yet.
+        until(|| queued(&watcher) == 0).await;
+        client.write_all(b"last").await.expect("last piece");
+        let mut got = vec![0; FIRST + 4];
+        timeout(Duration::from_secs(5), target.read_exact(&mut got))
+            .await
+            .expect("the last piece arrives (a lost wake-up leaves it in the relay's socket)")
+            .expect("read");
+        assert_eq!(got.get(FIRST..), Some(&b"last"[..]));
+        drop((client, target));
+        let _ = timeout(Duration::from_secs(10), relay).await;
     }
 
     #[tokio::test]

@@ -8,4 +8,5 @@ mod handshake;
 mod harness;
 mod interop;
 mod replies;
+mod stress;
 mod udp;
