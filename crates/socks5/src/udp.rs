@@ -15,12 +15,16 @@
 //! - The association ends when the TCP connection closes or fails, or after `idle_timeout`
 //!   without a relayed datagram.
 //!
-//! The socket has one IP family: if it is bound to a specific IPv4 (IPv6) address, targets of
-//! the other family are dropped.
+//! The relay socket has one IP family (an IPv6 socket bound to `::` also reaches IPv4). A target
+//! of the other family goes out through a second socket, opened on the first such datagram and
+//! bound to the unspecified address of that family (port 0), and its answers come back to the
+//! client through the relay socket with a header naming their source: ATYP X'04' for IPv6, X'01'
+//! for IPv4 (an IPv4-mapped IPv6 source is shown as IPv4). When `outbound_bind` is a specific
+//! address, only targets of its family are reached (as for CONNECT); others are dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
@@ -57,6 +61,7 @@ pub(crate) async fn associate(session: &mut Session<'_>, requested: &Address) ->
         local_unspecified: local.ip().is_unspecified(),
         v6: local.is_ipv6(),
         socket,
+        other: Other::NotOpened,
         client_ip: session.client_ip,
         client_port: Some(requested.port()).filter(|&port| port != 0),
         client: None,
@@ -87,7 +92,11 @@ async fn open(session: &Session<'_>) -> Result<(UdpSocket, SocketAddr), Error> {
 }
 
 struct Association<'a> {
+    /// The relay socket: the client's datagrams, the answers to the client, and the targets of
+    /// its family.
     socket: UdpSocket,
+    /// The socket for targets of the other family.
+    other: Other,
     /// Bound to `0.0.0.0` or `::`: may send to any address of its family (and `::` to IPv4).
     local_unspecified: bool,
     /// An IPv6 socket.
@@ -96,6 +105,7 @@ struct Association<'a> {
     client_port: Option<u16>,
     /// The client's address exactly as the socket sees it, once known.
     client: Option<SocketAddr>,
+    /// Targets sent to (canonical): their answers are let in.
     targets: HashSet<SocketAddr>,
     names: HashMap<String, Vec<IpAddr>>,
     options: &'a ServerOptions,
@@ -103,10 +113,34 @@ struct Association<'a> {
     down: u64,
 }
 
+/// The socket for targets the relay socket cannot reach.
+enum Other {
+    /// No such target yet.
+    NotOpened,
+    Open(UdpSocket),
+    /// `outbound_bind` is a specific address of the relay socket's family, or opening failed.
+    Unavailable,
+}
+
+/// Which socket a datagram arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Relay,
+    Other,
+}
+
 enum Event {
     Control(io::Result<usize>),
-    Readable(io::Result<()>),
+    Readable(Side, io::Result<()>),
     Idle,
+}
+
+/// Waits until the other-family socket, if open, is readable.
+async fn other_readable(other: &Other) -> io::Result<()> {
+    match other {
+        Other::Open(socket) => socket.readable().await,
+        Other::NotOpened | Other::Unavailable => std::future::pending().await,
+    }
 }
 
 impl Association<'_> {
@@ -118,7 +152,8 @@ impl Association<'_> {
         loop {
             let event = tokio::select! {
                 read = control.read(&mut ignored) => Event::Control(read),
-                ready = self.socket.readable() => Event::Readable(ready),
+                ready = self.socket.readable() => Event::Readable(Side::Relay, ready),
+                ready = other_readable(&self.other) => Event::Readable(Side::Other, ready),
                 () = &mut idle => Event::Idle,
             };
             match event {
@@ -129,9 +164,9 @@ impl Association<'_> {
                     debug!(%error, "UDP association control connection failed");
                     return Ok(());
                 }
-                Event::Readable(ready) => {
+                Event::Readable(side, ready) => {
                     ready?;
-                    if self.drain().await? {
+                    if self.drain(side).await? {
                         idle.as_mut().reset(Instant::now() + limit);
                     }
                 }
@@ -142,15 +177,20 @@ impl Association<'_> {
         }
     }
 
-    /// Handles every datagram waiting on the socket, with one buffer taken for the burst;
-    /// returns whether any was relayed.
-    async fn drain(&mut self) -> Result<bool, Error> {
+    /// Handles every datagram waiting on the socket of `side`, with one buffer taken for the
+    /// burst; returns whether any was relayed.
+    async fn drain(&mut self, side: Side) -> Result<bool, Error> {
         let mut buf = Vec::with_capacity(HEADER_ROOM + MAX_DATAGRAM_LEN);
         let mut relayed = false;
         loop {
             buf.clear();
             buf.resize(HEADER_ROOM, 0);
-            let from = match self.socket.try_recv_buf_from(&mut buf) {
+            let socket = match (side, &self.other) {
+                (Side::Relay, _) => &self.socket,
+                (Side::Other, Other::Open(socket)) => socket,
+                (Side::Other, Other::NotOpened | Other::Unavailable) => return Ok(relayed),
+            };
+            let from = match socket.try_recv_buf_from(&mut buf) {
                 Ok((_, from)) => from,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(relayed),
                 // ICMP errors for earlier datagrams; they do not concern this one.
@@ -165,19 +205,22 @@ impl Association<'_> {
                 }
                 Err(error) => return Err(error.into()),
             };
-            relayed |= self.handle(&mut buf, from).await;
+            relayed |= self.handle(&mut buf, from, side).await;
         }
     }
 
-    /// One datagram in `buf[HEADER_ROOM..]`; returns whether it was relayed.
-    async fn handle(&mut self, buf: &mut [u8], from: SocketAddr) -> bool {
-        let is_client = from.ip().to_canonical() == self.client_ip
+    /// One datagram in `buf[HEADER_ROOM..]`, received on `side`; returns whether it was relayed.
+    /// Only the relay socket takes the client's datagrams; either takes answers from targets.
+    async fn handle(&mut self, buf: &mut [u8], raw_from: SocketAddr, side: Side) -> bool {
+        let from = canonical(raw_from);
+        let is_client = side == Side::Relay
+            && from.ip() == self.client_ip
             && self.client_port.is_none_or(|port| port == from.port());
         if is_client {
             if self.client.is_none() {
                 debug!(client = %from, "UDP association locked to the client's address");
                 self.client_port = Some(from.port());
-                self.client = Some(from);
+                self.client = Some(raw_from);
             }
             let datagram = buf.get(HEADER_ROOM..).unwrap_or_default();
             self.relay_out(datagram).await
@@ -214,7 +257,22 @@ impl Association<'_> {
             return false;
         };
         let payload = datagram.get(used..).unwrap_or_default();
-        match self.socket.send_to(payload, target).await {
+        self.send(payload, target).await
+    }
+
+    /// Sends `payload` to `target` (canonical) through the socket that reaches its family, and
+    /// lets its answers in.
+    async fn send(&mut self, payload: &[u8], target: SocketAddr) -> bool {
+        let sent = if self.relay_reaches(target.ip()) {
+            let address = self.socket_address(target);
+            self.socket.send_to(payload, address).await
+        } else if let Some(other) = self.other_socket().await {
+            other.send_to(payload, target).await
+        } else {
+            debug!(%target, "no UDP socket can reach this address family");
+            return false;
+        };
+        match sent {
             Ok(_) => {
                 self.up += payload.len() as u64;
                 if self.targets.len() >= MAX_TARGETS && !self.targets.contains(&target) {
@@ -230,11 +288,54 @@ impl Association<'_> {
         }
     }
 
-    /// Wraps the datagram in `buf[HEADER_ROOM..]` in a header naming `from`, in place.
+    /// The socket for the family the relay socket does not reach, opened on first use.
+    async fn other_socket(&mut self) -> Option<&UdpSocket> {
+        if matches!(self.other, Other::NotOpened) {
+            self.other = match self.other_bind() {
+                None => Other::Unavailable,
+                Some(ip) => match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
+                    Ok(socket) => {
+                        debug!(local = ?socket.local_addr().ok(), "opened a UDP socket for the other address family");
+                        Other::Open(socket)
+                    }
+                    Err(error) => {
+                        debug!(%error, %ip, "could not open a UDP socket for the other address family");
+                        Other::Unavailable
+                    }
+                },
+            };
+        }
+        match &self.other {
+            Other::Open(socket) => Some(socket),
+            Other::NotOpened | Other::Unavailable => None,
+        }
+    }
+
+    /// Where the other-family socket binds: the unspecified address of that family, unless
+    /// `outbound_bind` names a specific address (then only its family is reached).
+    fn other_bind(&self) -> Option<IpAddr> {
+        match self.options.outbound_bind {
+            Some(ip) if !ip.is_unspecified() => None,
+            _ if self.v6 => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            _ => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        }
+    }
+
+    /// Whether some socket of this association can send to `ip`.
+    fn reachable(&self, ip: IpAddr) -> bool {
+        self.relay_reaches(ip)
+            || match self.other {
+                Other::NotOpened => self.other_bind().is_some(),
+                Other::Open(_) => true,
+                Other::Unavailable => false,
+            }
+    }
+
+    /// Wraps the datagram in `buf[HEADER_ROOM..]` in a header naming `from` (canonical), in
+    /// place.
     async fn relay_back(&mut self, buf: &mut [u8], from: SocketAddr, client: SocketAddr) -> bool {
         let payload_len = buf.len().saturating_sub(HEADER_ROOM);
-        let source = SocketAddr::new(from.ip().to_canonical(), from.port());
-        let header = UdpHeader::new(Address::Ip(source));
+        let header = UdpHeader::new(Address::Ip(from));
         let start = HEADER_ROOM.saturating_sub(3 + header.address.encoded_len());
         let Some(mut slot) = buf.get_mut(start..HEADER_ROOM) else {
             return false;
@@ -255,7 +356,8 @@ impl Association<'_> {
         }
     }
 
-    /// Where to send a datagram for `address`, if the rules and the socket's family allow.
+    /// Where to send a datagram for `address` (canonical), if the rules and `outbound_bind`
+    /// allow.
     async fn target(&mut self, address: &Address) -> Option<SocketAddr> {
         let literal;
         let address = match address {
@@ -294,10 +396,10 @@ impl Association<'_> {
             }
         };
         if !self.reachable(ip) {
-            debug!(%ip, "UDP relay socket cannot reach this address family");
+            debug!(%ip, "UDP association cannot reach this address family");
             return None;
         }
-        Some(self.socket_address(SocketAddr::new(ip, port)))
+        Some(SocketAddr::new(ip, port))
     }
 
     /// The addresses of `host`, from the cache if possible (a failed lookup is cached as none).
@@ -324,7 +426,8 @@ impl Association<'_> {
         ips
     }
 
-    fn reachable(&self, ip: IpAddr) -> bool {
+    /// Whether the relay socket itself can send to `ip`.
+    fn relay_reaches(&self, ip: IpAddr) -> bool {
         match (self.v6, ip) {
             (false, IpAddr::V4(_)) | (true, IpAddr::V6(_)) => true,
             (true, IpAddr::V4(_)) => self.local_unspecified,
@@ -341,4 +444,9 @@ impl Association<'_> {
             _ => target,
         }
     }
+}
+
+/// `address` with an IPv4-mapped IPv6 address as IPv4.
+fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
 }

@@ -1,6 +1,6 @@
 //! UDP ASSOCIATE: the round trip with its header, domains, drops, and the association's end.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use socks5::client::UdpAssociation;
@@ -8,7 +8,10 @@ use socks5::{Address, Command, Error, ServerOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::harness::{LIMIT, Proxy, greeted, options, read_reply_v4, udp_echo, within};
+use crate::harness::{
+    LIMIT, Proxy, greeted, has_ipv6_loopback, options, read_exactly, read_reply_v4, udp_echo,
+    within,
+};
 
 /// A UDP echo that answers `[n] + payload`, n counting the datagrams it has seen, so a test can
 /// tell whether a datagram it expected to be dropped got through.
@@ -215,4 +218,120 @@ async fn drops_datagrams_to_denied_destinations() {
         datagram(0, allowed, b"\x01yes"),
         "only the allowed target answered"
     );
+}
+
+/// A UDP echo on `bind`; returns its address.
+async fn udp_echo_on(bind: &str) -> SocketAddr {
+    let socket = UdpSocket::bind(bind).await.expect("bind UDP echo");
+    let address = socket.local_addr().expect("UDP echo address");
+    tokio::spawn(async move {
+        let mut buf = vec![0; 65536];
+        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket
+                .send_to(buf.get(..len).unwrap_or_default(), from)
+                .await;
+        }
+    });
+    address
+}
+
+/// A datagram with FRAG 0 for `target` of either family (ATYP 1 or 4).
+fn datagram_any(target: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let mut out = match target {
+        SocketAddr::V4(v4) => [&[0, 0, 0, 1][..], &v4.ip().octets()].concat(),
+        SocketAddr::V6(v6) => [&[0, 0, 0, 4][..], &v6.ip().octets()].concat(),
+    };
+    out.extend_from_slice(&target.port().to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Reads a reply with a BND address of either family; returns REP and BND.
+async fn read_reply_any(control: &mut TcpStream) -> (u8, SocketAddr) {
+    let head = read_exactly::<4>(control).await;
+    assert_eq!(head[0], 5, "VER of {head:02x?}");
+    let ip = match head[3] {
+        1 => IpAddr::from(read_exactly::<4>(control).await),
+        4 => IpAddr::from(read_exactly::<16>(control).await),
+        atyp => panic!("unexpected ATYP {atyp}"),
+    };
+    let port = u16::from_be_bytes(read_exactly::<2>(control).await);
+    (head[1], SocketAddr::new(ip, port))
+}
+
+/// A raw association from a client socket on `client_bind`.
+async fn raw_association_from(
+    proxy: SocketAddr,
+    client_bind: &str,
+) -> (TcpStream, UdpSocket, SocketAddr) {
+    let socket = UdpSocket::bind(client_bind).await.expect("bind");
+    let local = socket.local_addr().expect("address");
+    let mut control = greeted(proxy).await;
+    let mut request = vec![5, 3, 0];
+    request.extend_from_slice(&datagram_any(local, b"")[3..]);
+    within(LIMIT, control.write_all(&request))
+        .await
+        .expect("request");
+    let (reply, relay) = read_reply_any(&mut control).await;
+    assert_eq!(reply, 0);
+    (control, socket, relay)
+}
+
+/// A client on `client_bind` sends through a proxy on `proxy_bind` to an echo on `echo_bind`:
+/// the datagram goes out through a socket of the echo's family and the answer comes back from
+/// the relay address, naming its source with the ATYP of its family.
+async fn round_trip_across_families(proxy_bind: &str, client_bind: &str, echo_bind: &str) {
+    let proxy = Proxy::start_on(proxy_bind.parse().expect("valid"), options()).await;
+    let echo = udp_echo_on(echo_bind).await;
+    let (_control, socket, relay) = raw_association_from(proxy.address, client_bind).await;
+    within(LIMIT, socket.send_to(&datagram_any(echo, b"across"), relay))
+        .await
+        .expect("send");
+    let (answer, from) = receive(&socket).await;
+    assert_eq!(from, relay, "the answer comes from the relay address");
+    assert_eq!(
+        answer,
+        datagram_any(echo, b"across"),
+        "RSV, FRAG 0, ATYP {}, the echo's address and port, DATA",
+        if echo.is_ipv6() { 4 } else { 1 }
+    );
+}
+
+#[tokio::test]
+async fn relays_from_an_ipv4_client_to_an_ipv6_target() {
+    if !has_ipv6_loopback() {
+        eprintln!("skipped: no ::1 on this machine");
+        return;
+    }
+    round_trip_across_families("127.0.0.1:0", "127.0.0.1:0", "[::1]:0").await;
+}
+
+#[tokio::test]
+async fn relays_from_an_ipv6_client_to_an_ipv4_target() {
+    if !has_ipv6_loopback() {
+        eprintln!("skipped: no ::1 on this machine");
+        return;
+    }
+    round_trip_across_families("[::1]:0", "[::1]:0", "127.0.0.1:0").await;
+}
+
+/// An IPv4 target written as IPv4-mapped IPv6 (ATYP 4) reaches the IPv4 echo, and the answer
+/// names it as IPv4 (ATYP 1).
+#[tokio::test]
+async fn shows_an_ipv4_mapped_target_as_ipv4() {
+    let proxy = Proxy::start(options()).await;
+    let echo = udp_echo().await;
+    let (_control, socket, relay) = raw_association(proxy.address).await;
+    let IpAddr::V4(ip) = echo.ip() else {
+        panic!("IPv4 echo expected")
+    };
+    let mapped = SocketAddr::new(IpAddr::V6(ip.to_ipv6_mapped()), echo.port());
+    within(
+        LIMIT,
+        socket.send_to(&datagram_any(mapped, b"mapped"), relay),
+    )
+    .await
+    .expect("send");
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(answer, datagram_any(echo, b"mapped"));
 }
