@@ -76,7 +76,7 @@ pub mod wire;
 
 pub use auth::AuthPolicy;
 pub use error::Error;
-pub use resolve::{ResolveFuture, Resolver, StaticResolver, SystemResolver};
+pub use resolve::{MAX_SYSTEM_LOOKUPS, ResolveFuture, Resolver, StaticResolver, SystemResolver};
 pub use rules::{Action, DomainPattern, Rule, Rules};
 pub use server::{Commands, ServerOptions, SessionReport, serve, sniff};
 pub use wire::{Address, Command, Reply};
