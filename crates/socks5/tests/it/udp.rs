@@ -1,12 +1,15 @@
 //! UDP ASSOCIATE: the round trip with its header, domains, drops, and the association's end.
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use socks5::client::UdpAssociation;
-use socks5::{Address, Command, Error, ServerOptions};
+use socks5::{Address, Command, Error, ResolveFuture, Resolver, ServerOptions, StaticResolver};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Semaphore;
 
 use crate::harness::{
     LIMIT, Proxy, greeted, has_ipv6_loopback, options, read_exactly, read_reply_v4, udp_echo,
@@ -334,4 +337,99 @@ async fn shows_an_ipv4_mapped_target_as_ipv4() {
     .expect("send");
     let (answer, _) = receive(&socket).await;
     assert_eq!(answer, datagram_any(echo, b"mapped"));
+}
+
+/// A datagram with FRAG 0 for the name `host` (ATYP 3).
+fn datagram_to_name(host: &str, port: u16, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0, 0, 0, 3, u8::try_from(host.len()).expect("short name")];
+    out.extend_from_slice(host.as_bytes());
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A lookup that never answers (`slow.test`) does not hold up the association's datagrams to
+/// IP destinations. `connect_timeout` is far longer than the wait, so a datagram loop that
+/// resolved inline would stall past it.
+#[tokio::test]
+async fn a_pending_lookup_does_not_hold_up_other_datagrams() {
+    let options = ServerOptions {
+        connect_timeout: Duration::from_secs(120),
+        ..options()
+    };
+    let proxy = Proxy::start(options).await;
+    let echo = counting_echo().await;
+    let (_control, socket, relay) = raw_association(proxy.address).await;
+    let to_slow = datagram_to_name("slow.test", echo.port(), b"stuck");
+    within(LIMIT, socket.send_to(&to_slow, relay))
+        .await
+        .expect("send");
+    for (payload, expected) in [
+        (&b"first"[..], &b"\x01first"[..]),
+        (b"second", b"\x02second"),
+    ] {
+        within(LIMIT, socket.send_to(&datagram(0, echo, payload), relay))
+            .await
+            .expect("send");
+        let (answer, _) = receive(&socket).await;
+        assert_eq!(
+            answer,
+            datagram(0, echo, expected),
+            "the IP datagram went through"
+        );
+    }
+}
+
+/// Resolves `gated.test` to 127.0.0.1 once the test adds a permit to `gate`.
+struct GatedResolver {
+    gate: Arc<Semaphore>,
+    names: StaticResolver,
+}
+
+impl Resolver for GatedResolver {
+    fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a> {
+        Box::pin(async move {
+            let _permit = self.gate.acquire().await.map_err(io::Error::other)?;
+            self.names.resolve(host, port).await
+        })
+    }
+}
+
+/// Datagrams for a name being resolved wait for its answer and then go out in order, while a
+/// datagram to an IP goes out at once.
+#[tokio::test]
+async fn datagrams_for_a_name_wait_for_its_lookup() {
+    let gate = Arc::new(Semaphore::new(0));
+    let resolver = GatedResolver {
+        gate: Arc::clone(&gate),
+        names: StaticResolver::new([("gated.test".to_owned(), vec![IpAddr::from([127, 0, 0, 1])])]),
+    };
+    let options = ServerOptions {
+        connect_timeout: Duration::from_secs(120),
+        resolver: Arc::new(resolver),
+        ..options()
+    };
+    let proxy = Proxy::start(options).await;
+    let echo = counting_echo().await;
+    let (_control, socket, relay) = raw_association(proxy.address).await;
+    for payload in [&b"one"[..], b"two"] {
+        let packet = datagram_to_name("gated.test", echo.port(), payload);
+        within(LIMIT, socket.send_to(&packet, relay))
+            .await
+            .expect("send");
+    }
+    within(LIMIT, socket.send_to(&datagram(0, echo, b"ip"), relay))
+        .await
+        .expect("send");
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(
+        answer,
+        datagram(0, echo, b"\x01ip"),
+        "the IP datagram came first, and nothing for the name went out before it"
+    );
+    gate.add_permits(1);
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(answer, datagram(0, echo, b"\x02one"));
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(answer, datagram(0, echo, b"\x03two"));
 }
