@@ -380,7 +380,7 @@ async fn a_pending_lookup_does_not_hold_up_other_datagrams() {
     }
 }
 
-/// Resolves `gated.test` to 127.0.0.1 once the test adds a permit to `gate`.
+/// Answers from `names` once the test adds a permit to `gate` (one per lookup).
 struct GatedResolver {
     gate: Arc<Semaphore>,
     names: StaticResolver,
@@ -389,9 +389,27 @@ struct GatedResolver {
 impl Resolver for GatedResolver {
     fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a> {
         Box::pin(async move {
-            let _permit = self.gate.acquire().await.map_err(io::Error::other)?;
+            self.gate
+                .acquire()
+                .await
+                .map_err(io::Error::other)?
+                .forget();
             self.names.resolve(host, port).await
         })
+    }
+}
+
+/// Test options whose resolver answers each of `names` with 127.0.0.1 when `gate` allows.
+fn gated_options(gate: &Arc<Semaphore>, names: &[&str]) -> ServerOptions {
+    let localhost = IpAddr::from([127, 0, 0, 1]);
+    let resolver = GatedResolver {
+        gate: Arc::clone(gate),
+        names: StaticResolver::new(names.iter().map(|&name| (name.to_owned(), vec![localhost]))),
+    };
+    ServerOptions {
+        connect_timeout: Duration::from_secs(120),
+        resolver: Arc::new(resolver),
+        ..options()
     }
 }
 
@@ -400,16 +418,7 @@ impl Resolver for GatedResolver {
 #[tokio::test]
 async fn datagrams_for_a_name_wait_for_its_lookup() {
     let gate = Arc::new(Semaphore::new(0));
-    let resolver = GatedResolver {
-        gate: Arc::clone(&gate),
-        names: StaticResolver::new([("gated.test".to_owned(), vec![IpAddr::from([127, 0, 0, 1])])]),
-    };
-    let options = ServerOptions {
-        connect_timeout: Duration::from_secs(120),
-        resolver: Arc::new(resolver),
-        ..options()
-    };
-    let proxy = Proxy::start(options).await;
+    let proxy = Proxy::start(gated_options(&gate, &["gated.test"])).await;
     let echo = counting_echo().await;
     let (_control, socket, relay) = raw_association(proxy.address).await;
     for payload in [&b"one"[..], b"two"] {
@@ -432,4 +441,77 @@ async fn datagrams_for_a_name_wait_for_its_lookup() {
     assert_eq!(answer, datagram(0, echo, b"\x02one"));
     let (answer, _) = receive(&socket).await;
     assert_eq!(answer, datagram(0, echo, b"\x03two"));
+}
+
+/// At most 4 lookups are in flight per association: a datagram for a fifth name is dropped.
+#[tokio::test]
+async fn lookups_in_flight_are_bounded() {
+    let gate = Arc::new(Semaphore::new(0));
+    let names = ["a.test", "b.test", "c.test", "d.test", "e.test"];
+    let proxy = Proxy::start(gated_options(&gate, &names)).await;
+    let echo = counting_echo().await;
+    let (_control, socket, relay) = raw_association(proxy.address).await;
+    for name in names {
+        let packet = datagram_to_name(name, echo.port(), name.as_bytes());
+        within(LIMIT, socket.send_to(&packet, relay))
+            .await
+            .expect("send");
+    }
+    gate.add_permits(names.len());
+    let mut answered = Vec::new();
+    for _ in 0..4 {
+        let (answer, _) = receive(&socket).await;
+        let name = answer.get(11..).expect("a header and a count");
+        answered.push(String::from_utf8_lossy(name).into_owned());
+    }
+    answered.sort();
+    assert_eq!(answered, ["a.test", "b.test", "c.test", "d.test"]);
+    within(LIMIT, socket.send_to(&datagram(0, echo, b"ip"), relay))
+        .await
+        .expect("send");
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(
+        answer,
+        datagram(0, echo, b"\x05ip"),
+        "the datagram for the fifth name never reached the echo"
+    );
+}
+
+/// At most 16 datagrams wait for lookups per association: the seventeenth is dropped.
+#[tokio::test]
+async fn datagrams_waiting_for_a_lookup_are_bounded() {
+    let gate = Arc::new(Semaphore::new(0));
+    let proxy = Proxy::start(gated_options(&gate, &["gated.test"])).await;
+    let echo = counting_echo().await;
+    let (_control, socket, relay) = raw_association(proxy.address).await;
+    for i in 0..17_u8 {
+        let packet = datagram_to_name("gated.test", echo.port(), &[i]);
+        within(LIMIT, socket.send_to(&packet, relay))
+            .await
+            .expect("send");
+    }
+    // Every datagram above was handled (queued or dropped) before this one.
+    within(LIMIT, socket.send_to(&datagram(0, echo, b"ip"), relay))
+        .await
+        .expect("send");
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(answer, datagram(0, echo, b"\x01ip"));
+    gate.add_permits(1);
+    for i in 0..16_u8 {
+        let (answer, _) = receive(&socket).await;
+        assert_eq!(
+            answer,
+            datagram(0, echo, &[i + 2, i]),
+            "waiting datagram {i}"
+        );
+    }
+    within(LIMIT, socket.send_to(&datagram(0, echo, b"ip"), relay))
+        .await
+        .expect("send");
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(
+        answer,
+        datagram(0, echo, b"\x12ip"),
+        "the seventeenth waiting datagram never reached the echo"
+    );
 }
