@@ -16,8 +16,8 @@
 //! - [`AuthPolicy`]: who must log in; passwords are compared in constant time.
 //! - [`Rules`]: ordered allow/deny rules on client networks, destination networks, domain
 //!   patterns and ports.
-//! - [`Resolver`]: how domain names are resolved ([`SystemResolver`], [`StaticResolver`], or
-//!   the caller's own).
+//! - [`Resolver`]: how domain names are resolved ([`SystemResolver`], at most
+//!   [`MAX_SYSTEM_LOOKUPS`] at once in the process; [`StaticResolver`]; or the caller's own).
 //! - [`client`]: CONNECT, BIND and UDP ASSOCIATE through a proxy.
 //!
 //! The TCP relay waits for readiness before it takes a buffer and gives the buffer back when

@@ -16,7 +16,10 @@ pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAd
 /// Turns a DST.ADDR domain name into addresses.
 ///
 /// The server bounds every call with `connect_timeout` and maps an error, or an empty list, to
-/// REP X'04' (Host unreachable).
+/// REP X'04' (Host unreachable). UDP ASSOCIATE calls it from a task of its own, so a slow
+/// answer holds up only the datagrams for that name. The server drops the future when it stops
+/// waiting: an implementation whose work outlives its future (a blocking call) should bound
+/// that work itself, as [`SystemResolver`] does.
 pub trait Resolver: Send + Sync {
     /// The addresses of `host`, each with `port`, in the order to try them.
     ///
