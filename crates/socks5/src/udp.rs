@@ -318,11 +318,12 @@ impl Association<'_> {
                 None => Other::Unavailable,
                 Some(ip) => match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
                     Ok(socket) => {
-                        debug!(local = ?socket.local_addr().ok(), "opened a UDP socket for the other address family");
+                        let local = socket.local_addr().ok();
+                        debug!(?local, "opened a UDP socket for the other address family");
                         Other::Open(socket)
                     }
                     Err(error) => {
-                        debug!(%error, %ip, "could not open a UDP socket for the other address family");
+                        debug!(%error, %ip, "cannot open a UDP socket for the other family");
                         Other::Unavailable
                     }
                 },
