@@ -19,7 +19,12 @@ use crate::harness::{
 /// A UDP echo that answers `[n] + payload`, n counting the datagrams it has seen, so a test can
 /// tell whether a datagram it expected to be dropped got through.
 async fn counting_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    counting_echo_on("127.0.0.1:0").await
+}
+
+/// [`counting_echo`] on `bind`.
+async fn counting_echo_on(bind: &str) -> SocketAddr {
+    let socket = UdpSocket::bind(bind).await.expect("bind");
     let address = socket.local_addr().expect("address");
     tokio::spawn(async move {
         let mut buf = vec![0; 65536];
@@ -513,5 +518,88 @@ async fn datagrams_waiting_for_a_lookup_are_bounded() {
         answer,
         datagram(0, echo, b"\x12ip"),
         "the seventeenth waiting datagram never reached the echo"
+    );
+}
+
+/// With `outbound_bind` unspecified (either family) or unset, an IPv4 client reaches targets
+/// of both families, by IP and by name (`v6.test` is ::1), and each answer names its source
+/// with its family's ATYP.
+#[tokio::test]
+async fn reaches_both_families_whatever_the_unspecified_outbound_bind() {
+    if !has_ipv6_loopback() {
+        eprintln!("skipped: no ::1 on this machine");
+        return;
+    }
+    let echo4 = udp_echo_on("127.0.0.1:0").await;
+    let echo6 = udp_echo_on("[::1]:0").await;
+    for outbound_bind in [None, Some("0.0.0.0"), Some("::")] {
+        let options = ServerOptions {
+            outbound_bind: outbound_bind.map(|ip| ip.parse().expect("valid IP")),
+            ..options()
+        };
+        let proxy = Proxy::start(options).await;
+        let (_control, socket, relay) = raw_association_from(proxy.address, "127.0.0.1:0").await;
+        let sends = [
+            (datagram_any(echo4, b"ip4"), echo4, &b"ip4"[..]),
+            (datagram_any(echo6, b"ip6"), echo6, b"ip6"),
+            (
+                datagram_to_name("v6.test", echo6.port(), b"name6"),
+                echo6,
+                b"name6",
+            ),
+            (
+                datagram_to_name("echo.test", echo4.port(), b"name4"),
+                echo4,
+                b"name4",
+            ),
+        ];
+        for (packet, echo, payload) in sends {
+            within(LIMIT, socket.send_to(&packet, relay))
+                .await
+                .expect("send");
+            let (answer, from) = receive(&socket).await;
+            assert_eq!(from, relay, "outbound_bind {outbound_bind:?}");
+            assert_eq!(
+                answer,
+                datagram_any(echo, payload),
+                "outbound_bind {outbound_bind:?}, sent {packet:02x?}"
+            );
+        }
+    }
+}
+
+/// With a specific `outbound_bind`, targets of the other family are dropped (as CONNECT
+/// cannot reach them either), and the association goes on.
+#[tokio::test]
+async fn a_specific_outbound_bind_reaches_only_its_family() {
+    if !has_ipv6_loopback() {
+        eprintln!("skipped: no ::1 on this machine");
+        return;
+    }
+    let options = ServerOptions {
+        outbound_bind: Some("127.0.0.1".parse().expect("valid IP")),
+        ..options()
+    };
+    let proxy = Proxy::start(options).await;
+    let echo4 = udp_echo().await;
+    let echo6 = counting_echo_on("[::1]:0").await;
+    let (_control, socket, relay) = raw_association(proxy.address).await;
+    within(LIMIT, socket.send_to(&datagram_any(echo6, b"v6"), relay))
+        .await
+        .expect("send");
+    within(LIMIT, socket.send_to(&datagram(0, echo4, b"v4"), relay))
+        .await
+        .expect("send");
+    let (answer, _) = receive(&socket).await;
+    assert_eq!(answer, datagram(0, echo4, b"v4"));
+    // Had the proxy sent the IPv6 datagram, it would have reached the echo before the IPv4 one.
+    let probe = UdpSocket::bind("[::1]:0").await.expect("bind");
+    within(LIMIT, probe.send_to(b"probe", echo6))
+        .await
+        .expect("send");
+    let (answer, _) = receive(&probe).await;
+    assert_eq!(
+        answer, b"\x01probe",
+        "the echo saw nothing before the probe"
     );
 }
