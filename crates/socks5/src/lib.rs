@@ -16,8 +16,8 @@
 //! - [`AuthPolicy`]: who must log in; passwords are compared in constant time.
 //! - [`Rules`]: ordered allow/deny rules on client networks, destination networks, domain
 //!   patterns and ports.
-//! - [`Resolver`]: how domain names are resolved ([`SystemResolver`], [`StaticResolver`], or
-//!   the caller's own).
+//! - [`Resolver`]: how domain names are resolved ([`SystemResolver`], at most
+//!   [`MAX_SYSTEM_LOOKUPS`] at once in the process; [`StaticResolver`]; or the caller's own).
 //! - [`client`]: CONNECT, BIND and UDP ASSOCIATE through a proxy.
 //!
 //! The TCP relay waits for readiness before it takes a buffer and gives the buffer back when
@@ -76,7 +76,7 @@ pub mod wire;
 
 pub use auth::AuthPolicy;
 pub use error::Error;
-pub use resolve::{ResolveFuture, Resolver, StaticResolver, SystemResolver};
+pub use resolve::{MAX_SYSTEM_LOOKUPS, ResolveFuture, Resolver, StaticResolver, SystemResolver};
 pub use rules::{Action, DomainPattern, Rule, Rules};
 pub use server::{Commands, ServerOptions, SessionReport, serve, sniff};
 pub use wire::{Address, Command, Reply};

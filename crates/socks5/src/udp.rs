@@ -6,26 +6,38 @@
 //!   and the client's port: DST.PORT of the request if not 0, else the port of the first
 //!   datagram from that IP, which locks it. DST.ADDR is not used to pick the IP, because
 //!   clients behind NAT often send their private address there.
-//! - The client's datagrams are relayed to their header's destination (a domain is resolved,
-//!   with a small cache for the association's lifetime), if the rules allow it; fragments
-//!   (FRAG ≠ 0) and malformed headers are dropped.
+//! - The client's datagrams are relayed to their header's destination, if the rules allow it;
+//!   fragments (FRAG ≠ 0) and malformed headers are dropped.
+//! - A domain destination is resolved off the datagram path: the lookup runs in its own task
+//!   (bounded by `connect_timeout`, at most [`MAX_LOOKUPS`] per association) while datagrams to
+//!   other destinations keep flowing. Datagrams for a name being resolved wait for its answer
+//!   (at most [`MAX_WAITING`] datagrams and [`MAX_WAITING_BYTES`] per association; past that,
+//!   or past the lookup bound, they are dropped with a debug event). Answers, and failures,
+//!   are remembered for [`NAME_TTL`] (at most [`MAX_NAMES`] names).
 //! - Datagrams from an address the client has sent to come back to the client with a header
 //!   naming their source; datagrams from anywhere else are dropped (like a NAT's
 //!   address-and-port-dependent filtering), so strangers cannot inject traffic.
 //! - The association ends when the TCP connection closes or fails, or after `idle_timeout`
 //!   without a relayed datagram.
 //!
-//! The socket has one IP family: if it is bound to a specific IPv4 (IPv6) address, targets of
-//! the other family are dropped.
+//! The relay socket has one IP family (an IPv6 socket bound to `::` also reaches IPv4). A target
+//! of the other family goes out through a second socket, opened on the first such datagram and
+//! bound to the unspecified address of that family (port 0), and its answers come back to the
+//! client through the relay socket with a header naming their source: ATYP X'04' for IPv6, X'01'
+//! for IPv4 (an IPv4-mapped IPv6 source is shown as IPv4). When `outbound_bind` is a specific
+//! address, only targets of its family are reached (as for CONNECT); others are dropped.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
+use tokio::task::{self, JoinError, JoinSet};
 use tokio::time::{Instant, sleep, timeout};
-use tracing::debug;
+use tracing::{Instrument, debug};
 
 use crate::Error;
 use crate::resolve::lookup;
@@ -40,8 +52,16 @@ const HEADER_ROOM: usize = 3 + 1 + 16 + 2;
 const MAX_DATAGRAM_LEN: usize = 64 * 1024;
 /// Remembered targets, whose answers are let back in. Past this, the set starts over.
 const MAX_TARGETS: usize = 1024;
-/// Remembered names. Past this, the cache starts over.
+/// Remembered names. Past this, expired answers are forgotten, and if that is not enough, all.
 const MAX_NAMES: usize = 64;
+/// How long an association trusts an answer (or a failure) before it looks the name up again.
+const NAME_TTL: Duration = Duration::from_secs(60);
+/// Lookups in flight per association; a datagram that needs one more is dropped.
+const MAX_LOOKUPS: usize = 4;
+/// Datagrams waiting for lookups per association, and their payload bytes; past either, a
+/// datagram for a name being resolved is dropped.
+const MAX_WAITING: usize = 16;
+const MAX_WAITING_BYTES: usize = 64 * 1024;
 
 /// Runs a UDP association for `session` until it ends.
 pub(crate) async fn associate(session: &mut Session<'_>, requested: &Address) -> Result<(), Error> {
@@ -57,11 +77,12 @@ pub(crate) async fn associate(session: &mut Session<'_>, requested: &Address) ->
         local_unspecified: local.ip().is_unspecified(),
         v6: local.is_ipv6(),
         socket,
+        other: Other::NotOpened,
         client_ip: session.client_ip,
         client_port: Some(requested.port()).filter(|&port| port != 0),
         client: None,
         targets: HashSet::new(),
-        names: HashMap::new(),
+        names: Names::new(),
         options: session.options,
         up: 0,
         down: 0,
@@ -87,7 +108,11 @@ async fn open(session: &Session<'_>) -> Result<(UdpSocket, SocketAddr), Error> {
 }
 
 struct Association<'a> {
+    /// The relay socket: the client's datagrams, the answers to the client, and the targets of
+    /// its family.
     socket: UdpSocket,
+    /// The socket for targets of the other family.
+    other: Other,
     /// Bound to `0.0.0.0` or `::`: may send to any address of its family (and `::` to IPv4).
     local_unspecified: bool,
     /// An IPv6 socket.
@@ -96,17 +121,43 @@ struct Association<'a> {
     client_port: Option<u16>,
     /// The client's address exactly as the socket sees it, once known.
     client: Option<SocketAddr>,
+    /// Targets sent to (canonical): their answers are let in.
     targets: HashSet<SocketAddr>,
-    names: HashMap<String, Vec<IpAddr>>,
+    names: Names,
     options: &'a ServerOptions,
     up: u64,
     down: u64,
 }
 
+/// The socket for targets the relay socket cannot reach.
+enum Other {
+    /// No such target yet.
+    NotOpened,
+    Open(UdpSocket),
+    /// `outbound_bind` is a specific address of the relay socket's family, or opening failed.
+    Unavailable,
+}
+
+/// Which socket a datagram arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Relay,
+    Other,
+}
+
 enum Event {
     Control(io::Result<usize>),
-    Readable(io::Result<()>),
+    Readable(Side, io::Result<()>),
+    Resolved(Result<(task::Id, (String, Vec<IpAddr>)), JoinError>),
     Idle,
+}
+
+/// Waits until the other-family socket, if open, is readable.
+async fn other_readable(other: &Other) -> io::Result<()> {
+    match other {
+        Other::Open(socket) => socket.readable().await,
+        Other::NotOpened | Other::Unavailable => std::future::pending().await,
+    }
 }
 
 impl Association<'_> {
@@ -118,7 +169,9 @@ impl Association<'_> {
         loop {
             let event = tokio::select! {
                 read = control.read(&mut ignored) => Event::Control(read),
-                ready = self.socket.readable() => Event::Readable(ready),
+                ready = self.socket.readable() => Event::Readable(Side::Relay, ready),
+                ready = other_readable(&self.other) => Event::Readable(Side::Other, ready),
+                Some(joined) = self.names.lookups.join_next_with_id() => Event::Resolved(joined),
                 () = &mut idle => Event::Idle,
             };
             match event {
@@ -129,9 +182,14 @@ impl Association<'_> {
                     debug!(%error, "UDP association control connection failed");
                     return Ok(());
                 }
-                Event::Readable(ready) => {
+                Event::Readable(side, ready) => {
                     ready?;
-                    if self.drain().await? {
+                    if self.drain(side).await? {
+                        idle.as_mut().reset(Instant::now() + limit);
+                    }
+                }
+                Event::Resolved(joined) => {
+                    if self.resolved(joined).await {
                         idle.as_mut().reset(Instant::now() + limit);
                     }
                 }
@@ -142,15 +200,20 @@ impl Association<'_> {
         }
     }
 
-    /// Handles every datagram waiting on the socket, with one buffer taken for the burst;
-    /// returns whether any was relayed.
-    async fn drain(&mut self) -> Result<bool, Error> {
+    /// Handles every datagram waiting on the socket of `side`, with one buffer taken for the
+    /// burst; returns whether any was relayed.
+    async fn drain(&mut self, side: Side) -> Result<bool, Error> {
         let mut buf = Vec::with_capacity(HEADER_ROOM + MAX_DATAGRAM_LEN);
         let mut relayed = false;
         loop {
             buf.clear();
             buf.resize(HEADER_ROOM, 0);
-            let from = match self.socket.try_recv_buf_from(&mut buf) {
+            let socket = match (side, &self.other) {
+                (Side::Relay, _) => &self.socket,
+                (Side::Other, Other::Open(socket)) => socket,
+                (Side::Other, Other::NotOpened | Other::Unavailable) => return Ok(relayed),
+            };
+            let from = match socket.try_recv_buf_from(&mut buf) {
                 Ok((_, from)) => from,
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(relayed),
                 // ICMP errors for earlier datagrams; they do not concern this one.
@@ -165,19 +228,22 @@ impl Association<'_> {
                 }
                 Err(error) => return Err(error.into()),
             };
-            relayed |= self.handle(&mut buf, from).await;
+            relayed |= self.handle(&mut buf, from, side).await;
         }
     }
 
-    /// One datagram in `buf[HEADER_ROOM..]`; returns whether it was relayed.
-    async fn handle(&mut self, buf: &mut [u8], from: SocketAddr) -> bool {
-        let is_client = from.ip().to_canonical() == self.client_ip
+    /// One datagram in `buf[HEADER_ROOM..]`, received on `side`; returns whether it was relayed.
+    /// Only the relay socket takes the client's datagrams; either takes answers from targets.
+    async fn handle(&mut self, buf: &mut [u8], raw_from: SocketAddr, side: Side) -> bool {
+        let from = canonical(raw_from);
+        let is_client = side == Side::Relay
+            && from.ip() == self.client_ip
             && self.client_port.is_none_or(|port| port == from.port());
         if is_client {
             if self.client.is_none() {
                 debug!(client = %from, "UDP association locked to the client's address");
                 self.client_port = Some(from.port());
-                self.client = Some(from);
+                self.client = Some(raw_from);
             }
             let datagram = buf.get(HEADER_ROOM..).unwrap_or_default();
             self.relay_out(datagram).await
@@ -210,11 +276,26 @@ impl Association<'_> {
             );
             return false;
         }
-        let Some(target) = self.target(&header.address).await else {
+        let payload = datagram.get(used..).unwrap_or_default();
+        match header.address.without_ip_literal_name() {
+            Address::Ip(address) => self.relay_to_ip(address, payload).await,
+            Address::Domain(host, port) => self.relay_to_name(&host, port, payload).await,
+        }
+    }
+
+    /// Sends `payload` to `target` (canonical) through the socket that reaches its family, and
+    /// lets its answers in.
+    async fn send(&mut self, payload: &[u8], target: SocketAddr) -> bool {
+        let sent = if self.relay_reaches(target.ip()) {
+            let address = self.socket_address(target);
+            self.socket.send_to(payload, address).await
+        } else if let Some(other) = self.other_socket().await {
+            other.send_to(payload, target).await
+        } else {
+            debug!(%target, "no UDP socket can reach this address family");
             return false;
         };
-        let payload = datagram.get(used..).unwrap_or_default();
-        match self.socket.send_to(payload, target).await {
+        match sent {
             Ok(_) => {
                 self.up += payload.len() as u64;
                 if self.targets.len() >= MAX_TARGETS && !self.targets.contains(&target) {
@@ -230,11 +311,55 @@ impl Association<'_> {
         }
     }
 
-    /// Wraps the datagram in `buf[HEADER_ROOM..]` in a header naming `from`, in place.
+    /// The socket for the family the relay socket does not reach, opened on first use.
+    async fn other_socket(&mut self) -> Option<&UdpSocket> {
+        if matches!(self.other, Other::NotOpened) {
+            self.other = match self.other_bind() {
+                None => Other::Unavailable,
+                Some(ip) => match UdpSocket::bind(SocketAddr::new(ip, 0)).await {
+                    Ok(socket) => {
+                        let local = socket.local_addr().ok();
+                        debug!(?local, "opened a UDP socket for the other address family");
+                        Other::Open(socket)
+                    }
+                    Err(error) => {
+                        debug!(%error, %ip, "cannot open a UDP socket for the other family");
+                        Other::Unavailable
+                    }
+                },
+            };
+        }
+        match &self.other {
+            Other::Open(socket) => Some(socket),
+            Other::NotOpened | Other::Unavailable => None,
+        }
+    }
+
+    /// Where the other-family socket binds: the unspecified address of that family, unless
+    /// `outbound_bind` names a specific address (then only its family is reached).
+    fn other_bind(&self) -> Option<IpAddr> {
+        match self.options.outbound_bind {
+            Some(ip) if !ip.is_unspecified() => None,
+            _ if self.v6 => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+            _ => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        }
+    }
+
+    /// Whether some socket of this association can send to `ip`.
+    fn reachable(&self, ip: IpAddr) -> bool {
+        self.relay_reaches(ip)
+            || match self.other {
+                Other::NotOpened => self.other_bind().is_some(),
+                Other::Open(_) => true,
+                Other::Unavailable => false,
+            }
+    }
+
+    /// Wraps the datagram in `buf[HEADER_ROOM..]` in a header naming `from` (canonical), in
+    /// place.
     async fn relay_back(&mut self, buf: &mut [u8], from: SocketAddr, client: SocketAddr) -> bool {
         let payload_len = buf.len().saturating_sub(HEADER_ROOM);
-        let source = SocketAddr::new(from.ip().to_canonical(), from.port());
-        let header = UdpHeader::new(Address::Ip(source));
+        let header = UdpHeader::new(Address::Ip(from));
         let start = HEADER_ROOM.saturating_sub(3 + header.address.encoded_len());
         let Some(mut slot) = buf.get_mut(start..HEADER_ROOM) else {
             return false;
@@ -255,76 +380,82 @@ impl Association<'_> {
         }
     }
 
-    /// Where to send a datagram for `address`, if the rules and the socket's family allow.
-    async fn target(&mut self, address: &Address) -> Option<SocketAddr> {
-        let literal;
-        let address = match address {
-            Address::Domain(..) => {
-                literal = address.clone().without_ip_literal_name();
-                &literal
+    /// Relays `payload` to an IP destination, if the rules allow.
+    async fn relay_to_ip(&mut self, address: SocketAddr, payload: &[u8]) -> bool {
+        let target = canonical(address);
+        if self
+            .options
+            .rules
+            .check(self.client_ip, None, target.ip(), target.port())
+            == Action::Deny
+        {
+            debug!(%target, "rules deny a UDP destination");
+            return false;
+        }
+        if !self.reachable(target.ip()) {
+            debug!(%target, "UDP association cannot reach this address family");
+            return false;
+        }
+        self.send(payload, target).await
+    }
+
+    /// Relays `payload` to a named destination: at once if the name's addresses are known,
+    /// else once its lookup (started here if needed) answers. Returns whether the datagram was
+    /// sent or queued.
+    async fn relay_to_name(&mut self, host: &str, port: u16, payload: &[u8]) -> bool {
+        if self.options.rules.check_name(self.client_ip, host, port) == Some(Action::Deny) {
+            debug!(%host, "rules deny a UDP destination");
+            return false;
+        }
+        if let Some(ips) = self.names.cached(host) {
+            let Some(target) = self.pick(host, ips, port) else {
+                return false;
+            };
+            return self.send(payload, target).await;
+        }
+        self.names.wait_for(host, port, payload, self.options)
+    }
+
+    /// A lookup ended: remembers its answer and sends the datagrams that waited for it.
+    async fn resolved(
+        &mut self,
+        joined: Result<(task::Id, (String, Vec<IpAddr>)), JoinError>,
+    ) -> bool {
+        let (host, ips) = match joined {
+            Ok((_, answer)) => answer,
+            Err(error) => {
+                // A resolver that panicked: the name counts as not found.
+                debug!(%error, "a UDP destination lookup failed");
+                match self.names.host_of(error.id()) {
+                    Some(host) => (host, Vec::new()),
+                    None => return false,
+                }
             }
-            Address::Ip(_) => address,
         };
+        let waiting = self.names.finish(&host, ips.clone());
+        let mut relayed = false;
+        for datagram in waiting {
+            if let Some(target) = self.pick(&host, &ips, datagram.port) {
+                relayed |= self.send(&datagram.payload, target).await;
+            }
+        }
+        relayed
+    }
+
+    /// The first address of `host` that the rules allow and a socket can reach.
+    fn pick(&self, host: &str, ips: &[IpAddr], port: u16) -> Option<SocketAddr> {
         let rules = &self.options.rules;
-        let client = self.client_ip;
-        let (ip, port) = match address {
-            Address::Ip(address) => {
-                let ip = address.ip().to_canonical();
-                if rules.check(client, None, ip, address.port()) == Action::Deny {
-                    debug!(target = %address, "rules deny a UDP destination");
-                    return None;
-                }
-                (ip, address.port())
-            }
-            Address::Domain(host, port) => {
-                if rules.check_name(client, host, *port) == Some(Action::Deny) {
-                    debug!(%host, "rules deny a UDP destination");
-                    return None;
-                }
-                let ips = self.resolve(host, *port).await;
-                let usable = ips.into_iter().find(|&ip| {
-                    self.reachable(ip)
-                        && rules.check(client, Some(host), ip, *port) == Action::Allow
-                });
-                let Some(ip) = usable else {
-                    debug!(%host, "no allowed address for a UDP destination");
-                    return None;
-                };
-                (ip, *port)
-            }
-        };
-        if !self.reachable(ip) {
-            debug!(%ip, "UDP relay socket cannot reach this address family");
-            return None;
+        let usable = ips.iter().find(|&&ip| {
+            self.reachable(ip) && rules.check(self.client_ip, Some(host), ip, port) == Action::Allow
+        });
+        if usable.is_none() {
+            debug!(%host, "no allowed address for a UDP destination");
         }
-        Some(self.socket_address(SocketAddr::new(ip, port)))
+        usable.map(|&ip| SocketAddr::new(ip, port))
     }
 
-    /// The addresses of `host`, from the cache if possible (a failed lookup is cached as none).
-    async fn resolve(&mut self, host: &str, port: u16) -> Vec<IpAddr> {
-        if let Some(ips) = self.names.get(host) {
-            return ips.clone();
-        }
-        let limit = self.options.connect_timeout;
-        let ips = match timeout(limit, lookup(&*self.options.resolver, host, port)).await {
-            Ok(Ok(found)) => found.into_iter().map(|a| a.ip()).collect(),
-            Ok(Err(error)) => {
-                debug!(%error, "UDP destination does not resolve");
-                Vec::new()
-            }
-            Err(_) => {
-                debug!(%host, ?limit, "resolving a UDP destination timed out");
-                Vec::new()
-            }
-        };
-        if self.names.len() >= MAX_NAMES {
-            self.names.clear();
-        }
-        self.names.insert(host.to_owned(), ips.clone());
-        ips
-    }
-
-    fn reachable(&self, ip: IpAddr) -> bool {
+    /// Whether the relay socket itself can send to `ip`.
+    fn relay_reaches(&self, ip: IpAddr) -> bool {
         match (self.v6, ip) {
             (false, IpAddr::V4(_)) | (true, IpAddr::V6(_)) => true,
             (true, IpAddr::V4(_)) => self.local_unspecified,
@@ -340,5 +471,151 @@ impl Association<'_> {
             }
             _ => target,
         }
+    }
+}
+
+/// `address` with an IPv4-mapped IPv6 address as IPv4.
+fn canonical(address: SocketAddr) -> SocketAddr {
+    SocketAddr::new(address.ip().to_canonical(), address.port())
+}
+
+/// The names of one association: recent answers, and the lookups in flight with the datagrams
+/// that wait for them. Lookups run in their own tasks, so a slow name never holds up the
+/// association's other datagrams; every bound here is per association.
+struct Names {
+    answers: HashMap<String, Answer>,
+    pending: HashMap<String, Pending>,
+    lookups: JoinSet<(String, Vec<IpAddr>)>,
+    /// Datagrams waiting in `pending`, and their payload bytes.
+    queued: usize,
+    queued_bytes: usize,
+}
+
+/// The addresses of a name (none if it did not resolve), and when they were learnt.
+struct Answer {
+    ips: Vec<IpAddr>,
+    at: Instant,
+}
+
+/// A lookup in flight.
+struct Pending {
+    task: task::Id,
+    waiting: Vec<Waiting>,
+}
+
+/// A datagram for a name being resolved.
+struct Waiting {
+    port: u16,
+    payload: Vec<u8>,
+}
+
+impl Names {
+    fn new() -> Self {
+        Names {
+            answers: HashMap::new(),
+            pending: HashMap::new(),
+            lookups: JoinSet::new(),
+            queued: 0,
+            queued_bytes: 0,
+        }
+    }
+
+    /// The addresses of `host` learnt within [`NAME_TTL`] (a failed lookup is remembered as
+    /// none).
+    fn cached(&self, host: &str) -> Option<&[IpAddr]> {
+        self.answers
+            .get(host)
+            .filter(|answer| answer.at.elapsed() < NAME_TTL)
+            .map(|answer| answer.ips.as_slice())
+    }
+
+    /// Queues a datagram for `host`, starting its lookup if none is in flight; returns whether
+    /// the datagram was queued (false: dropped, past a bound).
+    fn wait_for(&mut self, host: &str, port: u16, payload: &[u8], options: &ServerOptions) -> bool {
+        if self.queued >= MAX_WAITING || self.queued_bytes + payload.len() > MAX_WAITING_BYTES {
+            debug!(%host, "dropped a UDP datagram: too many wait for lookups");
+            return false;
+        }
+        let waiting = Waiting {
+            port,
+            payload: payload.to_vec(),
+        };
+        if let Some(pending) = self.pending.get_mut(host) {
+            pending.waiting.push(waiting);
+        } else {
+            if self.lookups.len() >= MAX_LOOKUPS {
+                debug!(%host, "dropped a UDP datagram: too many lookups in flight");
+                return false;
+            }
+            let task = self.start(host, port, options);
+            self.pending.insert(
+                host.to_owned(),
+                Pending {
+                    task,
+                    waiting: vec![waiting],
+                },
+            );
+        }
+        self.queued += 1;
+        self.queued_bytes += payload.len();
+        true
+    }
+
+    /// Starts looking `host` up, bounded by `connect_timeout`.
+    fn start(&mut self, host: &str, port: u16, options: &ServerOptions) -> task::Id {
+        let resolver = Arc::clone(&options.resolver);
+        let limit = options.connect_timeout;
+        let host = host.to_owned();
+        let lookup = async move {
+            let ips = match timeout(limit, lookup(&*resolver, &host, port)).await {
+                Ok(Ok(found)) => found.into_iter().map(|a| a.ip()).collect(),
+                Ok(Err(error)) => {
+                    debug!(%error, "UDP destination does not resolve");
+                    Vec::new()
+                }
+                Err(_) => {
+                    debug!(%host, ?limit, "resolving a UDP destination timed out");
+                    Vec::new()
+                }
+            };
+            (host, ips)
+        };
+        self.lookups.spawn(lookup.in_current_span()).id()
+    }
+
+    /// The name whose lookup ran in `task`.
+    fn host_of(&self, task: task::Id) -> Option<String> {
+        self.pending
+            .iter()
+            .find(|(_, pending)| pending.task == task)
+            .map(|(host, _)| host.clone())
+    }
+
+    /// Remembers the answer for `host`; returns the datagrams that waited for it.
+    fn finish(&mut self, host: &str, ips: Vec<IpAddr>) -> Vec<Waiting> {
+        if self.answers.len() >= MAX_NAMES && !self.answers.contains_key(host) {
+            self.answers
+                .retain(|_, answer| answer.at.elapsed() < NAME_TTL);
+            if self.answers.len() >= MAX_NAMES {
+                self.answers.clear();
+            }
+        }
+        self.answers.insert(
+            host.to_owned(),
+            Answer {
+                ips,
+                at: Instant::now(),
+            },
+        );
+        let waiting = self
+            .pending
+            .remove(host)
+            .map(|pending| pending.waiting)
+            .unwrap_or_default();
+        for datagram in &waiting {
+            self.queued = self.queued.saturating_sub(1);
+            self.queued_bytes = self.queued_bytes.saturating_sub(datagram.payload.len());
+        }
+        waiting
     }
 }
