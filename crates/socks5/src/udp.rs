@@ -229,6 +229,9 @@ impl Association<'_> {
                 Err(error) => return Err(error.into()),
             };
             relayed |= self.handle(&mut buf, from, side).await;
+            // A flood of datagrams never drains the socket: spend tokio's cooperative budget
+            // per datagram, so the association yields its worker like any other task.
+            tokio::task::consume_budget().await;
         }
     }
 
