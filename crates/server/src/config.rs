@@ -57,6 +57,47 @@ fn default_stats_interval() -> Duration {
     Duration::from_secs(60)
 }
 
+/// The longest any duration key may be: 30 days. Far past any sensible timeout, and far
+/// below the ~292 billion years at which adding it to a clock reading overflows (a panic).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// The shortest timeout or interval: tokio's timers count whole milliseconds, and a zero
+/// period panics `tokio::time::interval`.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// The shortest `stats_interval` other than `0s` (off): one log line per listener per second.
+pub const MIN_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The most connections one listener serves at once. Far below tokio's semaphore limit
+/// (`usize::MAX >> 3` permits; more panics), and more than the open-file limit of most hosts.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+impl ServerSection {
+    /// Checks `drain_timeout` (0s to [`MAX_DURATION`]) and `stats_interval` (`0s`, or
+    /// [`MIN_STATS_INTERVAL`] to [`MAX_DURATION`]).
+    fn validate(&self) -> anyhow::Result<()> {
+        check_duration(
+            "drain_timeout",
+            self.drain_timeout,
+            Duration::ZERO,
+            MAX_DURATION,
+        )?;
+        let stats = self.stats_interval;
+        if !stats.is_zero() && !(MIN_STATS_INTERVAL..=MAX_DURATION).contains(&stats) {
+            return Err(invalid(
+                "stats_interval",
+                format!(
+                    "{} is out of range: it must be \"0s\" (only at shutdown) or {} to {}",
+                    format_duration(stats),
+                    format_duration(MIN_STATS_INTERVAL),
+                    format_duration(MAX_DURATION)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Parses and validates `text`, read from `origin` (used in messages).
     ///
@@ -112,6 +153,7 @@ impl Config {
                 "no [[listener]]: add at least one, e.g. mode = \"crc-tcp\", bind = \"127.0.0.1:51314\""
             );
         }
+        self.server.validate().context("[server]")?;
         let mut names = HashSet::new();
         let mut binds = HashSet::new();
         let mut paths: HashSet<PathBuf> = HashSet::new();
@@ -175,6 +217,73 @@ pub fn invalid(key: &'static str, reason: impl Into<String>) -> anyhow::Error {
         reason: reason.into(),
     }
     .into()
+}
+
+/// A duration as the config writes it (`1ms`, `30days`).
+fn format_duration(value: Duration) -> humantime_serde::re::humantime::FormattedDuration {
+    humantime_serde::re::humantime::format_duration(value)
+}
+
+/// Checks that the duration `value` of `key` lies in `[min, max]`.
+///
+/// # Errors
+///
+/// An [`InvalidValue`] that names the key, the value and the bound it crosses.
+pub fn check_duration(
+    key: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> anyhow::Result<()> {
+    if value < min {
+        return Err(invalid(
+            key,
+            format!(
+                "{} is too short: it must be at least {}",
+                format_duration(value),
+                format_duration(min)
+            ),
+        ));
+    }
+    if value > max {
+        return Err(invalid(
+            key,
+            format!(
+                "{} is too long: it must be at most {}",
+                format_duration(value),
+                format_duration(max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the count `value` of `key` lies in `[min, max]`; `unit` (e.g. `" bytes"`)
+/// follows the bound in the message.
+///
+/// # Errors
+///
+/// An [`InvalidValue`] that names the key, the value and the bound it crosses.
+pub fn check_count(
+    key: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> anyhow::Result<()> {
+    if value < min {
+        return Err(invalid(
+            key,
+            format!("{value} is too small: it must be at least {min}{unit}"),
+        ));
+    }
+    if value > max {
+        return Err(invalid(
+            key,
+            format!("{value} is too large: it must be at most {max}{unit}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
