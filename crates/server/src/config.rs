@@ -392,10 +392,19 @@ mod tests {
     const DAYS: &str = "\"30days\"";
     const OVER_DAYS: &str = "\"30days 1ns\"";
 
+    type Row = (
+        Place,
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+
     /// Every bounded key (README, "Bounds"): where it is written, then the value just below
     /// the lower bound (`None` when the type has nothing below it), the lower bound, the
     /// upper bound and the value just above it.
-    const BOUNDS: &[(Place, &str, Option<&str>, &str, &str, &str)] = &[
+    const BOUNDS: &[Row] = &[
         (server_key, "drain_timeout", None, "\"0s\"", DAYS, OVER_DAYS),
         (
             server_key,
