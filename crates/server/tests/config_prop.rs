@@ -516,7 +516,7 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: 128,
+        cases: 256,
         max_shrink_iters: 200,
         max_shrink_time: 30_000,
         failure_persistence: None,
