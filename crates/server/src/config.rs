@@ -57,6 +57,47 @@ fn default_stats_interval() -> Duration {
     Duration::from_secs(60)
 }
 
+/// The longest any duration key may be: 30 days. Far past any sensible timeout, and far
+/// below the ~292 billion years at which adding it to a clock reading overflows (a panic).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// The shortest timeout or interval: tokio's timers count whole milliseconds, and a zero
+/// period panics `tokio::time::interval`.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// The shortest `stats_interval` other than `0s` (off): one log line per listener per second.
+pub const MIN_STATS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The most connections one listener serves at once. Far below tokio's semaphore limit
+/// (`usize::MAX >> 3` permits; more panics), and more than the open-file limit of most hosts.
+pub const MAX_CONNECTIONS: usize = 1_000_000;
+
+impl ServerSection {
+    /// Checks `drain_timeout` (0s to [`MAX_DURATION`]) and `stats_interval` (`0s`, or
+    /// [`MIN_STATS_INTERVAL`] to [`MAX_DURATION`]).
+    fn validate(&self) -> anyhow::Result<()> {
+        check_duration(
+            "drain_timeout",
+            self.drain_timeout,
+            Duration::ZERO,
+            MAX_DURATION,
+        )?;
+        let stats = self.stats_interval;
+        if !stats.is_zero() && !(MIN_STATS_INTERVAL..=MAX_DURATION).contains(&stats) {
+            return Err(invalid(
+                "stats_interval",
+                format!(
+                    "{} is out of range: it must be \"0s\" (only at shutdown) or {} to {}",
+                    format_duration(stats),
+                    format_duration(MIN_STATS_INTERVAL),
+                    format_duration(MAX_DURATION)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Parses and validates `text`, read from `origin` (used in messages).
     ///
@@ -112,6 +153,7 @@ impl Config {
                 "no [[listener]]: add at least one, e.g. mode = \"crc-tcp\", bind = \"127.0.0.1:51314\""
             );
         }
+        self.server.validate().context("[server]")?;
         let mut names = HashSet::new();
         let mut binds = HashSet::new();
         let mut paths: HashSet<PathBuf> = HashSet::new();
@@ -175,6 +217,73 @@ pub fn invalid(key: &'static str, reason: impl Into<String>) -> anyhow::Error {
         reason: reason.into(),
     }
     .into()
+}
+
+/// A duration as the config writes it (`1ms`, `30days`).
+fn format_duration(value: Duration) -> humantime_serde::re::humantime::FormattedDuration {
+    humantime_serde::re::humantime::format_duration(value)
+}
+
+/// Checks that the duration `value` of `key` lies in `[min, max]`.
+///
+/// # Errors
+///
+/// An [`InvalidValue`] that names the key, the value and the bound it crosses.
+pub fn check_duration(
+    key: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> anyhow::Result<()> {
+    if value < min {
+        return Err(invalid(
+            key,
+            format!(
+                "{} is too short: it must be at least {}",
+                format_duration(value),
+                format_duration(min)
+            ),
+        ));
+    }
+    if value > max {
+        return Err(invalid(
+            key,
+            format!(
+                "{} is too long: it must be at most {}",
+                format_duration(value),
+                format_duration(max)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that the count `value` of `key` lies in `[min, max]`; `unit` (e.g. `" bytes"`)
+/// follows the bound in the message.
+///
+/// # Errors
+///
+/// An [`InvalidValue`] that names the key, the value and the bound it crosses.
+pub fn check_count(
+    key: &'static str,
+    value: u64,
+    min: u64,
+    max: u64,
+    unit: &str,
+) -> anyhow::Result<()> {
+    if value < min {
+        return Err(invalid(
+            key,
+            format!("{value} is too small: it must be at least {min}{unit}"),
+        ));
+    }
+    if value > max {
+        return Err(invalid(
+            key,
+            format!("{value} is too large: it must be at most {max}{unit}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -244,6 +353,234 @@ mod tests {
         let text = "[[listener]]\nname = \"a\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:1\"\n\
                     [[listener]]\nname = \"a\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:2\"\n";
         assert!(error_of(text).contains("listener[1] (a): name"));
+    }
+
+    /// Where a key is written: a config with `key = value` in the right table.
+    type Place = fn(&str, &str) -> String;
+
+    fn server_key(key: &str, value: &str) -> String {
+        format!(
+            "[server]\n{key} = {value}\n[[listener]]\nname = \"l\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n"
+        )
+    }
+    fn crc_key(key: &str, value: &str) -> String {
+        format!(
+            "[[listener]]\nname = \"l\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n{key} = {value}\n"
+        )
+    }
+    fn log_key(key: &str, value: &str) -> String {
+        let key = key.trim_start_matches("handler.");
+        crc_key("handler", &format!("{{ type = \"log\", {key} = {value} }}"))
+    }
+    fn file_key(sync: &str, key: &str, value: &str) -> String {
+        let key = key.trim_start_matches("handler.");
+        crc_key(
+            "handler",
+            &format!(
+                "{{ type = \"file\", path = \"/nonexistent/f\", sync = \"{sync}\", {key} = {value} }}"
+            ),
+        )
+    }
+    fn socks_key(key: &str, value: &str) -> String {
+        format!(
+            "[[listener]]\nname = \"l\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n{key} = {value}\n"
+        )
+    }
+
+    const UNDER_1MS: &str = "\"999us 999ns\"";
+    const MS: &str = "\"1ms\"";
+    const DAYS: &str = "\"30days\"";
+    const OVER_DAYS: &str = "\"30days 1ns\"";
+
+    type Row = (
+        Place,
+        &'static str,
+        Option<&'static str>,
+        &'static str,
+        &'static str,
+        &'static str,
+    );
+
+    /// Every bounded key (README, "Bounds"): where it is written, then the value just below
+    /// the lower bound (`None` when the type has nothing below it), the lower bound, the
+    /// upper bound and the value just above it.
+    const BOUNDS: &[Row] = &[
+        (server_key, "drain_timeout", None, "\"0s\"", DAYS, OVER_DAYS),
+        (
+            server_key,
+            "stats_interval",
+            Some("\"999ms 999us 999ns\""),
+            "\"1s\"",
+            DAYS,
+            OVER_DAYS,
+        ),
+        (
+            crc_key,
+            "max_frame_size",
+            Some("4"),
+            "5",
+            "1073741824",
+            "1073741825",
+        ),
+        (
+            crc_key,
+            "max_connections",
+            Some("0"),
+            "1",
+            "1000000",
+            "1000001",
+        ),
+        (
+            crc_key,
+            "idle_timeout",
+            Some(UNDER_1MS),
+            MS,
+            DAYS,
+            OVER_DAYS,
+        ),
+        (
+            crc_key,
+            "frame_timeout",
+            Some(UNDER_1MS),
+            MS,
+            DAYS,
+            OVER_DAYS,
+        ),
+        (
+            crc_key,
+            "write_timeout",
+            Some(UNDER_1MS),
+            MS,
+            DAYS,
+            OVER_DAYS,
+        ),
+        (log_key, "handler.preview_len", None, "0", "4096", "4097"),
+        (
+            |k, v| file_key("always", k, v),
+            "handler.sync_interval",
+            Some(UNDER_1MS),
+            MS,
+            DAYS,
+            OVER_DAYS,
+        ),
+        (
+            |k, v| file_key("interval", k, v),
+            "handler.sync_interval",
+            Some(UNDER_1MS),
+            MS,
+            DAYS,
+            OVER_DAYS,
+        ),
+        (
+            |k, v| file_key("never", k, v),
+            "handler.sync_interval",
+            Some(UNDER_1MS),
+            MS,
+            DAYS,
+            OVER_DAYS,
+        ),
+        (
+            socks_key,
+            "max_connections",
+            Some("0"),
+            "1",
+            "1000000",
+            "1000001",
+        ),
+        (
+            socks_key,
+            "handshake_timeout",
+            Some(UNDER_1MS),
+            MS,
+            DAYS,
+            OVER_DAYS,
+        ),
+        (
+            socks_key,
+            "connect_timeout",
+            Some(UNDER_1MS),
+            MS,
+            DAYS,
+            OVER_DAYS,
+        ),
+        (
+            socks_key,
+            "idle_timeout",
+            Some(UNDER_1MS),
+            MS,
+            DAYS,
+            OVER_DAYS,
+        ),
+        (
+            socks_key,
+            "bind_timeout",
+            Some(UNDER_1MS),
+            MS,
+            DAYS,
+            OVER_DAYS,
+        ),
+    ];
+
+    #[test]
+    fn every_bound_is_inclusive_and_one_step_past_it_is_rejected_naming_the_key() {
+        for &(place, key, below, low, high, above) in BOUNDS {
+            for value in [low, high] {
+                let text = place(key, value);
+                if let Err(error) = Config::parse(&text, "test.toml") {
+                    panic!("{key} = {value} is rejected: {error:#}\n{text}");
+                }
+            }
+            let at = if place(key, "0").starts_with("[server]") {
+                format!("[server]: {key}: ")
+            } else {
+                format!("listener[0] (l): {key}: ")
+            };
+            for (value, bound) in below
+                .map(|v| (v, "at least"))
+                .into_iter()
+                .chain([(above, "at most")])
+            {
+                let text = place(key, value);
+                let message = error_of(&text);
+                let bound = if key == "stats_interval" {
+                    "or 1s to 30days"
+                } else {
+                    bound
+                };
+                assert!(
+                    message.contains(&at) && message.contains(bound),
+                    "{key} = {value}: {message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bound_messages_say_the_value_and_the_bound() {
+        assert!(
+            error_of(&crc_key("idle_timeout", OVER_DAYS)).ends_with(
+                "listener[0] (l): idle_timeout: 30days 1ns is too long: it must be at most 30days"
+            ),
+            "{}",
+            error_of(&crc_key("idle_timeout", OVER_DAYS))
+        );
+        assert!(
+            error_of(&file_key("always", "sync_interval", "\"0s\"")).ends_with(
+                "listener[0] (l): handler.sync_interval: 0s is too short: it must be at least 1ms"
+            )
+        );
+        assert!(error_of(&socks_key("max_connections", "9223372036854775807")).ends_with(
+            "listener[0] (l): max_connections: 9223372036854775807 is too large: it must be at most 1000000"
+        ));
+        assert!(error_of(&server_key("stats_interval", "\"1ns\"")).ends_with(
+            "[server]: stats_interval: 1ns is out of range: it must be \"0s\" (only at shutdown) or 1s to 30days"
+        ));
+    }
+
+    #[test]
+    fn zero_stats_interval_still_means_only_at_shutdown() {
+        let config = Config::parse(&server_key("stats_interval", "\"0s\""), "test.toml").unwrap();
+        assert!(config.server.stats_interval.is_zero());
     }
 
     #[test]

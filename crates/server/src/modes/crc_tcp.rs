@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Level, debug, event, warn};
 
 use crate::{
-    config::invalid,
+    config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration},
     registry::Common,
     sinks::file::{FileSink, SyncPolicy},
     stats::ListenerStats,
@@ -153,37 +153,52 @@ fn default_sync_interval() -> Duration {
 /// The smallest `max_frame_size` that admits a one-byte payload with a CRC-32.
 const MIN_FRAME_SIZE: u32 = 5;
 
+/// The largest `max_frame_size`: 1 GiB, so one connection's buffer stays below it.
+const MAX_FRAME_SIZE: u32 = 1 << 30;
+
+/// The largest `preview_len` of the log handler, in bytes of payload.
+const MAX_PREVIEW_LEN: usize = 4096;
+
 impl CrcTcpConfig {
+    /// Checks every key against its documented bounds (README, "Bounds").
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
-        if self.max_frame_size < MIN_FRAME_SIZE {
-            return Err(invalid(
-                "max_frame_size",
-                format!(
-                    "{} is too small: it must be at least {MIN_FRAME_SIZE} bytes",
-                    self.max_frame_size
-                ),
-            ));
-        }
-        if self.max_connections == 0 {
-            return Err(invalid("max_connections", "must be at least 1"));
-        }
+        check_count(
+            "max_frame_size",
+            self.max_frame_size.into(),
+            MIN_FRAME_SIZE.into(),
+            MAX_FRAME_SIZE.into(),
+            " bytes",
+        )?;
+        check_count(
+            "max_connections",
+            self.max_connections as u64,
+            1,
+            MAX_CONNECTIONS as u64,
+            "",
+        )?;
         for (key, value) in [
             ("idle_timeout", self.idle_timeout),
             ("frame_timeout", self.frame_timeout),
             ("write_timeout", self.write_timeout),
         ] {
-            if value.is_zero() {
-                return Err(invalid(key, "must be longer than 0s"));
-            }
+            check_duration(key, value, MIN_TIMEOUT, MAX_DURATION)?;
         }
-        if let HandlerConfig::File {
-            sync: SyncPolicy::Interval,
-            sync_interval,
-            ..
-        } = &self.handler
-            && sync_interval.is_zero()
-        {
-            return Err(invalid("handler.sync_interval", "must be longer than 0s"));
+        match &self.handler {
+            HandlerConfig::Log { preview_len, .. } => check_count(
+                "handler.preview_len",
+                *preview_len as u64,
+                0,
+                MAX_PREVIEW_LEN as u64,
+                " bytes",
+            )?,
+            // Checked whatever `sync` says: the sink's timer runs under every policy.
+            HandlerConfig::File { sync_interval, .. } => check_duration(
+                "handler.sync_interval",
+                *sync_interval,
+                MIN_TIMEOUT,
+                MAX_DURATION,
+            )?,
+            HandlerConfig::Echo | HandlerConfig::Discard => {}
         }
         Ok(())
     }

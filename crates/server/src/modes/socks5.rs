@@ -17,7 +17,11 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{config::invalid, registry::Common, stats::ListenerStats};
+use crate::{
+    config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
+    registry::Common,
+    stats::ListenerStats,
+};
 
 /// The `[[listener]]` keys of `mode = "socks5"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -240,12 +244,16 @@ impl Socks5Config {
             ("idle_timeout", self.idle_timeout),
             ("bind_timeout", self.bind_timeout),
         ] {
-            if value.is_zero() {
-                return Err(invalid(key, "must be longer than 0s"));
-            }
+            check_duration(key, value, MIN_TIMEOUT, MAX_DURATION)?;
         }
-        if self.max_connections == Some(0) {
-            return Err(invalid("max_connections", "must be at least 1"));
+        if let Some(max_connections) = self.max_connections {
+            check_count(
+                "max_connections",
+                max_connections as u64,
+                1,
+                MAX_CONNECTIONS as u64,
+                "",
+            )?;
         }
         let open = self.is_open()?;
         if !self.bind.ip().is_loopback() && open && !self.allow_open_proxy {

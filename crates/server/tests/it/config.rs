@@ -159,3 +159,34 @@ fn rejects_bad_rules_and_commands() {
     ));
     assert!(!ok, "{stderr}");
 }
+
+/// Issue 7 item 5: each of these passed `--check-config` and then panicked at run time.
+#[test]
+fn check_config_rejects_values_that_would_panic_at_run_time() {
+    let crc = "[[listener]]\nname = \"ingest\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n";
+    for (extra, expected) in [
+        (
+            "handler = { type = \"file\", path = \"/tmp/frames\", sync = \"always\", sync_interval = \"0s\" }",
+            "listener[0] (ingest): handler.sync_interval: 0s is too short: it must be at least 1ms",
+        ),
+        (
+            "idle_timeout = \"300000000000y\"",
+            "listener[0] (ingest): idle_timeout: 300000000000years is too long: it must be at most 30days",
+        ),
+        (
+            "max_connections = 9223372036854775807",
+            "listener[0] (ingest): max_connections: 9223372036854775807 is too large: it must be at most 1000000",
+        ),
+    ] {
+        let (ok, stderr) = check(&format!("{crc}{extra}\n"));
+        assert!(!ok && stderr.contains(expected), "{extra}: {stderr}");
+    }
+    let (ok, stderr) = check(&format!(
+        "[server]\ndrain_timeout = \"300000000000y\"\n{}",
+        socks("bind = \"127.0.0.1:0\"\nhandshake_timeout = \"300000000000y\"")
+    ));
+    assert!(
+        !ok && stderr.contains("[server]: drain_timeout: 300000000000years is too long"),
+        "{stderr}"
+    );
+}
