@@ -21,10 +21,19 @@ pub(crate) struct Deadline {
 impl Deadline {
     pub(crate) fn after(limit: Duration) -> Self {
         Deadline {
-            at: Instant::now() + limit,
+            at: later(Instant::now(), limit),
             limit,
         }
     }
+}
+
+/// `from + limit`, or a point decades away when that cannot be represented: an embedder may
+/// pass any `Duration`, and a timeout of "practically never" must not panic.
+pub(crate) fn later(from: Instant, limit: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+    from.checked_add(limit)
+        .or_else(|| from.checked_add(FAR))
+        .unwrap_or(from)
 }
 
 /// Reads until `parse` decodes a message, greedily: whatever arrives after the message stays in

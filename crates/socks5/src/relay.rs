@@ -307,7 +307,7 @@ impl Clock {
     async fn idle(&self, limit: Duration) {
         loop {
             let last = self.start + Duration::from_nanos(self.last_nanos.load(Ordering::Relaxed));
-            let deadline = last + limit;
+            let deadline = crate::framing::later(last, limit);
             if Instant::now() >= deadline {
                 return;
             }

@@ -185,12 +185,14 @@ impl Association<'_> {
                 Event::Readable(side, ready) => {
                     ready?;
                     if self.drain(side).await? {
-                        idle.as_mut().reset(Instant::now() + limit);
+                        idle.as_mut()
+                            .reset(crate::framing::later(Instant::now(), limit));
                     }
                 }
                 Event::Resolved(joined) => {
                     if self.resolved(joined).await {
-                        idle.as_mut().reset(Instant::now() + limit);
+                        idle.as_mut()
+                            .reset(crate::framing::later(Instant::now(), limit));
                     }
                 }
                 Event::Idle => {
