@@ -77,6 +77,6 @@ pub mod wire;
 pub use auth::AuthPolicy;
 pub use error::Error;
 pub use resolve::{ResolveFuture, Resolver, StaticResolver, SystemResolver};
-pub use rules::{Action, DomainPattern, Rule, Rules};
+pub use rules::{Action, DomainPattern, Rule, Rules, networks_cover_family};
 pub use server::{Commands, ServerOptions, SessionReport, serve, sniff};
 pub use wire::{Address, Command, Reply};
