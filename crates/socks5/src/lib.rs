@@ -15,7 +15,9 @@
 //!   ASSOCIATE's.
 //! - [`AuthPolicy`]: who must log in; passwords are compared in constant time.
 //! - [`Rules`]: ordered allow/deny rules on client networks, destination networks, domain
-//!   patterns and ports.
+//!   patterns and ports, behind a built-in rule that always refuses unspecified, broadcast
+//!   and multicast destinations ([`Rules::never_allowed`]). A CONNECT to the server's own
+//!   listening address ([`ServerOptions::listen_addresses`]) is refused too.
 //! - [`Resolver`]: how domain names are resolved ([`SystemResolver`], [`StaticResolver`], or
 //!   the caller's own).
 //! - [`client`]: CONNECT, BIND and UDP ASSOCIATE through a proxy.
