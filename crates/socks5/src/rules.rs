@@ -872,4 +872,34 @@ mod tests {
             assert_eq!(rules.limits_clients(), limited, "{rules:?}");
         }
     }
+    proptest::proptest! {
+        #[test]
+        fn span_sets_agree_with_a_brute_force_model(
+            a in proptest::collection::vec((0_u128..64, 0_u128..8), 0..6),
+            b in proptest::collection::vec((0_u128..64, 0_u128..8), 0..6),
+        ) {
+            let spans = |ranges: &[(u128, u128)]| {
+                Spans::normalized(ranges.iter().map(|&(start, len)| (start, start + len)).collect())
+            };
+            let model = |ranges: &[(u128, u128)], x: u128| {
+                ranges.iter().any(|&(start, len)| (start..=start + len).contains(&x))
+            };
+            let member = |set: &Spans, x: u128| set.0.iter().any(|&(s, e)| (s..=e).contains(&x));
+            let (sa, sb) = (spans(&a), spans(&b));
+            let (union, difference, intersection) =
+                (sa.union(&sb), sa.subtract(&sb), sa.intersect(&sb));
+            for x in 0..80 {
+                let (in_a, in_b) = (model(&a, x), model(&b, x));
+                proptest::prop_assert_eq!(member(&union, x), in_a || in_b, "union at {}", x);
+                proptest::prop_assert_eq!(member(&difference, x), in_a && !in_b, "difference at {}", x);
+                proptest::prop_assert_eq!(member(&intersection, x), in_a && in_b, "intersection at {}", x);
+            }
+            // Normalized: sorted, disjoint and not adjacent, so equal sets compare equal.
+            for set in [&union, &difference, &intersection] {
+                for pair in set.0.windows(2) {
+                    proptest::prop_assert!(pair[0].1 + 1 < pair[1].0, "{:?}", set);
+                }
+            }
+        }
+    }
 }
