@@ -1,7 +1,7 @@
 //! The one error type of the crate, and its mapping to a SOCKS reply code.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::wire::{Address, Command, Reply};
@@ -93,6 +93,19 @@ pub enum Error {
         /// What was denied.
         target: Address,
     },
+    /// The rules deny this client everything, so nothing was opened for its request.
+    #[error("access rules deny client {client} every destination")]
+    ClientDenied {
+        /// The client's IP (IPv4-mapped addresses as IPv4).
+        client: IpAddr,
+    },
+    /// CONNECT: the destination is one of the server's own listening addresses. Serving it
+    /// would loop back into the server and make the client look local to it.
+    #[error("{address} is this server's own listening address")]
+    OwnAddress {
+        /// The address that reaches the server.
+        address: SocketAddr,
+    },
     /// BIND: a connection came from an address other than the expected peer.
     #[error("BIND expected a connection from {expected}, got one from {actual}")]
     UnexpectedPeer {
@@ -142,7 +155,10 @@ pub enum Error {
 impl Error {
     /// The RFC 1928 §6 reply code that answers this error.
     ///
-    /// - rule denials and an unexpected BIND peer: [`Reply::NotAllowed`] (0x02);
+    /// - rule denials (also the built-in refusal of unspecified, broadcast and multicast
+    ///   destinations, see [`crate::Rules::never_allowed`]), a client denied everything, a
+    ///   CONNECT to the server's own listening address and an unexpected BIND peer:
+    ///   [`Reply::NotAllowed`] (0x02);
     /// - unknown or disabled commands: [`Reply::CommandNotSupported`] (0x07);
     /// - unknown address types: [`Reply::AddressTypeNotSupported`] (0x08);
     /// - connect failures by their kind: refused → [`Reply::ConnectionRefused`] (0x05),
@@ -160,7 +176,10 @@ impl Error {
     #[must_use]
     pub fn reply(&self) -> Reply {
         match self {
-            Error::Denied { .. } | Error::UnexpectedPeer { .. } => Reply::NotAllowed,
+            Error::Denied { .. }
+            | Error::ClientDenied { .. }
+            | Error::OwnAddress { .. }
+            | Error::UnexpectedPeer { .. } => Reply::NotAllowed,
             Error::Command(_) | Error::CommandDisabled(_) => Reply::CommandNotSupported,
             Error::AddressType(_) => Reply::AddressTypeNotSupported,
             Error::Resolve { .. } | Error::ConnectTimeout { .. } | Error::BindTimeout { .. } => {
@@ -230,6 +249,18 @@ mod tests {
             (
                 Error::Denied {
                     target: target.clone(),
+                },
+                0x02,
+            ),
+            (
+                Error::ClientDenied {
+                    client: Ipv4Addr::LOCALHOST.into(),
+                },
+                0x02,
+            ),
+            (
+                Error::OwnAddress {
+                    address: SocketAddr::from((Ipv4Addr::LOCALHOST, 1080)),
                 },
                 0x02,
             ),

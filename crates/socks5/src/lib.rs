@@ -15,7 +15,9 @@
 //!   ASSOCIATE's.
 //! - [`AuthPolicy`]: who must log in; passwords are compared in constant time.
 //! - [`Rules`]: ordered allow/deny rules on client networks, destination networks, domain
-//!   patterns and ports.
+//!   patterns and ports, behind a built-in rule that always refuses unspecified, broadcast
+//!   and multicast destinations ([`Rules::never_allowed`]). A CONNECT to the server's own
+//!   listening address ([`ServerOptions::listen_addresses`]) is refused too.
 //! - [`Resolver`]: how domain names are resolved ([`SystemResolver`], at most
 //!   [`MAX_SYSTEM_LOOKUPS`] at once in the process; [`StaticResolver`]; or the caller's own).
 //! - [`client`]: CONNECT, BIND and UDP ASSOCIATE through a proxy.
@@ -77,6 +79,6 @@ pub mod wire;
 pub use auth::AuthPolicy;
 pub use error::Error;
 pub use resolve::{MAX_SYSTEM_LOOKUPS, ResolveFuture, Resolver, StaticResolver, SystemResolver};
-pub use rules::{Action, DomainPattern, Rule, Rules};
+pub use rules::{Action, DomainPattern, Rule, Rules, networks_cover_family};
 pub use server::{Commands, ServerOptions, SessionReport, serve, sniff};
 pub use wire::{Address, Command, Reply};

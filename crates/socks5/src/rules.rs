@@ -1,7 +1,7 @@
 //! Access rules: which client may reach which destination. Pure; the server applies them.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
@@ -175,13 +175,14 @@ impl Rule {
         Some(true)
     }
 
-    /// Whether every client of this family, whatever its address, is in `clients`.
-    fn covers_every_client(&self, v4: bool) -> bool {
-        self.clients.is_empty()
-            || self
-                .clients
-                .iter()
-                .any(|net| net.prefix_len() == 0 && matches!(net, IpNet::V4(_)) == v4)
+    /// The clients of one family this rule names: everybody for an empty list, else the union
+    /// of its networks of that family (IPv4-mapped clients are matched as IPv4, so IPv6
+    /// networks never name an IPv4 client).
+    fn client_spans(&self, v4: bool) -> Spans {
+        if self.clients.is_empty() {
+            return Spans::full(v4);
+        }
+        Spans::of_networks(&self.clients, v4)
     }
 
     fn covers_every_destination(&self) -> bool {
@@ -195,6 +196,12 @@ impl Rule {
 /// The server checks CONNECT destinations (for a domain: the name before resolving, then each
 /// resolved address), the expected and the actual peer of BIND, and the destination of every
 /// UDP datagram. A denied request is answered with REP X'02'.
+///
+/// A built-in rule comes before every configured one and no rule can allow what it refuses
+/// (see [`Rules::never_allowed`]): unspecified, broadcast and multicast destinations, and
+/// IPv4-compatible IPv6 addresses. Linux connects an unspecified address (`0.0.0.0`, `::`)
+/// to the local host, so without it a rule denying `127.0.0.0/8` and `::1` would not keep
+/// clients away from loopback services.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
     /// The rules, first match wins.
@@ -215,14 +222,40 @@ impl Default for Rules {
 
 impl Rules {
     /// The action for `client` reaching `ip:port`, which was asked for by the name `domain`
-    /// (`None` for an IP destination).
+    /// (`None` for an IP destination). [`Action::Deny`] for every address that
+    /// [`Rules::never_allowed`] names, whatever the rules say.
     #[must_use]
     pub fn check(&self, client: IpAddr, domain: Option<&str>, ip: IpAddr, port: u16) -> Action {
         let (client, ip) = (client.to_canonical(), ip.to_canonical());
+        if Rules::never_allowed(ip) {
+            return Action::Deny;
+        }
         self.rules
             .iter()
             .find(|rule| rule.matches(client, domain, Some(ip), port) == Some(true))
             .map_or(self.default, |rule| rule.action)
+    }
+
+    /// Whether `ip` is a destination that no rule can allow (the built-in rule; REP X'02'):
+    ///
+    /// - IPv4 `0.0.0.0/8` ("this host on this network", RFC 1122 §3.2.1.3: never a
+    ///   destination; Linux connects `0.0.0.0` to the local host) and IPv6 `::`;
+    /// - the limited broadcast `255.255.255.255` (a directed broadcast cannot be told from a
+    ///   host address without knowing the remote network, so it is left to the rules);
+    /// - multicast: `224.0.0.0/4` and `ff00::/8`;
+    /// - IPv4-compatible IPv6 addresses (`::a.b.c.d`, `::/96` but `::1`), deprecated by
+    ///   RFC 4291 §2.5.5.1, so that `::127.0.0.1` cannot stand in for `127.0.0.1`.
+    ///
+    /// IPv4-mapped addresses (`::ffff:a.b.c.d`) are judged as their IPv4 address.
+    #[must_use]
+    pub fn never_allowed(ip: IpAddr) -> bool {
+        match ip.to_canonical() {
+            IpAddr::V4(ip) => ip.octets()[0] == 0 || ip.is_broadcast() || ip.is_multicast(),
+            IpAddr::V6(ip) => {
+                let compatible = matches!(ip.segments(), [0, 0, 0, 0, 0, 0, _, _]);
+                ip.is_multicast() || (compatible && ip != Ipv6Addr::LOCALHOST)
+            }
+        }
     }
 
     /// The action for `client` reaching `domain:port` if it is already decided by the name, or
@@ -242,33 +275,147 @@ impl Rules {
         Some(self.default)
     }
 
-    /// Whether the rules keep an arbitrary client from using the proxy, for the server's
-    /// open-proxy check.
+    /// Whether `client` may reach anything at all: `false` if the first rule naming it that
+    /// decides for every destination (no `destinations`, `domains` or `ports`) is a deny, with
+    /// no allow rule for it before; the default decides if no rule does.
     ///
-    /// An arbitrary client is one in none of the networks the rules name, except networks of
-    /// prefix length 0 (`0.0.0.0/0`, `::/0`), which name everybody of their family. Walking the
-    /// rules in order, for IPv4 and IPv6 clients separately: a rule that such a client matches
-    /// with [`Action::Allow`], even for only some destinations, means "not limited"; one with
-    /// [`Action::Deny`] and no destination, domain or port list means "limited"; if neither
-    /// comes, the default action decides. The result is `true` only if both families are
-    /// limited. So `[deny clients 1.2.3.4]` with default allow is *not* limiting (everybody
-    /// else still gets through), while `[allow clients 10.0.0.0/8]` with default deny is.
+    /// The server asks this before it opens anything for a request (a BIND listener, a UDP
+    /// relay socket) and answers REP X'02' at once when it is `false`.
+    #[must_use]
+    pub fn admits(&self, client: IpAddr) -> bool {
+        let client = client.to_canonical();
+        for rule in &self.rules {
+            if !rule.clients.is_empty() && !rule.clients.iter().any(|net| net.contains(&client)) {
+                continue;
+            }
+            match rule.action {
+                Action::Allow => return true,
+                Action::Deny if rule.covers_every_destination() => return false,
+                Action::Deny => {}
+            }
+        }
+        self.default == Action::Allow
+    }
+
+    /// Whether the rules keep an arbitrary client from using the proxy, for the server's
+    /// open-proxy check. `true` only if it holds for IPv4 and for IPv6 clients.
+    ///
+    /// Networks are judged by what they cover together, however they are split: `0.0.0.0/1`
+    /// and `128.0.0.0/1` (in one rule or in two) name everybody, like `0.0.0.0/0`. For each
+    /// family, walking the rules in order, a client becomes *admitted* at the first allow rule
+    /// naming it (even for only some destinations), and *shut out* at the first deny rule
+    /// naming it that has no destination, domain or port list; clients still undecided at the
+    /// end are admitted if the default is [`Action::Allow`]. The networks of such deny rules
+    /// are the *exceptions*, unless together they name everybody (then they are a catch-all).
+    /// The family is open if the admitted clients and the exceptions together are everybody:
+    /// so `[deny clients 1.2.3.4]` with default allow is *not* limiting (everybody else still
+    /// gets through), while `[allow clients 10.0.0.0/8]` with default deny is, and so is
+    /// `[allow clients 10.0.0.0/8, deny clients 0.0.0.0/1, deny clients 128.0.0.0/1]`.
     #[must_use]
     pub fn limits_clients(&self) -> bool {
         [true, false].into_iter().all(|v4| {
-            for rule in self
-                .rules
-                .iter()
-                .filter(|rule| rule.covers_every_client(v4))
-            {
+            let full = Spans::full(v4);
+            let mut undecided = full.clone();
+            let mut admitted = Spans::default();
+            let mut exceptions = Spans::default();
+            for rule in &self.rules {
+                let named = rule.client_spans(v4);
                 match rule.action {
-                    Action::Allow => return false,
-                    Action::Deny if rule.covers_every_destination() => return true,
+                    Action::Allow => {
+                        admitted = admitted.union(&undecided.intersect(&named));
+                        undecided = undecided.subtract(&named);
+                    }
+                    Action::Deny if rule.covers_every_destination() => {
+                        undecided = undecided.subtract(&named);
+                        if named != full {
+                            exceptions = exceptions.union(&named);
+                        }
+                    }
                     Action::Deny => {}
                 }
             }
-            self.default == Action::Deny
+            if self.default == Action::Allow {
+                admitted = admitted.union(&undecided);
+            }
+            if exceptions == full {
+                exceptions = Spans::default();
+            }
+            admitted.union(&exceptions) != full
         })
+    }
+}
+
+/// Whether `networks` together name every address of one family (IPv4 if `v4`), however they
+/// are split or overlap. IPv6 networks never cover IPv4 clients: an IPv4-mapped client is
+/// matched as IPv4.
+#[must_use]
+pub fn networks_cover_family(networks: &[IpNet], v4: bool) -> bool {
+    Spans::of_networks(networks, v4) == Spans::full(v4)
+}
+
+/// A set of addresses of one family as sorted, disjoint, non-adjacent inclusive ranges (IPv4
+/// addresses as their `u32` value).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Spans(Vec<(u128, u128)>);
+
+impl Spans {
+    fn full(v4: bool) -> Spans {
+        let last = if v4 { u128::from(u32::MAX) } else { u128::MAX };
+        Spans(vec![(0, last)])
+    }
+
+    fn of_networks(networks: &[IpNet], v4: bool) -> Spans {
+        let ranges = networks.iter().filter_map(|net| match net {
+            IpNet::V4(net) if v4 => Some((
+                u128::from(u32::from(net.network())),
+                u128::from(u32::from(net.broadcast())),
+            )),
+            IpNet::V6(net) if !v4 => Some((u128::from(net.network()), u128::from(net.broadcast()))),
+            _ => None,
+        });
+        Spans::normalized(ranges.collect())
+    }
+
+    /// Sorts and merges overlapping or adjacent ranges.
+    fn normalized(mut ranges: Vec<(u128, u128)>) -> Spans {
+        ranges.sort_unstable();
+        let mut merged: Vec<(u128, u128)> = Vec::with_capacity(ranges.len());
+        for (start, end) in ranges {
+            match merged.last_mut() {
+                Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        Spans(merged)
+    }
+
+    fn union(&self, other: &Spans) -> Spans {
+        Spans::normalized(self.0.iter().chain(&other.0).copied().collect())
+    }
+
+    fn subtract(&self, other: &Spans) -> Spans {
+        let mut out = Vec::with_capacity(self.0.len());
+        for &(start, end) in &self.0 {
+            let mut from = Some(start);
+            for &(cut_start, cut_end) in &other.0 {
+                let Some(current) = from else { break };
+                if cut_end < current || cut_start > end {
+                    continue;
+                }
+                if cut_start > current {
+                    out.push((current, cut_start - 1));
+                }
+                from = cut_end.checked_add(1).filter(|&next| next <= end);
+            }
+            if let Some(current) = from {
+                out.push((current, end));
+            }
+        }
+        Spans::normalized(out)
+    }
+
+    fn intersect(&self, other: &Spans) -> Spans {
+        self.subtract(&self.subtract(other))
     }
 }
 
@@ -522,6 +669,237 @@ mod tests {
         for (rules, default, expected) in table {
             let rules = Rules { rules, default };
             assert_eq!(rules.limits_clients(), expected, "{rules:?}");
+        }
+    }
+    #[test]
+    fn unspecified_broadcast_multicast_and_compatible_destinations_are_never_allowed() {
+        let allow_all = Rules {
+            rules: vec![Rule::new(Action::Allow)],
+            default: Action::Allow,
+        };
+        let client = ip("127.0.0.1");
+        let never = [
+            "0.0.0.0",
+            "0.1.2.3",
+            "255.255.255.255",
+            "224.0.0.1",
+            "239.255.255.250",
+            "::",
+            "::ffff:0.0.0.0",
+            "::ffff:224.0.0.1",
+            "::ffff:255.255.255.255",
+            "::127.0.0.1",
+            "::224.0.0.1",
+            "::0.0.0.2",
+            "ff02::1",
+            "ff0e::1",
+        ];
+        for text in never {
+            assert!(Rules::never_allowed(ip(text)), "{text}");
+            assert_eq!(
+                allow_all.check(client, None, ip(text), 80),
+                Action::Deny,
+                "{text}"
+            );
+            assert_eq!(
+                allow_all.check(client, Some("name.test"), ip(text), 80),
+                Action::Deny,
+                "{text}"
+            );
+        }
+        let judged_by_rules = [
+            "127.0.0.1",
+            "::1",
+            "::ffff:127.0.0.1",
+            "1.0.0.0",
+            "192.0.2.255",
+            "2001:db8::1",
+            "fe80::1",
+            "::ffff:0:7f00:1",
+        ];
+        for text in judged_by_rules {
+            assert!(!Rules::never_allowed(ip(text)), "{text}");
+            assert_eq!(
+                allow_all.check(client, None, ip(text), 80),
+                Action::Allow,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn tells_whether_a_client_may_reach_anything() {
+        let lan = net("10.0.0.0/8");
+        let deny_lan = Rule {
+            clients: vec![lan],
+            ..Rule::new(Action::Deny)
+        };
+        let allow_lan_web = Rule {
+            clients: vec![lan],
+            ports: vec![443..=443],
+            ..Rule::new(Action::Allow)
+        };
+        let deny_lan_smtp = Rule {
+            clients: vec![lan],
+            ports: vec![25..=25],
+            ..Rule::new(Action::Deny)
+        };
+        let (inside, outside) = (ip("10.1.2.3"), ip("192.0.2.1"));
+        let table = [
+            (vec![deny_lan.clone()], Action::Allow, false, true),
+            (
+                vec![allow_lan_web.clone(), deny_lan.clone()],
+                Action::Allow,
+                true,
+                true,
+            ),
+            (
+                vec![deny_lan_smtp.clone(), deny_lan.clone()],
+                Action::Allow,
+                false,
+                true,
+            ),
+            (vec![deny_lan_smtp], Action::Deny, false, false),
+            (vec![allow_lan_web], Action::Deny, true, false),
+            (vec![Rule::new(Action::Deny)], Action::Allow, false, false),
+            (vec![], Action::Deny, false, false),
+            (vec![], Action::Allow, true, true),
+        ];
+        for (rules, default, inside_admitted, outside_admitted) in table {
+            let rules = Rules { rules, default };
+            assert_eq!(rules.admits(inside), inside_admitted, "{rules:?}");
+            assert_eq!(rules.admits(outside), outside_admitted, "{rules:?}");
+        }
+        let v6_mapped = ip("::ffff:10.0.0.1");
+        let rules = Rules {
+            rules: vec![deny_lan],
+            default: Action::Allow,
+        };
+        assert!(!rules.admits(v6_mapped));
+    }
+
+    #[test]
+    fn networks_count_by_what_they_cover_together() {
+        let nets = |list: &[&str]| list.iter().map(|text| net(text)).collect::<Vec<_>>();
+        let v4_halves = nets(&["0.0.0.0/1", "128.0.0.0/1"]);
+        let v4_quarters = nets(&["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/2"]);
+        let v4_overlapping = nets(&["0.0.0.0/1", "64.0.0.0/2", "100.0.0.0/8", "128.0.0.0/1"]);
+        let v6_halves = nets(&["::/1", "8000::/1"]);
+        let v4_gap = nets(&["0.0.0.0/1", "128.0.0.0/2", "192.0.0.0/3", "224.0.0.0/4"]);
+        assert!(networks_cover_family(&v4_halves, true));
+        assert!(networks_cover_family(&v4_quarters, true));
+        assert!(networks_cover_family(&v4_overlapping, true));
+        assert!(!networks_cover_family(&v4_halves, false));
+        assert!(networks_cover_family(&v6_halves, false));
+        assert!(!networks_cover_family(&v6_halves, true));
+        assert!(!networks_cover_family(&v4_gap, true));
+        assert!(!networks_cover_family(&nets(&["::ffff:0:0/96"]), true));
+        assert!(networks_cover_family(&nets(&["0.0.0.0/0"]), true));
+        assert!(networks_cover_family(&nets(&["::/0"]), false));
+
+        let allow = |list: &[&str]| Rule {
+            clients: nets(list),
+            ..Rule::new(Action::Allow)
+        };
+        let deny = |list: &[&str]| Rule {
+            clients: nets(list),
+            ..Rule::new(Action::Deny)
+        };
+        let v6_all = deny(&["::/0"]);
+        let table = [
+            // Split allow rules let everybody in, as one rule or as several.
+            (
+                vec![
+                    allow(&["0.0.0.0/1", "128.0.0.0/1"]),
+                    Rule::new(Action::Deny),
+                ],
+                false,
+            ),
+            (
+                vec![
+                    allow(&["0.0.0.0/2", "64.0.0.0/2"]),
+                    allow(&["128.0.0.0/2"]),
+                    allow(&["192.0.0.0/2"]),
+                    Rule::new(Action::Deny),
+                ],
+                false,
+            ),
+            (
+                vec![
+                    allow(&["::/1", "8000::/1"]),
+                    deny(&["0.0.0.0/0"]),
+                    Rule::new(Action::Deny),
+                ],
+                false,
+            ),
+            // Split deny rules shut everybody out like one catch-all deny.
+            (
+                vec![deny(&["0.0.0.0/1"]), deny(&["128.0.0.0/1"]), v6_all.clone()],
+                true,
+            ),
+            (
+                vec![
+                    allow(&["10.0.0.0/8"]),
+                    deny(&["0.0.0.0/1", "128.0.0.0/1"]),
+                    v6_all.clone(),
+                ],
+                true,
+            ),
+            // A deny for one half leaves the other half open.
+            (vec![deny(&["0.0.0.0/1"]), v6_all.clone()], false),
+            // An exception before split allows still leaves everybody else in.
+            (
+                vec![
+                    deny(&["192.0.2.1/32"]),
+                    allow(&["0.0.0.0/1", "128.0.0.0/1"]),
+                    Rule::new(Action::Deny),
+                ],
+                false,
+            ),
+            (
+                vec![
+                    allow(&["10.0.0.0/8", "192.168.0.0/16"]),
+                    Rule::new(Action::Deny),
+                ],
+                true,
+            ),
+        ];
+        for (rules, limited) in table {
+            let rules = Rules {
+                rules,
+                default: Action::Allow,
+            };
+            assert_eq!(rules.limits_clients(), limited, "{rules:?}");
+        }
+    }
+    proptest::proptest! {
+        #[test]
+        fn span_sets_agree_with_a_brute_force_model(
+            a in proptest::collection::vec((0_u128..64, 0_u128..8), 0..6),
+            b in proptest::collection::vec((0_u128..64, 0_u128..8), 0..6),
+        ) {
+            let spans = |ranges: &[(u128, u128)]| {
+                Spans::normalized(ranges.iter().map(|&(start, len)| (start, start + len)).collect())
+            };
+            let model = |ranges: &[(u128, u128)], x: u128| {
+                ranges.iter().any(|&(start, len)| (start..=start + len).contains(&x))
+            };
+            let member = |set: &Spans, x: u128| set.0.iter().any(|&(s, e)| (s..=e).contains(&x));
+            let (sa, sb) = (spans(&a), spans(&b));
+            let (union, difference, intersection) =
+                (sa.union(&sb), sa.subtract(&sb), sa.intersect(&sb));
+            for x in 0..80 {
+                let (in_a, in_b) = (model(&a, x), model(&b, x));
+                proptest::prop_assert_eq!(member(&union, x), in_a || in_b, "union at {}", x);
+                proptest::prop_assert_eq!(member(&difference, x), in_a && !in_b, "difference at {}", x);
+                proptest::prop_assert_eq!(member(&intersection, x), in_a && in_b, "intersection at {}", x);
+            }
+            // Normalized: sorted, disjoint and not adjacent, so equal sets compare equal.
+            for set in [&union, &difference, &intersection] {
+                for pair in set.0.windows(2) {
+                    proptest::prop_assert!(pair[0].1 + 1 < pair[1].0, "{:?}", set);
+                }
+            }
         }
     }
 }

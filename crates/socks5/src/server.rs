@@ -92,6 +92,17 @@ pub struct ServerOptions {
     /// client's TCP connection for BIND and UDP. A CONNECT target of the other IP family then
     /// fails with REP X'01'.
     pub outbound_bind: Option<IpAddr>,
+    /// The addresses the caller's listeners are bound to, as bound (`0.0.0.0:1080`, `[::]:1080`
+    /// or a specific address; port 0 stands for the port of the listener the client reached).
+    /// A CONNECT that would reach one of them is refused with REP X'02'
+    /// ([`Error::OwnAddress`]): it would loop back into the server, and the second session
+    /// would see the server itself, a local address, as its client. The listener the client
+    /// reached (the local address of its connection) always counts. For a specific address
+    /// the destination must equal it; for an unspecified one, a destination with its port is
+    /// refused if it is a loopback address, the client's own listener address, or, found once
+    /// connected, a local address (the connection's source and destination IPs are equal, as
+    /// Linux makes them for every local address). Default: none but the listener reached.
+    pub listen_addresses: Vec<SocketAddr>,
     /// Resolves domain names. Default: [`SystemResolver`].
     pub resolver: Arc<dyn Resolver>,
     /// Size of the buffer each relay direction takes while data flows (and gives back when it
@@ -113,6 +124,7 @@ impl Default for ServerOptions {
             rules: Arc::new(Rules::default()),
             udp_advertise: None,
             outbound_bind: None,
+            listen_addresses: Vec::new(),
             resolver: Arc::new(SystemResolver),
             relay_buffer_len: 64 * 1024,
         }
@@ -131,6 +143,7 @@ impl fmt::Debug for ServerOptions {
             .field("rules", &self.rules)
             .field("udp_advertise", &self.udp_advertise)
             .field("outbound_bind", &self.outbound_bind)
+            .field("listen_addresses", &self.listen_addresses)
             .field("relay_buffer_len", &self.relay_buffer_len)
             .finish_non_exhaustive()
     }
@@ -277,6 +290,12 @@ impl Session<'_> {
         self.report.destination = Some(destination.clone());
         if !self.options.commands.allows(command) {
             return Err(self.fail(Error::CommandDisabled(command)).await);
+        }
+        if !self.options.rules.admits(self.client_ip) {
+            // Before anything is opened: a BIND listener or a UDP socket for a client that can
+            // reach nothing would only hold a port.
+            let client = self.client_ip;
+            return Err(self.fail(Error::ClientDenied { client }).await);
         }
         match command {
             Command::Connect => self.connect(&destination, buf, stop).await,
@@ -479,5 +498,6 @@ mod tests {
         assert_eq!(*options.rules, Rules::default());
         assert_eq!((options.udp_advertise, options.outbound_bind), (None, None));
         assert_eq!(options.relay_buffer_len, 65536);
+        assert!(options.listen_addresses.is_empty());
     }
 }

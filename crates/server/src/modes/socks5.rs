@@ -269,15 +269,15 @@ impl Socks5Config {
     }
 
     /// Whether any client may use the proxy without a password: no auth (or
-    /// a password with a no-auth network that covers everything), and rules
-    /// that let a client from an unnamed network through.
+    /// a password with no-auth networks that together cover every IPv4 or
+    /// every IPv6 address, however they are split), and rules that let a
+    /// client from an unnamed network through.
     fn is_open(&self) -> anyhow::Result<bool> {
         let anyone_without_password = match self.auth {
             AuthMode::None => true,
-            AuthMode::Password => self
-                .no_auth_networks
-                .iter()
-                .any(|net| net.prefix_len() == 0),
+            AuthMode::Password => [true, false]
+                .into_iter()
+                .any(|v4| socks5::networks_cover_family(&self.no_auth_networks, v4)),
         };
         Ok(anyone_without_password && !self.rules()?.limits_clients())
     }
@@ -432,6 +432,8 @@ impl Socks5 {
             rules: Arc::new(config.rules()?),
             udp_advertise: config.udp_advertise,
             outbound_bind: config.outbound_bind,
+            // A CONNECT to this listener would loop back into it.
+            listen_addresses: vec![config.bind],
             ..socks5::ServerOptions::default()
         };
         Ok(Self { options, stats })

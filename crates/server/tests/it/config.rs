@@ -121,6 +121,52 @@ fn a_password_for_everyone_through_no_auth_networks_is_still_open() {
 }
 
 #[test]
+fn split_networks_that_cover_everybody_are_still_an_open_proxy() {
+    const PASSWORD: &str = "auth = \"password\"\nusers = [{ username = \"u\", password = \"p\" }]";
+    let open = [
+        // no_auth_networks that together name every address.
+        format!("bind = \"0.0.0.0:1080\"\n{PASSWORD}\nno_auth_networks = [\"0.0.0.0/1\", \"128.0.0.0/1\"]"),
+        format!(
+            "bind = \"0.0.0.0:1080\"\n{PASSWORD}\n\
+             no_auth_networks = [\"0.0.0.0/2\", \"64.0.0.0/2\", \"128.0.0.0/2\", \"192.0.0.0/2\"]"
+        ),
+        format!("bind = \"[::]:1080\"\n{PASSWORD}\nno_auth_networks = [\"::/1\", \"8000::/1\"]"),
+        format!(
+            "bind = \"0.0.0.0:1080\"\n{PASSWORD}\n\
+             no_auth_networks = [\"10.0.0.0/8\", \"0.0.0.0/1\", \"64.0.0.0/3\", \"128.0.0.0/1\"]"
+        ),
+        // Allow rules whose clients together name everybody, in one rule or in several.
+        "bind = \"0.0.0.0:1080\"\n[[listener.rules]]\naction = \"allow\"\n\
+         clients = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n[[listener.rules]]\naction = \"deny\""
+            .to_owned(),
+        "bind = \"0.0.0.0:1080\"\n[[listener.rules]]\naction = \"allow\"\nclients = [\"0.0.0.0/1\"]\n\
+         [[listener.rules]]\naction = \"allow\"\nclients = [\"128.0.0.0/1\"]\n[[listener.rules]]\naction = \"deny\""
+            .to_owned(),
+        "bind = \"[::]:1080\"\n[[listener.rules]]\naction = \"allow\"\nclients = [\"::/1\", \"8000::/1\"]\n\
+         [[listener.rules]]\naction = \"deny\""
+            .to_owned(),
+    ];
+    for extra in &open {
+        let (ok, stderr) = check(&socks(extra));
+        assert!(!ok && stderr.contains("open proxy"), "{extra}: {stderr}");
+    }
+    let limited = [
+        format!("bind = \"0.0.0.0:1080\"\n{PASSWORD}\nno_auth_networks = [\"0.0.0.0/1\", \"192.0.0.0/2\"]"),
+        "bind = \"0.0.0.0:1080\"\n[[listener.rules]]\naction = \"allow\"\n\
+         clients = [\"10.0.0.0/8\", \"192.168.0.0/16\"]\n[[listener.rules]]\naction = \"deny\""
+            .to_owned(),
+        // Split deny rules shut everybody out like one catch-all deny.
+        "bind = \"0.0.0.0:1080\"\n[[listener.rules]]\naction = \"allow\"\nclients = [\"10.0.0.0/8\"]\n\
+         [[listener.rules]]\naction = \"deny\"\nclients = [\"0.0.0.0/1\", \"128.0.0.0/1\", \"::/0\"]"
+            .to_owned(),
+    ];
+    for extra in &limited {
+        let (ok, stderr) = check(&socks(extra));
+        assert!(ok, "{extra}: {stderr}");
+    }
+}
+
+#[test]
 fn password_auth_needs_users_and_reads_a_users_file() {
     let (ok, stderr) = check(&socks("bind = \"127.0.0.1:1080\"\nauth = \"password\""));
     assert!(!ok && stderr.contains("users"), "{stderr}");

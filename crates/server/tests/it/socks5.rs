@@ -87,6 +87,18 @@ async fn a_deny_rule_from_the_config_gets_reply_2() {
 }
 
 #[tokio::test]
+async fn a_connect_to_the_listeners_own_address_is_refused() {
+    let server = Running::start(&proxy("")).await;
+    let own = server.addr("proxy");
+    let refused = client::connect(own, &Address::Ip(own), None, STEP).await;
+    assert!(
+        matches!(refused, Err(Error::Rejected(Reply::NotAllowed))),
+        "{refused:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_disabled_command_gets_reply_7() {
     let server = Running::start(&proxy("commands = [\"bind\"]")).await;
     let refused = frame_through(server.addr("proxy"), server.addr("frames"), None).await;

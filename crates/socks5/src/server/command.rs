@@ -27,10 +27,14 @@ impl Session<'_> {
         pending: BytesMut,
         stop: &CancellationToken,
     ) -> Result<(), Error> {
+        let own = match self.stream.local_addr() {
+            Ok(reached) => OwnListeners::new(&self.options.listen_addresses, reached),
+            Err(error) => return Err(self.fail(error.into()).await),
+        };
         let opened = cancellable(
             stop,
             "connect",
-            open(self.client_ip, destination, self.options),
+            open(self.client_ip, destination, self.options, &own),
         );
         let mut target = match opened.await {
             Ok(target) => target,
@@ -121,7 +125,9 @@ impl Session<'_> {
             target: expected.clone(),
         };
         let expected_ips = match expected {
-            Address::Ip(address) if address.ip().is_unspecified() => None,
+            // RFC 1928 convention: an unspecified DST.ADDR means "any peer"; the peer that
+            // comes is judged by the rules, and an unspecified address is never one.
+            Address::Ip(address) if address.ip().to_canonical().is_unspecified() => None,
             Address::Ip(address) => {
                 let ip = address.ip().to_canonical();
                 if rules.check(self.client_ip, None, ip, address.port()) == Action::Deny {
@@ -220,6 +226,7 @@ async fn open(
     client_ip: IpAddr,
     destination: &Address,
     options: &ServerOptions,
+    own: &OwnListeners,
 ) -> Result<TcpStream, Error> {
     let limit = options.connect_timeout;
     let rules = &options.rules;
@@ -233,7 +240,7 @@ async fn open(
                 if rules.check(client_ip, None, address.ip(), address.port()) == Action::Deny {
                     return Err(denied());
                 }
-                connect_one(address, options.outbound_bind).await
+                connect_one(address, options.outbound_bind, own).await
             }
             Address::Domain(host, port) => {
                 if rules.check_name(client_ip, host, *port) == Some(Action::Deny) {
@@ -247,7 +254,7 @@ async fn open(
                         debug!(%host, %address, "rules deny this address of the name");
                         continue;
                     }
-                    match connect_one(address, options.outbound_bind).await {
+                    match connect_one(address, options.outbound_bind, own).await {
                         Ok(stream) => return Ok(stream),
                         Err(error) => {
                             debug!(%host, %error, "connect attempt failed");
@@ -267,7 +274,15 @@ async fn open(
         })?
 }
 
-async fn connect_one(address: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStream, Error> {
+/// Connects to `address` unless it is, or turns out to be, one of the server's own listeners.
+async fn connect_one(
+    address: SocketAddr,
+    bind: Option<IpAddr>,
+    own: &OwnListeners,
+) -> Result<TcpStream, Error> {
+    if own.reached_by(address, None) {
+        return Err(Error::OwnAddress { address });
+    }
     let attempt = async {
         let socket = if address.is_ipv4() {
             TcpSocket::new_v4()?
@@ -279,7 +294,113 @@ async fn connect_one(address: SocketAddr, bind: Option<IpAddr>) -> Result<TcpStr
         }
         socket.connect(address).await
     };
-    attempt
+    let stream = attempt
         .await
-        .map_err(|error| Error::Connect { address, error })
+        .map_err(|error| Error::Connect { address, error })?;
+    let source = stream.local_addr()?.ip();
+    let reached = stream.peer_addr()?;
+    if own.reached_by(reached, Some(source)) {
+        drop(stream);
+        return Err(Error::OwnAddress { address: reached });
+    }
+    Ok(stream)
+}
+
+/// The server's own listening addresses, for refusing a CONNECT that loops back into it.
+#[derive(Debug)]
+pub(crate) struct OwnListeners(Vec<SocketAddr>);
+
+impl OwnListeners {
+    /// `configured` (see [`ServerOptions::listen_addresses`]; port 0 means the port of
+    /// `reached`) and `reached`, the local address of the client's connection. IPs canonical.
+    pub(crate) fn new(configured: &[SocketAddr], reached: SocketAddr) -> OwnListeners {
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let mut own = vec![canonical(reached)];
+        for &address in configured {
+            let port = if address.port() == 0 {
+                reached.port()
+            } else {
+                address.port()
+            };
+            own.push(canonical(SocketAddr::new(address.ip(), port)));
+        }
+        OwnListeners(own)
+    }
+
+    /// Whether a connection to `destination` (from `source`, once connected) reaches one of
+    /// the listeners. For a listener on an unspecified address: a destination with its port
+    /// that is a loopback address, or equal to `source` (on Linux, a connection to any local
+    /// address has that address as its source) or to the listener address the client reached.
+    pub(crate) fn reached_by(&self, destination: SocketAddr, source: Option<IpAddr>) -> bool {
+        let ip = destination.ip().to_canonical();
+        let local = source.map(|ip| ip.to_canonical());
+        let Some(reached) = self.0.first() else {
+            return false;
+        };
+        self.0.iter().any(|own| {
+            own.port() == destination.port()
+                && if own.ip().is_unspecified() {
+                    ip.is_loopback() || local == Some(ip) || ip == reached.ip()
+                } else {
+                    own.ip() == ip
+                }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> SocketAddr {
+        text.parse().expect("valid address")
+    }
+
+    #[test]
+    fn own_listeners_are_recognised_however_reached() {
+        let ip = |text: &str| text.parse::<IpAddr>().expect("valid IP");
+        let specific = OwnListeners::new(&[at("192.0.2.7:1080")], at("192.0.2.7:1080"));
+        let wildcard = OwnListeners::new(&[at("0.0.0.0:1080")], at("192.0.2.7:1080"));
+        let v6_wildcard = OwnListeners::new(&[at("[::]:0")], at("[::ffff:192.0.2.7]:1080"));
+        let table = [
+            (&specific, "192.0.2.7:1080", None, true),
+            (&specific, "[::ffff:192.0.2.7]:1080", None, true),
+            (&specific, "127.0.0.1:1080", None, false),
+            (&specific, "192.0.2.7:1081", None, false),
+            (&wildcard, "127.0.0.1:1080", None, true),
+            (&wildcard, "127.3.2.1:1080", None, true),
+            (&wildcard, "[::1]:1080", None, true),
+            (&wildcard, "192.0.2.7:1080", None, true),
+            (&wildcard, "198.51.100.1:1080", None, false),
+            (
+                &wildcard,
+                "198.51.100.1:1080",
+                Some(ip("198.51.100.1")),
+                true,
+            ),
+            (&wildcard, "198.51.100.1:1080", Some(ip("192.0.2.7")), false),
+            (&wildcard, "127.0.0.1:1081", None, false),
+            (&v6_wildcard, "127.0.0.1:1080", None, true),
+            (&v6_wildcard, "192.0.2.7:1080", None, true),
+            (
+                &v6_wildcard,
+                "[2001:db8::1]:1080",
+                Some(ip("2001:db8::1")),
+                true,
+            ),
+            (
+                &v6_wildcard,
+                "[2001:db8::1]:1080",
+                Some(ip("2001:db8::2")),
+                false,
+            ),
+        ];
+        for (own, destination, source, expected) in table {
+            assert_eq!(
+                own.reached_by(at(destination), source),
+                expected,
+                "{own:?} {destination} from {source:?}"
+            );
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod bind;
+mod bypass;
 mod connect;
 mod handshake;
 mod harness;
