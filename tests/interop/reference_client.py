@@ -16,7 +16,7 @@ import sys
 
 import crcmod.predefined
 
-# crcmod's names for the catalogue algorithms of PROTOCOL.md.
+# crcmod's names for the catalogue algorithms of docs/PROTOCOL.md.
 CRC_NAMES = {1: "crc-8", 2: "crc-16", 4: "crc-32"}
 ACK_LEN = 25
 STATUS = {0: "ok", 1: "crc mismatch", 2: "unsupported version", 3: "unsupported crc size",

@@ -8,7 +8,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 use proto::{CrcSize, Version};
 
-/// Sends CRC frames (PROTOCOL.md) to a listener, directly or through a
+/// Sends CRC frames (docs/PROTOCOL.md) to a listener, directly or through a
 /// SOCKS5 proxy, and benchmarks it.
 #[derive(Debug, Parser)]
 #[command(name = "client", about, version)]

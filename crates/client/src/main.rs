@@ -1,4 +1,4 @@
-//! `client`: sends CRC frames (PROTOCOL.md) to a listener, directly or
+//! `client`: sends CRC frames (docs/PROTOCOL.md) to a listener, directly or
 //! through a SOCKS5 proxy, and benchmarks it.
 //!
 //! - `client send --addr HOST:PORT (MESSAGE... | --file PATH | --stdin-lines)`

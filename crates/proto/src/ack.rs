@@ -1,4 +1,4 @@
-//! Acknowledgements (PROTOCOL.md, "Acknowledgements").
+//! Acknowledgements (docs/PROTOCOL.md, "Acknowledgements").
 //!
 //! An ack is a version 2 frame with a CRC-32C whose 9-byte payload is:
 //!

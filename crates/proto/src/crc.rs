@@ -1,4 +1,4 @@
-//! The checksums of PROTOCOL.md, "Checksums".
+//! The checksums of docs/PROTOCOL.md, "Checksums".
 //!
 //! | crc_size | version 1 (over the hex text) | version 2 (over the raw payload) |
 //! |----------|-------------------------------|----------------------------------|

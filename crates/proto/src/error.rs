@@ -38,7 +38,7 @@ pub enum HeaderError {
 }
 
 impl HeaderError {
-    /// The acknowledgement status PROTOCOL.md assigns to this error.
+    /// The acknowledgement status docs/PROTOCOL.md assigns to this error.
     #[must_use]
     pub fn ack_status(&self) -> AckStatus {
         match self {
@@ -102,7 +102,7 @@ pub enum AckError {
     /// The trailer does not match the payload.
     #[error("acknowledgement crc mismatch")]
     Crc,
-    /// The status byte is not one PROTOCOL.md defines.
+    /// The status byte is not one docs/PROTOCOL.md defines.
     #[error("unknown acknowledgement status {0}")]
     Status(u8),
 }

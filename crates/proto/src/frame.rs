@@ -1,4 +1,4 @@
-//! Whole frames: header, payload and CRC trailer (PROTOCOL.md, "Frame").
+//! Whole frames: header, payload and CRC trailer (docs/PROTOCOL.md, "Frame layout").
 
 use bytes::{BufMut, Bytes};
 
@@ -131,7 +131,8 @@ mod tests {
             .collect()
     }
 
-    /// Every vector of PROTOCOL.md, "Test vectors".
+    /// Frame vectors, also in docs/PROTOCOL.md, "Test vectors" (whose tables
+    /// `tests/protocol_doc.rs` checks).
     const VECTORS: &[(u32, usize, &str, &str)] = &[
         (1, 1, "a", "00000001 00000002 00000001 61 10"),
         (1, 2, "a", "00000001 00000003 00000002 61 74d6"),

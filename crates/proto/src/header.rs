@@ -1,4 +1,4 @@
-//! The 12-byte frame header (PROTOCOL.md, "Frame").
+//! The 12-byte frame header (docs/PROTOCOL.md, "Frame layout").
 //!
 //! ```text
 //! offset  size  field
@@ -14,7 +14,7 @@ use crate::{Decoded, HeaderError, crc::CrcSize};
 /// Length of the header in bytes.
 pub const HEADER_LEN: usize = 12;
 
-/// The default limit on `body_size`: 16 MiB, as PROTOCOL.md suggests.
+/// The default limit on `body_size`: 16 MiB (docs/PROTOCOL.md, "Limits").
 pub const DEFAULT_MAX_BODY_SIZE: u32 = 16 * 1024 * 1024;
 
 /// The protocol version of a frame.
@@ -74,7 +74,7 @@ impl Header {
     }
 }
 
-/// What a receiver accepts. The defaults are PROTOCOL.md's: a 16 MiB body
+/// What a receiver accepts. The defaults are docs/PROTOCOL.md's: a 16 MiB body
 /// limit and no frames without a checksum.
 ///
 /// ```
@@ -100,7 +100,7 @@ impl Default for Limits {
 
 /// Decodes and checks a header, before any body byte is looked at.
 ///
-/// The checks run in PROTOCOL.md's order, and the first that fails decides
+/// The checks run in docs/PROTOCOL.md's order, and the first that fails decides
 /// the error: version, `crc_size > body_size`, the size limit, the CRC size.
 ///
 /// # Errors

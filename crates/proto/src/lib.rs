@@ -1,4 +1,4 @@
-//! The CRC frame protocol of `PROTOCOL.md`: a 12-byte big-endian header
+//! The CRC frame protocol of `docs/PROTOCOL.md`: a 12-byte big-endian header
 //! (`version`, `body_size`, `crc_size`), a payload and a CRC trailer, plus the
 //! acknowledgement frame a listener sends back.
 //!

@@ -45,7 +45,8 @@ fn modes_help() -> String {
         help.push_str(&format!("  {name:<10} {what}\n"));
     }
     help.push_str(
-        "\nSee README.md for every config key; `--print-default-config` shows an example.",
+        "\nSee README.md for every config key and docs/PROTOCOL.md for the crc-tcp frame\n\
+         protocol; `--print-default-config` shows an example.",
     );
     help
 }

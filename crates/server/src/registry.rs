@@ -17,7 +17,7 @@ use crate::{
 pub const MODES: &[(&str, &str)] = &[
     (
         "crc-tcp",
-        "receives CRC-checked frames (PROTOCOL.md), hands them to a handler, acks each",
+        "receives CRC-checked frames (docs/PROTOCOL.md), hands them to a handler, acks each",
     ),
     (
         "socks5",

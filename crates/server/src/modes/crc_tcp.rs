@@ -1,4 +1,4 @@
-//! `crc-tcp`: receives frames (PROTOCOL.md), verifies each CRC, hands the
+//! `crc-tcp`: receives frames (docs/PROTOCOL.md), verifies each CRC, hands the
 //! accepted ones to a handler and, when `ack = true`, answers every frame.
 //!
 //! Each connection reads into one buffer and takes every complete frame in
@@ -42,7 +42,7 @@ pub struct CrcTcpConfig {
     pub name: Option<String>,
     /// Address to listen on.
     pub bind: SocketAddr,
-    /// Answer every frame with an ack (PROTOCOL.md, "Acknowledgements").
+    /// Answer every frame with an ack (docs/PROTOCOL.md, "Acknowledgements").
     #[serde(default = "yes")]
     pub ack: bool,
     /// What happens to accepted frames.

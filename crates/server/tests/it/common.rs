@@ -80,7 +80,7 @@ pub async fn send(addr: SocketAddr, bytes: &[u8]) -> TcpStream {
 /// `00000001 00000002 00000001 61 10`: what the reference client sends.
 pub const REFERENCE_FRAME: [u8; 14] = [0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 1, 0x61, 0x10];
 
-/// Status 0 for seq 0, from PROTOCOL.md.
+/// Status 0 for seq 0 (docs/PROTOCOL.md, vector A1).
 pub const ACK_OK_0: [u8; 25] = [
     0, 0, 0, 2, 0, 0, 0, 0x0d, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbb, 0xe5, 0x68, 0xa3,
 ];
