@@ -8,6 +8,5 @@
 mod common;
 mod config;
 mod crc_tcp;
-mod interop;
 mod process;
 mod socks5;

@@ -12,6 +12,7 @@ use proto::{
     ACK_FRAME_LEN, AckStatus, CrcSize, Decoded, Limits, Version, decode_ack, decode_frame,
     encode_frame,
 };
+use rustix::process::{Pid, Signal, kill_process};
 
 /// Kills the child if a test fails before it stops it.
 struct Guard(Child);
@@ -137,11 +138,7 @@ fn sigterm_drains_exits_zero_and_keeps_every_acked_frame() {
         }
     }
     // Terminate while the connection is still open.
-    let status = Command::new("kill")
-        .args(["-TERM", &guard.0.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    kill_process(Pid::from_child(&guard.0), Signal::TERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     let exit = loop {
         if let Some(exit) = guard.0.try_wait().unwrap() {
