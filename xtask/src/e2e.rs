@@ -14,6 +14,7 @@
 
 mod frames;
 mod hostile;
+mod interop;
 mod proxy;
 mod shutdown;
 
@@ -163,6 +164,8 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("chromium", proxy::chromium),
     ("ncat", proxy::ncat),
     ("udp-associate", proxy::udp_associate),
+    ("curl-proxy-user", interop::curl_proxy_user),
+    ("pysocks-connect", interop::pysocks_connect),
     ("hostile-peers", hostile::hostile_peers),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];

@@ -1,4 +1,4 @@
-//! Scenario 7: hostile peers against the socks5 and crc-tcp listeners at
+//! Scenario `hostile-peers`: hostile peers against the socks5 and crc-tcp listeners at
 //! once, while good clients are served; afterwards the log names each
 //! rejection.
 
@@ -103,7 +103,7 @@ static PROBES: &[Probe] = &[
     },
 ];
 
-/// Scenario 7: hostile peers; the server keeps serving and logs each rejection.
+/// Scenario `hostile-peers`: hostile peers; the server keeps serving and logs each rejection.
 pub(crate) fn hostile_peers(ctx: &mut Ctx) -> anyhow::Result<String> {
     let mark = ctx.server.events().mark();
     let probes: Vec<_> = PROBES

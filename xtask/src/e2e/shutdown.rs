@@ -1,4 +1,4 @@
-//! Scenario 8: SIGTERM while frames and a download are in flight. The server
+//! Scenario `graceful-shutdown`: SIGTERM while frames and a download are in flight. The server
 //! must exit 0 within its drain timeout, and every frame it acked ok must be
 //! in the file sink.
 
@@ -44,7 +44,7 @@ struct SenderReport {
     end: String,
 }
 
-/// Scenario 8: graceful shutdown under load.
+/// Scenario `graceful-shutdown`: graceful shutdown under load.
 pub(crate) fn graceful_shutdown(ctx: &mut Ctx) -> anyhow::Result<String> {
     let curl = require("curl", "apt-get install curl")?;
     let frames = ctx.addr(FRAMES);

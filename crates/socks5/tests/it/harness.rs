@@ -1,4 +1,4 @@
-//! The test server, peers (echo, HTTP), raw SOCKS helpers and the `within` timeout.
+//! The test server, peers (TCP and UDP echo), raw SOCKS helpers and the `within` timeout.
 
 use std::future::Future;
 use std::io;
@@ -23,7 +23,7 @@ pub(crate) async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> 
     }
 }
 
-/// Names the test resolver knows: `echo.test` and `web.test` are 127.0.0.1, `v6.test` is ::1,
+/// Names the test resolver knows: `echo.test` is 127.0.0.1, `v6.test` is ::1,
 /// `both.test` is 127.0.0.2 then 127.0.0.1, `slow.test` never answers; anything else does
 /// not exist.
 #[derive(Debug)]
@@ -34,7 +34,6 @@ impl TestResolver {
         let localhost = IpAddr::from(Ipv4Addr::LOCALHOST);
         TestResolver(StaticResolver::new([
             ("echo.test".to_owned(), vec![localhost]),
-            ("web.test".to_owned(), vec![localhost]),
             ("v6.test".to_owned(), vec!["::1".parse().expect("valid IP")]),
             (
                 "both.test".to_owned(),
@@ -150,35 +149,6 @@ pub(crate) async fn udp_echo() -> SocketAddr {
     });
     address
 }
-
-/// An HTTP/1.0 server answering every request with [`HTTP_BODY`].
-pub(crate) async fn http_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
-    let address = listener.local_addr().expect("HTTP address");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(buf.get(..n).unwrap_or_default()),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{HTTP_BODY}",
-                    HTTP_BODY.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
-                let _ = stream.shutdown().await;
-            });
-        }
-    });
-    address
-}
-
-pub(crate) const HTTP_BODY: &str = "hello through socks\n";
 
 /// An address where nothing listens (a listener bound and dropped).
 pub(crate) async fn closed_port() -> SocketAddr {

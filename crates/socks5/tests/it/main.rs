@@ -1,5 +1,6 @@
-//! Integration tests: a real server on 127.0.0.1:0 (and ::1) driven by raw bytes, our client,
-//! curl and PySocks. Nothing leaves the machine: names resolve through a static resolver.
+//! Integration tests: a real server on 127.0.0.1:0 (and ::1) driven by raw bytes and our
+//! client, Rust peers only (curl and PySocks run in `cargo xtask e2e`). Nothing leaves the
+//! machine: names resolve through a static resolver.
 
 mod auth;
 mod bind;
@@ -7,7 +8,6 @@ mod bypass;
 mod connect;
 mod handshake;
 mod harness;
-mod interop;
 mod replies;
 mod stress;
 mod udp;
