@@ -20,7 +20,10 @@ use crate::{
 /// frames, in order.
 pub(crate) fn reference_client(ctx: &mut Ctx) -> anyhow::Result<String> {
     let python = require("python3", "apt-get install python3")?;
-    require_python_module("crcmod", "pip install crcmod")?;
+    require_python_module(
+        "crcmod",
+        "apt-get install python3-crcmod (for Debian's python3), or python3 -m pip install crcmod",
+    )?;
     let script = in_root(&ctx.root, "tests/interop/reference_client.py");
     if !script.is_file() {
         bail!("{} is missing", script.display());

@@ -39,7 +39,7 @@ const SMALL_LEN: u64 = 64 * 1024;
 /// curl fails, the server logs `authentication failed` and the page is not
 /// requested.
 pub(crate) fn curl_proxy_user(ctx: &mut Ctx) -> anyhow::Result<String> {
-    let curl = require("curl", "apt-get install -y curl")?;
+    let curl = require("curl", "apt-get install curl")?;
     let dir = tempfile::Builder::new()
         .prefix("curl-auth-")
         .tempdir_in(ctx.dir.path())?;
@@ -125,8 +125,11 @@ pub(crate) fn curl_proxy_user(ctx: &mut Ctx) -> anyhow::Result<String> {
 /// with remote DNS, by name (the proxy resolves it: its `session` event names
 /// the host), without and with a password; the echo comes back unchanged.
 pub(crate) fn pysocks_connect(ctx: &mut Ctx) -> anyhow::Result<String> {
-    let python = require("python3", "apt-get install -y python3")?;
-    require_python_module("socks", "pip install PySocks")?;
+    let python = require("python3", "apt-get install python3")?;
+    require_python_module(
+        "socks",
+        "apt-get install python3-socks (for Debian's python3), or python3 -m pip install PySocks",
+    )?;
     let script = in_root(&ctx.root, "xtask/scripts/pysocks_connect.py");
     if !script.is_file() {
         bail!("{} is missing", script.display());

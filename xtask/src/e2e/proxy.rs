@@ -242,7 +242,10 @@ pub(crate) fn ncat(ctx: &mut Ctx) -> anyhow::Result<String> {
 /// through each socks5 listener.
 pub(crate) fn udp_associate(ctx: &mut Ctx) -> anyhow::Result<String> {
     let python = require("python3", "apt-get install python3")?;
-    require_python_module("socks", "pip install PySocks")?;
+    require_python_module(
+        "socks",
+        "apt-get install python3-socks (for Debian's python3), or python3 -m pip install PySocks",
+    )?;
     let script = in_root(&ctx.root, "xtask/scripts/udp_echo_client.py");
     let echo = UdpEcho::start()?;
     let count = 20;
