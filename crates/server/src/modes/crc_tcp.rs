@@ -324,9 +324,17 @@ impl CrcTcp {
         conn: &mut Conn,
         stop: &CancellationToken,
     ) -> Result<&'static str, ConnError> {
+        // When the frame at the front of the buffer started: the read that
+        // brought its first byte, or the one that completed the frame before
+        // it. The frame timeout times one frame, not a stream of them.
         let mut frame_started: Option<Instant> = None;
+        let mut last_read = Instant::now();
         loop {
+            let seq_before = conn.seq;
             let fatal = self.process(conn).await;
+            if conn.seq != seq_before {
+                frame_started = Some(last_read);
+            }
             if !conn.out.is_empty() {
                 ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
                 timeout(self.write_timeout, stream.write_all(&conn.out))
@@ -345,7 +353,7 @@ impl CrcTcp {
                 frame_started = None;
                 Instant::now() + self.idle_timeout
             } else {
-                *frame_started.get_or_insert_with(Instant::now) + self.frame_timeout
+                *frame_started.get_or_insert(last_read) + self.frame_timeout
             };
             if conn.buf.capacity() - conn.buf.len() < READ_BUFFER_LEN / 4 {
                 conn.buf.reserve(READ_BUFFER_LEN);
@@ -354,6 +362,7 @@ impl CrcTcp {
                 () = stop.cancelled() => return Ok("shutdown"),
                 read = timeout_at(deadline, stream.read_buf(&mut conn.buf)) => read,
             };
+            last_read = Instant::now();
             match read {
                 Err(_) if conn.buf.is_empty() => return Err(ConnError::Idle(self.idle_timeout)),
                 Err(_) => return Err(ConnError::FrameTimeout(self.frame_timeout)),
