@@ -60,6 +60,9 @@ pub struct CrcTcpConfig {
     /// Close a connection that sends nothing between frames for this long.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Close a connection that sends nothing at all within this of its accept.
+    #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
     /// Close a connection whose frame has started but not finished within this.
     #[serde(default = "default_frame_timeout", with = "humantime_serde")]
     pub frame_timeout: Duration,
@@ -134,6 +137,9 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(300)
 }
+fn default_first_byte_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_frame_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -169,6 +175,7 @@ impl CrcTcpConfig {
         }
         for (key, value) in [
             ("idle_timeout", self.idle_timeout),
+            ("first_byte_timeout", self.first_byte_timeout),
             ("frame_timeout", self.frame_timeout),
             ("write_timeout", self.write_timeout),
         ] {
@@ -213,6 +220,7 @@ pub struct CrcTcp {
     ack: bool,
     handler: Handler,
     idle_timeout: Duration,
+    first_byte_timeout: Duration,
     frame_timeout: Duration,
     write_timeout: Duration,
     stats: Arc<ListenerStats>,
@@ -234,6 +242,8 @@ const READ_BUFFER_LEN: usize = 64 * 1024;
 enum ConnError {
     #[error("no frame within the idle timeout of {0:?}")]
     Idle(Duration),
+    #[error("nothing received within the first-byte timeout of {0:?}")]
+    FirstByte(Duration),
     #[error("a frame started but did not finish within {0:?}")]
     FrameTimeout(Duration),
     #[error("the peer did not take our acks within {0:?}")]
@@ -276,6 +286,7 @@ impl CrcTcp {
             ack: config.ack,
             handler,
             idle_timeout: config.idle_timeout,
+            first_byte_timeout: config.first_byte_timeout,
             frame_timeout: config.frame_timeout,
             write_timeout: config.write_timeout,
             stats,
@@ -307,6 +318,9 @@ impl CrcTcp {
             Err(ConnError::Io(error)) => {
                 debug!(frames = conn.seq, %error, "connection ended by an i/o error")
             }
+            // Port scanners and connect-only health checks do this all day:
+            // not worth a warning each.
+            Err(error @ ConnError::FirstByte(_)) => debug!(%error, "connection closed"),
             Err(error) => warn!(frames = conn.seq, %error, "connection closed"),
         }
     }
@@ -328,7 +342,9 @@ impl CrcTcp {
         // brought its first byte, or the one that completed the frame before
         // it. The frame timeout times one frame, not a stream of them.
         let mut frame_started: Option<Instant> = None;
-        let mut last_read = Instant::now();
+        let accepted = Instant::now();
+        let mut last_read = accepted;
+        let mut silent = true;
         loop {
             let seq_before = conn.seq;
             let fatal = self.process(conn).await;
@@ -349,7 +365,9 @@ impl CrcTcp {
             if stop.is_cancelled() {
                 return Ok("shutdown");
             }
-            let deadline = if conn.buf.is_empty() {
+            let deadline = if silent {
+                accepted + self.first_byte_timeout
+            } else if conn.buf.is_empty() {
                 frame_started = None;
                 Instant::now() + self.idle_timeout
             } else {
@@ -364,6 +382,7 @@ impl CrcTcp {
             };
             last_read = Instant::now();
             match read {
+                Err(_) if silent => return Err(ConnError::FirstByte(self.first_byte_timeout)),
                 Err(_) if conn.buf.is_empty() => return Err(ConnError::Idle(self.idle_timeout)),
                 Err(_) => return Err(ConnError::FrameTimeout(self.frame_timeout)),
                 Ok(Ok(0)) if conn.buf.is_empty() => return Ok("peer closed"),
@@ -374,7 +393,10 @@ impl CrcTcp {
                     );
                     return Ok("peer closed mid-frame");
                 }
-                Ok(Ok(read)) => ListenerStats::add(&self.stats.bytes_in, read as u64),
+                Ok(Ok(read)) => {
+                    silent = false;
+                    ListenerStats::add(&self.stats.bytes_in, read as u64);
+                }
                 Ok(Err(error)) => return Err(error.into()),
             }
         }

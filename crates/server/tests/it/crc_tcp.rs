@@ -479,3 +479,30 @@ async fn a_frame_trickling_in_slower_than_frame_timeout_is_closed() {
     assert!(started.elapsed() < Duration::from_secs(5));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn closes_a_silent_connection_after_first_byte_timeout() {
+    // Issue 7 item 7: a connection that never sends a byte holds a slot
+    // for first_byte_timeout, not for idle_timeout.
+    let server = Running::start(&listener(
+        "first_byte_timeout = \"200ms\"\nidle_timeout = \"1h\"",
+    ))
+    .await;
+    let mut silent = within(STEP, TcpStream::connect(server.addr("frames")))
+        .await
+        .unwrap();
+    assert!(read_to_close(&mut silent).await.is_empty());
+    // A connection that spoke is then held to idle_timeout only: it is
+    // still served well after first_byte_timeout.
+    let mut talker = send(server.addr("frames"), &REFERENCE_FRAME).await;
+    assert_eq!(read_acks(&mut talker, 1).await, [ack(AckStatus::Ok, 0)]);
+    let mut later = within(STEP, TcpStream::connect(server.addr("frames")))
+        .await
+        .unwrap();
+    assert!(read_to_close(&mut later).await.is_empty());
+    within(STEP, talker.write_all(&REFERENCE_FRAME))
+        .await
+        .unwrap();
+    assert_eq!(read_acks(&mut talker, 1).await, [ack(AckStatus::Ok, 1)]);
+    server.stop().await;
+}
