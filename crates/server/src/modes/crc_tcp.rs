@@ -7,6 +7,8 @@
 //! write, in order. A header that can never be valid gets its NACK and the
 //! connection closes; a CRC mismatch gets NACK 1 and the connection goes on.
 
+mod buffer;
+
 use std::{
     net::SocketAddr,
     ops::Range,
@@ -16,7 +18,7 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
-use proto::{Ack, AckStatus, Decoded, FrameRef, Limits, decode_frame, encode_ack};
+use proto::{Ack, AckStatus, Decoded, FrameRef, HEADER_LEN, Limits, decode_frame, encode_ack};
 use serde::Deserialize;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -26,6 +28,7 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{Level, debug, event, warn};
 
+use self::buffer::{BASE_LEN, Budget, MAX_BUDGET, OverBudget, ReadBuffer};
 use crate::{
     config::invalid,
     registry::Common,
@@ -57,6 +60,11 @@ pub struct CrcTcpConfig {
     /// Connections served at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Bytes all connections together may buffer beyond their 64 KiB base
+    /// buffers, for frames larger than that (default: 256 MiB, or the
+    /// largest frame if that is larger).
+    #[serde(default)]
+    pub max_buffered_bytes: Option<usize>,
     /// Close a connection that sends nothing between frames for this long.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -159,6 +167,14 @@ fn default_sync_interval() -> Duration {
 /// The smallest `max_frame_size` that admits a one-byte payload with a CRC-32.
 const MIN_FRAME_SIZE: u32 = 5;
 
+/// The default of `max_buffered_bytes` when the largest frame fits in it.
+const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
+
+/// The buffer a frame of `max_frame_size` needs beyond the base buffer.
+fn largest_frame_room(max_frame_size: u32) -> usize {
+    (HEADER_LEN + max_frame_size as usize).saturating_sub(BASE_LEN)
+}
+
 impl CrcTcpConfig {
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
         if self.max_frame_size < MIN_FRAME_SIZE {
@@ -172,6 +188,24 @@ impl CrcTcpConfig {
         }
         if self.max_connections == 0 {
             return Err(invalid("max_connections", "must be at least 1"));
+        }
+        let budget = self.max_buffered_bytes();
+        let largest = largest_frame_room(self.max_frame_size);
+        if budget < largest {
+            return Err(invalid(
+                "max_buffered_bytes",
+                format!(
+                    "{budget} cannot hold one largest frame: a frame of max_frame_size ({}) \
+                     needs {largest} bytes beyond the 64 KiB base buffer",
+                    self.max_frame_size
+                ),
+            ));
+        }
+        if budget > MAX_BUDGET {
+            return Err(invalid(
+                "max_buffered_bytes",
+                format!("{budget} is more than the most accepted, {MAX_BUDGET} (1 TiB)"),
+            ));
         }
         for (key, value) in [
             ("idle_timeout", self.idle_timeout),
@@ -205,6 +239,13 @@ impl CrcTcpConfig {
         }
     }
 
+    /// `max_buffered_bytes`, or its default.
+    fn max_buffered_bytes(&self) -> usize {
+        self.max_buffered_bytes.unwrap_or_else(|| {
+            DEFAULT_MAX_BUFFERED_BYTES.max(largest_frame_room(self.max_frame_size))
+        })
+    }
+
     pub(crate) fn sink_path(&self) -> Option<&Path> {
         match &self.handler {
             HandlerConfig::File { path, .. } => Some(path),
@@ -223,6 +264,7 @@ pub struct CrcTcp {
     first_byte_timeout: Duration,
     frame_timeout: Duration,
     write_timeout: Duration,
+    budget: Arc<Budget>,
     stats: Arc<ListenerStats>,
 }
 
@@ -233,9 +275,6 @@ enum Handler {
     File(FileSink),
     Discard,
 }
-
-/// Initial read buffer; it grows in capped steps for larger frames.
-const READ_BUFFER_LEN: usize = 64 * 1024;
 
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
@@ -248,6 +287,8 @@ enum ConnError {
     FrameTimeout(Duration),
     #[error("the peer did not take our acks within {0:?}")]
     WriteTimeout(Duration),
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -289,6 +330,7 @@ impl CrcTcp {
             first_byte_timeout: config.first_byte_timeout,
             frame_timeout: config.frame_timeout,
             write_timeout: config.write_timeout,
+            budget: Arc::new(Budget::new(config.max_buffered_bytes())),
             stats,
         })
     }
@@ -303,7 +345,7 @@ impl CrcTcp {
     ) {
         let _ = stream.set_nodelay(true);
         let mut conn = Conn {
-            buf: BytesMut::with_capacity(READ_BUFFER_LEN),
+            buf: ReadBuffer::new(Arc::clone(&self.budget)),
             out: BytesMut::new(),
             seq: 0,
             frames_ok: 0,
@@ -350,6 +392,7 @@ impl CrcTcp {
             let fatal = self.process(conn).await;
             if conn.seq != seq_before {
                 frame_started = Some(last_read);
+                conn.buf.shrink();
             }
             if !conn.out.is_empty() {
                 ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
@@ -357,6 +400,10 @@ impl CrcTcp {
                     .await
                     .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
                 conn.out.clear();
+                if conn.out.capacity() > BASE_LEN {
+                    // Echoes of a large frame: do not keep their room.
+                    conn.out = BytesMut::new();
+                }
             }
             if let Some(error) = fatal {
                 warn!(seq = conn.seq, %error, status = %error.ack_status(), "bad header; closing the connection");
@@ -367,28 +414,35 @@ impl CrcTcp {
             }
             let deadline = if silent {
                 accepted + self.first_byte_timeout
-            } else if conn.buf.is_empty() {
+            } else if conn.buf.bytes.is_empty() {
                 frame_started = None;
                 Instant::now() + self.idle_timeout
             } else {
                 *frame_started.get_or_insert(last_read) + self.frame_timeout
             };
-            if conn.buf.capacity() - conn.buf.len() < READ_BUFFER_LEN / 4 {
-                conn.buf.reserve(READ_BUFFER_LEN);
-            }
+            // Room first (which may wait for the listener's budget: the
+            // peer's bytes wait in the kernel meanwhile), then the read, both
+            // within the deadline.
+            let buf = &mut conn.buf;
+            let room_and_read = async {
+                buf.make_room(&self.limits).await?;
+                Ok::<_, ConnError>(stream.read_buf(&mut buf.bytes).await?)
+            };
             let read = tokio::select! {
                 () = stop.cancelled() => return Ok("shutdown"),
-                read = timeout_at(deadline, stream.read_buf(&mut conn.buf)) => read,
+                read = timeout_at(deadline, room_and_read) => read,
             };
             last_read = Instant::now();
             match read {
                 Err(_) if silent => return Err(ConnError::FirstByte(self.first_byte_timeout)),
-                Err(_) if conn.buf.is_empty() => return Err(ConnError::Idle(self.idle_timeout)),
+                Err(_) if conn.buf.bytes.is_empty() => {
+                    return Err(ConnError::Idle(self.idle_timeout));
+                }
                 Err(_) => return Err(ConnError::FrameTimeout(self.frame_timeout)),
-                Ok(Ok(0)) if conn.buf.is_empty() => return Ok("peer closed"),
+                Ok(Ok(0)) if conn.buf.bytes.is_empty() => return Ok("peer closed"),
                 Ok(Ok(0)) => {
                     debug!(
-                        pending = conn.buf.len(),
+                        pending = conn.buf.bytes.len(),
                         "peer closed in the middle of a frame"
                     );
                     return Ok("peer closed mid-frame");
@@ -397,7 +451,7 @@ impl CrcTcp {
                     silent = false;
                     ListenerStats::add(&self.stats.bytes_in, read as u64);
                 }
-                Ok(Err(error)) => return Err(error.into()),
+                Ok(Err(error)) => return Err(error),
             }
         }
     }
@@ -413,7 +467,7 @@ impl CrcTcp {
         let mut accepted: Vec<Range<usize>> = Vec::new();
         let first_seq = conn.seq;
         loop {
-            let rest = conn.buf.get(used..).unwrap_or_default();
+            let rest = conn.buf.bytes.get(used..).unwrap_or_default();
             match decode_frame(rest, &self.limits) {
                 Ok(Decoded::Done(frame, len)) => {
                     let seq = first_seq + verdicts.len() as u64;
@@ -447,7 +501,7 @@ impl CrcTcp {
         }
         let handler_ok = match &self.handler {
             Handler::File(sink) if !accepted.is_empty() => {
-                let data = conn.buf.split_to(used).freeze();
+                let data = conn.buf.bytes.split_to(used).freeze();
                 used = 0;
                 match sink.append(data, accepted).await {
                     Ok(()) => true,
@@ -459,7 +513,7 @@ impl CrcTcp {
             }
             _ => true,
         };
-        conn.buf.advance(used);
+        conn.buf.bytes.advance(used);
         let ok_before = conn.frames_ok;
         for (offset, &crc_ok) in verdicts.iter().enumerate() {
             let status = match (crc_ok, handler_ok) {
@@ -527,7 +581,7 @@ impl CrcTcp {
 }
 
 struct Conn {
-    buf: BytesMut,
+    buf: ReadBuffer,
     out: BytesMut,
     seq: u64,
     frames_ok: u64,
@@ -550,7 +604,124 @@ impl std::fmt::Display for Preview<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proto::{ACK_FRAME_LEN, CrcSize, Version, decode_ack, encode_frame};
+    use tokio::net::TcpListener;
+
     use super::*;
+
+    const STEP: Duration = Duration::from_secs(10);
+
+    /// A `crc-tcp` service on 127.0.0.1 with the given extra keys; its
+    /// address and the token that stops it.
+    async fn serve(extra: &str) -> (Arc<CrcTcp>, SocketAddr, CancellationToken) {
+        let config: CrcTcpConfig = toml::from_str(&format!(
+            "bind = \"127.0.0.1:0\"\nhandler = {{ type = \"discard\" }}\n{extra}"
+        ))
+        .unwrap();
+        config.validate().unwrap();
+        let service = Arc::new(CrcTcp::new(&config, Arc::default()).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let (accepting, stopped) = (Arc::clone(&service), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    () = stopped.cancelled() => break,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let (service, stop) = (Arc::clone(&accepting), stopped.child_token());
+                tokio::spawn(async move { service.handle(stream, peer, stop).await });
+            }
+        });
+        (service, addr, stop)
+    }
+
+    async fn read_ack(stream: &mut TcpStream) -> Ack {
+        let mut bytes = [0u8; ACK_FRAME_LEN];
+        timeout(STEP, stream.read_exact(&mut bytes))
+            .await
+            .unwrap()
+            .unwrap();
+        match decode_ack(&bytes) {
+            Ok(Decoded::Done(ack, _)) => ack,
+            other => panic!("not an ack: {other:?}"),
+        }
+    }
+
+    fn large_frame(len: usize, fill: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(Version::V2, CrcSize::Crc32, &vec![fill; len], &mut out).unwrap();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_share_the_buffer_budget_and_all_frames_complete() {
+        // Room for two 1 MiB frames beyond the base buffers, not for four.
+        let budget = 5 << 19;
+        let (service, addr, stop) = serve(&format!(
+            "max_frame_size = {}\nmax_buffered_bytes = {budget}\nframe_timeout = \"20s\"",
+            1 << 20
+        ))
+        .await;
+        let clients: Vec<_> = (0..4u8)
+            .map(|client| {
+                tokio::spawn(async move {
+                    let bytes = large_frame((1 << 20) - 4, client);
+                    let mut stream = timeout(STEP, TcpStream::connect(addr))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    // Slowly, so that all four are in the middle of their frame
+                    // at once; the pace is not a synchronisation.
+                    let mut pace = tokio::time::interval(Duration::from_millis(2));
+                    for chunk in bytes.chunks(32 * 1024) {
+                        pace.tick().await;
+                        timeout(STEP, stream.write_all(chunk))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                    }
+                    let ack = read_ack(&mut stream).await;
+                    (stream, ack)
+                })
+            })
+            .collect();
+        let mut open = Vec::new();
+        for client in clients {
+            let (stream, ack) = timeout(STEP * 3, client).await.unwrap().unwrap();
+            assert_eq!(
+                ack,
+                Ack {
+                    status: AckStatus::Ok,
+                    seq: 0
+                }
+            );
+            open.push(stream);
+        }
+        let peak = service.budget.peak();
+        assert!(
+            peak <= budget,
+            "{peak} bytes buffered, over the budget of {budget}"
+        );
+        assert!(
+            peak > budget / 2,
+            "the frames did grow their buffers ({peak})"
+        );
+        // Every connection is still open, and none keeps its large buffer.
+        assert_eq!(service.budget.allocated(), 0);
+        for stream in &mut open {
+            stream.write_all(&large_frame(10, 0)).await.unwrap();
+            assert_eq!(
+                read_ack(stream).await,
+                Ack {
+                    status: AckStatus::Ok,
+                    seq: 1
+                }
+            );
+        }
+        stop.cancel();
+    }
 
     #[test]
     fn preview_escapes_and_cuts() {

@@ -506,3 +506,20 @@ async fn closes_a_silent_connection_after_first_byte_timeout() {
     assert_eq!(read_acks(&mut talker, 1).await, [ack(AckStatus::Ok, 1)]);
     server.stop().await;
 }
+
+#[test]
+fn max_buffered_bytes_must_hold_the_largest_frame() {
+    let parse = |extra: &str| server::Config::parse(&listener(extra), "test config");
+    // 1 MiB frames need 1 MiB + 12 - 64 KiB = 983052 bytes beyond the base buffer.
+    let error = parse("max_frame_size = 1048576\nmax_buffered_bytes = 983051")
+        .expect_err("a budget below one frame is refused");
+    let message = format!("{error:#}");
+    assert!(message.contains("max_buffered_bytes"), "{message}");
+    assert!(
+        parse("max_frame_size = 1048576\nmax_buffered_bytes = 983052").is_ok(),
+        "exactly one largest frame is enough"
+    );
+    // The default follows a large max_frame_size, so such configs still start.
+    assert!(parse("max_frame_size = 1073741824").is_ok());
+    assert!(parse("max_buffered_bytes = 2000000000000").is_err());
+}
