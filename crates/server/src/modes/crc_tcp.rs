@@ -65,6 +65,9 @@ pub struct CrcTcpConfig {
     /// largest frame if that is larger).
     #[serde(default)]
     pub max_buffered_bytes: Option<usize>,
+    /// Connections at once from one client IP address (default: no limit).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
     /// Close a connection that sends nothing between frames for this long.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -235,6 +238,7 @@ impl CrcTcpConfig {
             name,
             bind: self.bind,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             reuse_port: self.reuse_port,
         }
     }

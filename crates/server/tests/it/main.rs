@@ -9,5 +9,6 @@ mod common;
 mod config;
 mod crc_tcp;
 mod interop;
+mod per_ip;
 mod process;
 mod socks5;
