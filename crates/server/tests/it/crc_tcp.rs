@@ -400,9 +400,9 @@ async fn frame_timeout_times_one_frame_not_a_continuous_stream() {
     // Issue 7 item 4: every write ends in the middle of a frame, so the
     // server's buffer is never empty; each frame still completes in
     // milliseconds, and the stream runs for about 3 × frame_timeout.
-    let frame_timeout = Duration::from_millis(300);
+    let frame_timeout = Duration::from_millis(500);
     let server = Running::start(&listener(
-        "frame_timeout = \"300ms\"\nhandler = { type = \"discard\" }",
+        "frame_timeout = \"500ms\"\nhandler = { type = \"discard\" }",
     ))
     .await;
     let mut stream = within(STEP, TcpStream::connect(server.addr("frames")))
