@@ -6,6 +6,9 @@
 //! syncs it with one call), then the acks of the whole batch go out in one
 //! write, in order. A header that can never be valid gets its NACK and the
 //! connection closes; a CRC mismatch gets NACK 1 and the connection goes on.
+//! The buffer starts at 64 KiB; room for larger frames comes from a budget
+//! shared by the listener's connections (`buffer`), and goes back to it once
+//! the frame is taken.
 
 mod buffer;
 
