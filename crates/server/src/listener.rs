@@ -1,8 +1,14 @@
 //! Binding a listening socket and the accept loop every mode shares: a
-//! connection permit is taken before `accept`, each connection runs in a
-//! tracked task inside a span that names the listener, mode and peer.
+//! connection permit is taken before `accept`, a connection over the
+//! per-client-IP limit is closed at once, each connection runs in a tracked
+//! task inside a span that names the listener, mode and peer.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, hash_map::Entry},
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -21,6 +27,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accept queue length.
 const BACKLOG: i32 = 1024;
+
+/// At most one warning per this long about connections refused by
+/// `max_connections_per_ip`, so that a flood does not flood the log.
+const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Binds `common.bind` with `SO_REUSEADDR` (as the reference server does) and,
 /// when asked, `SO_REUSEPORT`.
@@ -81,6 +91,8 @@ pub(crate) async fn accept_loop(
 ) {
     let permits = Arc::new(Semaphore::new(common.max_connections));
     let mut full_warned = false;
+    let per_ip = common.max_connections_per_ip.map(PerIp::new);
+    let mut refused = RefusedLog::default();
     loop {
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => permit,
@@ -113,6 +125,19 @@ pub(crate) async fn accept_loop(
         if permits.available_permits() > common.max_connections / 2 {
             full_warned = false;
         }
+        let slot = match &per_ip {
+            Some(per_ip) => match per_ip.take(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    // Closed before a byte is read or written, the permit
+                    // goes back at once.
+                    drop(stream);
+                    refused.note(&common.name, peer.ip(), per_ip.limit);
+                    continue;
+                }
+            },
+            None => None,
+        };
         let service = service.clone();
         let stats = Arc::clone(&common.stats);
         let stop = stop.child_token();
@@ -120,6 +145,7 @@ pub(crate) async fn accept_loop(
         tasks.spawn(
             async move {
                 let _permit = permit;
+                let _slot = slot;
                 let _active = ActiveGuard::new(&stats);
                 debug!("accepted");
                 service.handle(stream, peer, stop).await;
@@ -128,4 +154,116 @@ pub(crate) async fn accept_loop(
         );
     }
     debug!(listener = %common.name, "stopped accepting");
+}
+
+/// Open connections per client address, for `max_connections_per_ip`. It
+/// has an entry only for addresses with an open connection, so it is never
+/// larger than `max_connections`.
+#[derive(Debug)]
+struct PerIp {
+    limit: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerIp`], given back when it drops.
+#[derive(Debug)]
+struct PerIpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more connection from `ip`, if it has fewer than the
+    /// limit. An IPv4-mapped IPv6 address counts as its IPv4 address.
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<PerIpSlot> {
+        let ip = ip.to_canonical();
+        // The table stays consistent whatever panicked while holding it.
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(ip).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(PerIpSlot {
+            table: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for PerIpSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .table
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Entry::Occupied(mut entry) = open.entry(self.ip) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
+/// Warns about refused connections at most once per
+/// [`REFUSED_LOG_INTERVAL`], with how many were refused in between.
+#[derive(Debug, Default)]
+struct RefusedLog {
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl RefusedLog {
+    fn note(&mut self, listener: &str, ip: IpAddr, limit: usize) {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < REFUSED_LOG_INTERVAL)
+        {
+            return;
+        }
+        warn!(listener, client = %ip.to_canonical(), max_connections_per_ip = limit,
+            refused = self.unlogged,
+            "connection refused: the client has max_connections_per_ip open already \
+             (refused counts every refusal since the last such line)");
+        self.last = Some(now);
+        self.unlogged = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_counts_each_address_and_gives_slots_back() {
+        let table = PerIp::new(2);
+        let one: IpAddr = "127.0.0.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let other: IpAddr = "127.0.0.2".parse().unwrap();
+        let first = table.take(one).unwrap();
+        // The IPv4-mapped form of the same client counts as the same client.
+        let second = table.take(mapped).unwrap();
+        assert!(table.take(one).is_none());
+        assert!(table.take(mapped).is_none());
+        let third = table.take(other).unwrap();
+        drop(first);
+        let again = table.take(one).unwrap();
+        assert!(table.take(one).is_none());
+        drop((second, third, again));
+        assert!(
+            table.open.lock().unwrap().is_empty(),
+            "no entry outlives its connections"
+        );
+    }
 }

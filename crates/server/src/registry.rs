@@ -9,6 +9,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    config::invalid,
     modes::{crc_tcp, socks5},
     stats::ListenerStats,
 };
@@ -44,6 +45,9 @@ pub struct Common {
     pub bind: SocketAddr,
     /// Connections served at once; the next waits in the accept queue.
     pub max_connections: usize,
+    /// Connections served at once from one client IP address; one more is
+    /// closed at once (`None`: no limit).
+    pub max_connections_per_ip: Option<usize>,
     /// Whether to set `SO_REUSEPORT`.
     pub reuse_port: bool,
     /// The listener's counters, shared with its service.
@@ -79,6 +83,15 @@ impl ListenerConfig {
         }
     }
 
+    /// The `max_connections_per_ip` key, which every mode has.
+    #[must_use]
+    pub fn max_connections_per_ip(&self) -> Option<usize> {
+        match self {
+            Self::CrcTcp(c) => c.max_connections_per_ip,
+            Self::Socks5(c) => c.max_connections_per_ip,
+        }
+    }
+
     /// The file a sink of this listener writes, if any.
     #[must_use]
     pub fn sink_path(&self) -> Option<&Path> {
@@ -94,6 +107,22 @@ impl ListenerConfig {
     ///
     /// An error naming the key at fault.
     pub fn validate(&self) -> anyhow::Result<()> {
+        match self.max_connections_per_ip() {
+            Some(0) => {
+                return Err(invalid(
+                    "max_connections_per_ip",
+                    "must be at least 1 (leave it out for no limit)",
+                ));
+            }
+            Some(limit) => crate::config::check_count(
+                "max_connections_per_ip",
+                limit as u64,
+                1,
+                crate::config::MAX_CONNECTIONS as u64,
+                "",
+            )?,
+            None => {}
+        }
         match self {
             Self::CrcTcp(c) => c.validate(),
             Self::Socks5(c) => c.validate(),

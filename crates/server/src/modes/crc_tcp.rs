@@ -6,6 +6,11 @@
 //! syncs it with one call), then the acks of the whole batch go out in one
 //! write, in order. A header that can never be valid gets its NACK and the
 //! connection closes; a CRC mismatch gets NACK 1 and the connection goes on.
+//! The buffer starts at 64 KiB; room for larger frames comes from a budget
+//! shared by the listener's connections (`buffer`), and goes back to it once
+//! the frame is taken.
+
+mod buffer;
 
 use std::{
     net::SocketAddr,
@@ -16,7 +21,7 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
-use proto::{Ack, AckStatus, Decoded, FrameRef, Limits, decode_frame, encode_ack};
+use proto::{Ack, AckStatus, Decoded, FrameRef, HEADER_LEN, Limits, decode_frame, encode_ack};
 use serde::Deserialize;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -26,8 +31,9 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{Level, debug, event, warn};
 
+use self::buffer::{BASE_LEN, Budget, MAX_BUDGET, OverBudget, ReadBuffer};
 use crate::{
-    config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration},
+    config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
     registry::Common,
     sinks::file::{FileSink, SyncPolicy},
     stats::ListenerStats,
@@ -57,9 +63,20 @@ pub struct CrcTcpConfig {
     /// Connections served at once.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Bytes all connections together may buffer beyond their 64 KiB base
+    /// buffers, for frames larger than that (default: 256 MiB, or the
+    /// largest frame if that is larger).
+    #[serde(default)]
+    pub max_buffered_bytes: Option<usize>,
+    /// Connections at once from one client IP address (default: no limit).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
     /// Close a connection that sends nothing between frames for this long.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Close a connection that sends nothing at all within this of its accept.
+    #[serde(default = "default_first_byte_timeout", with = "humantime_serde")]
+    pub first_byte_timeout: Duration,
     /// Close a connection whose frame has started but not finished within this.
     #[serde(default = "default_frame_timeout", with = "humantime_serde")]
     pub frame_timeout: Duration,
@@ -134,6 +151,9 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> Duration {
     Duration::from_secs(300)
 }
+fn default_first_byte_timeout() -> Duration {
+    Duration::from_secs(10)
+}
 fn default_frame_timeout() -> Duration {
     Duration::from_secs(30)
 }
@@ -159,6 +179,14 @@ const MAX_FRAME_SIZE: u32 = 1 << 30;
 /// The largest `preview_len` of the log handler, in bytes of payload.
 const MAX_PREVIEW_LEN: usize = 4096;
 
+/// The default of `max_buffered_bytes` when the largest frame fits in it.
+const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 << 20;
+
+/// The buffer a frame of `max_frame_size` needs beyond the base buffer.
+fn largest_frame_room(max_frame_size: u32) -> usize {
+    (HEADER_LEN + max_frame_size as usize).saturating_sub(BASE_LEN)
+}
+
 impl CrcTcpConfig {
     /// Checks every key against its documented bounds (README, "Bounds").
     pub(crate) fn validate(&self) -> anyhow::Result<()> {
@@ -176,8 +204,27 @@ impl CrcTcpConfig {
             MAX_CONNECTIONS as u64,
             "",
         )?;
+        let budget = self.max_buffered_bytes();
+        let largest = largest_frame_room(self.max_frame_size);
+        if budget < largest {
+            return Err(invalid(
+                "max_buffered_bytes",
+                format!(
+                    "{budget} cannot hold one largest frame: a frame of max_frame_size ({}) \
+                     needs {largest} bytes beyond the 64 KiB base buffer",
+                    self.max_frame_size
+                ),
+            ));
+        }
+        if budget > MAX_BUDGET {
+            return Err(invalid(
+                "max_buffered_bytes",
+                format!("{budget} is more than the most accepted, {MAX_BUDGET} (1 TiB)"),
+            ));
+        }
         for (key, value) in [
             ("idle_timeout", self.idle_timeout),
+            ("first_byte_timeout", self.first_byte_timeout),
             ("frame_timeout", self.frame_timeout),
             ("write_timeout", self.write_timeout),
         ] {
@@ -209,8 +256,16 @@ impl CrcTcpConfig {
             name,
             bind: self.bind,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             reuse_port: self.reuse_port,
         }
+    }
+
+    /// `max_buffered_bytes`, or its default.
+    fn max_buffered_bytes(&self) -> usize {
+        self.max_buffered_bytes.unwrap_or_else(|| {
+            DEFAULT_MAX_BUFFERED_BYTES.max(largest_frame_room(self.max_frame_size))
+        })
     }
 
     pub(crate) fn sink_path(&self) -> Option<&Path> {
@@ -228,8 +283,10 @@ pub struct CrcTcp {
     ack: bool,
     handler: Handler,
     idle_timeout: Duration,
+    first_byte_timeout: Duration,
     frame_timeout: Duration,
     write_timeout: Duration,
+    budget: Arc<Budget>,
     stats: Arc<ListenerStats>,
 }
 
@@ -241,18 +298,19 @@ enum Handler {
     Discard,
 }
 
-/// Initial read buffer; it grows in capped steps for larger frames.
-const READ_BUFFER_LEN: usize = 64 * 1024;
-
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
     #[error("no frame within the idle timeout of {0:?}")]
     Idle(Duration),
+    #[error("nothing received within the first-byte timeout of {0:?}")]
+    FirstByte(Duration),
     #[error("a frame started but did not finish within {0:?}")]
     FrameTimeout(Duration),
     #[error("the peer did not take our acks within {0:?}")]
     WriteTimeout(Duration),
+    #[error(transparent)]
+    OverBudget(#[from] OverBudget),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -291,8 +349,10 @@ impl CrcTcp {
             ack: config.ack,
             handler,
             idle_timeout: config.idle_timeout,
+            first_byte_timeout: config.first_byte_timeout,
             frame_timeout: config.frame_timeout,
             write_timeout: config.write_timeout,
+            budget: Arc::new(Budget::new(config.max_buffered_bytes())),
             stats,
         })
     }
@@ -307,7 +367,7 @@ impl CrcTcp {
     ) {
         let _ = stream.set_nodelay(true);
         let mut conn = Conn {
-            buf: BytesMut::with_capacity(READ_BUFFER_LEN),
+            buf: ReadBuffer::new(Arc::clone(&self.budget)),
             out: BytesMut::new(),
             seq: 0,
             frames_ok: 0,
@@ -322,6 +382,9 @@ impl CrcTcp {
             Err(ConnError::Io(error)) => {
                 debug!(frames = conn.seq, %error, "connection ended by an i/o error")
             }
+            // Port scanners and connect-only health checks do this all day:
+            // not worth a warning each.
+            Err(error @ ConnError::FirstByte(_)) => debug!(%error, "connection closed"),
             Err(error) => warn!(frames = conn.seq, %error, "connection closed"),
         }
     }
@@ -339,15 +402,30 @@ impl CrcTcp {
         conn: &mut Conn,
         stop: &CancellationToken,
     ) -> Result<&'static str, ConnError> {
+        // When the frame at the front of the buffer started: the read that
+        // brought its first byte, or the one that completed the frame before
+        // it. The frame timeout times one frame, not a stream of them.
         let mut frame_started: Option<Instant> = None;
+        let accepted = Instant::now();
+        let mut last_read = accepted;
+        let mut silent = true;
         loop {
+            let seq_before = conn.seq;
             let fatal = self.process(conn).await;
+            if conn.seq != seq_before {
+                frame_started = Some(last_read);
+                conn.buf.shrink();
+            }
             if !conn.out.is_empty() {
                 ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
                 timeout(self.write_timeout, stream.write_all(&conn.out))
                     .await
                     .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
                 conn.out.clear();
+                if conn.out.capacity() > BASE_LEN {
+                    // Echoes of a large frame: do not keep their room.
+                    conn.out = BytesMut::new();
+                }
             }
             if let Some(error) = fatal {
                 warn!(seq = conn.seq, %error, status = %error.ack_status(), "bad header; closing the connection");
@@ -356,32 +434,46 @@ impl CrcTcp {
             if stop.is_cancelled() {
                 return Ok("shutdown");
             }
-            let deadline = if conn.buf.is_empty() {
+            let deadline = if silent {
+                accepted + self.first_byte_timeout
+            } else if conn.buf.bytes.is_empty() {
                 frame_started = None;
                 Instant::now() + self.idle_timeout
             } else {
-                *frame_started.get_or_insert_with(Instant::now) + self.frame_timeout
+                *frame_started.get_or_insert(last_read) + self.frame_timeout
             };
-            if conn.buf.capacity() - conn.buf.len() < READ_BUFFER_LEN / 4 {
-                conn.buf.reserve(READ_BUFFER_LEN);
-            }
+            // Room first (which may wait for the listener's budget: the
+            // peer's bytes wait in the kernel meanwhile), then the read, both
+            // within the deadline.
+            let buf = &mut conn.buf;
+            let room_and_read = async {
+                buf.make_room(&self.limits).await?;
+                Ok::<_, ConnError>(stream.read_buf(&mut buf.bytes).await?)
+            };
             let read = tokio::select! {
                 () = stop.cancelled() => return Ok("shutdown"),
-                read = timeout_at(deadline, stream.read_buf(&mut conn.buf)) => read,
+                read = timeout_at(deadline, room_and_read) => read,
             };
+            last_read = Instant::now();
             match read {
-                Err(_) if conn.buf.is_empty() => return Err(ConnError::Idle(self.idle_timeout)),
+                Err(_) if silent => return Err(ConnError::FirstByte(self.first_byte_timeout)),
+                Err(_) if conn.buf.bytes.is_empty() => {
+                    return Err(ConnError::Idle(self.idle_timeout));
+                }
                 Err(_) => return Err(ConnError::FrameTimeout(self.frame_timeout)),
-                Ok(Ok(0)) if conn.buf.is_empty() => return Ok("peer closed"),
+                Ok(Ok(0)) if conn.buf.bytes.is_empty() => return Ok("peer closed"),
                 Ok(Ok(0)) => {
                     debug!(
-                        pending = conn.buf.len(),
+                        pending = conn.buf.bytes.len(),
                         "peer closed in the middle of a frame"
                     );
                     return Ok("peer closed mid-frame");
                 }
-                Ok(Ok(read)) => ListenerStats::add(&self.stats.bytes_in, read as u64),
-                Ok(Err(error)) => return Err(error.into()),
+                Ok(Ok(read)) => {
+                    silent = false;
+                    ListenerStats::add(&self.stats.bytes_in, read as u64);
+                }
+                Ok(Err(error)) => return Err(error),
             }
         }
     }
@@ -397,7 +489,7 @@ impl CrcTcp {
         let mut accepted: Vec<Range<usize>> = Vec::new();
         let first_seq = conn.seq;
         loop {
-            let rest = conn.buf.get(used..).unwrap_or_default();
+            let rest = conn.buf.bytes.get(used..).unwrap_or_default();
             match decode_frame(rest, &self.limits) {
                 Ok(Decoded::Done(frame, len)) => {
                     let seq = first_seq + verdicts.len() as u64;
@@ -431,7 +523,7 @@ impl CrcTcp {
         }
         let handler_ok = match &self.handler {
             Handler::File(sink) if !accepted.is_empty() => {
-                let data = conn.buf.split_to(used).freeze();
+                let data = conn.buf.bytes.split_to(used).freeze();
                 used = 0;
                 match sink.append(data, accepted).await {
                     Ok(()) => true,
@@ -443,7 +535,7 @@ impl CrcTcp {
             }
             _ => true,
         };
-        conn.buf.advance(used);
+        conn.buf.bytes.advance(used);
         let ok_before = conn.frames_ok;
         for (offset, &crc_ok) in verdicts.iter().enumerate() {
             let status = match (crc_ok, handler_ok) {
@@ -511,7 +603,7 @@ impl CrcTcp {
 }
 
 struct Conn {
-    buf: BytesMut,
+    buf: ReadBuffer,
     out: BytesMut,
     seq: u64,
     frames_ok: u64,
@@ -534,7 +626,125 @@ impl std::fmt::Display for Preview<'_> {
 
 #[cfg(test)]
 mod tests {
+    use proto::{ACK_FRAME_LEN, CrcSize, Version, decode_ack, encode_frame};
+    use tokio::net::TcpListener;
+
     use super::*;
+
+    const STEP: Duration = Duration::from_secs(10);
+
+    /// A `crc-tcp` service on 127.0.0.1 with the given extra keys; its
+    /// address and the token that stops it.
+    async fn serve(extra: &str) -> (Arc<CrcTcp>, SocketAddr, CancellationToken) {
+        let config: CrcTcpConfig = toml::from_str(&format!(
+            "bind = \"127.0.0.1:0\"\nhandler = {{ type = \"discard\" }}\n{extra}"
+        ))
+        .unwrap();
+        config.validate().unwrap();
+        let service = Arc::new(CrcTcp::new(&config, Arc::default()).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let (accepting, stopped) = (Arc::clone(&service), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = tokio::select! {
+                    () = stopped.cancelled() => break,
+                    accepted = listener.accept() => accepted.unwrap(),
+                };
+                let (service, stop) = (Arc::clone(&accepting), stopped.child_token());
+                tokio::spawn(async move { service.handle(stream, peer, stop).await });
+            }
+        });
+        (service, addr, stop)
+    }
+
+    async fn read_ack(stream: &mut TcpStream) -> Ack {
+        let mut bytes = [0u8; ACK_FRAME_LEN];
+        timeout(STEP, stream.read_exact(&mut bytes))
+            .await
+            .unwrap()
+            .unwrap();
+        match decode_ack(&bytes) {
+            Ok(Decoded::Done(ack, _)) => ack,
+            other => panic!("not an ack: {other:?}"),
+        }
+    }
+
+    fn large_frame(len: usize, fill: u8) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(Version::V2, CrcSize::Crc32, &vec![fill; len], &mut out).unwrap();
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_share_the_buffer_budget_and_all_frames_complete() {
+        // Room for two 1 MiB frames beyond the base buffers, not for four.
+        let budget = 5 << 19;
+        let (service, addr, stop) = serve(&format!(
+            "max_frame_size = {}\nmax_buffered_bytes = {budget}\nframe_timeout = \"20s\"",
+            1 << 20
+        ))
+        .await;
+        let clients: Vec<_> = (0..4u8)
+            .map(|client| {
+                tokio::spawn(async move {
+                    let bytes = large_frame((1 << 20) - 4, client);
+                    let mut stream = timeout(STEP, TcpStream::connect(addr))
+                        .await
+                        .unwrap()
+                        .unwrap();
+                    // Slowly, so that all four are in the middle of their frame
+                    // at once; the pace is not a synchronisation.
+                    let mut pace = tokio::time::interval(Duration::from_millis(2));
+                    for chunk in bytes.chunks(32 * 1024) {
+                        pace.tick().await;
+                        timeout(STEP, stream.write_all(chunk))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                    }
+                    let ack = read_ack(&mut stream).await;
+                    (stream, ack)
+                })
+            })
+            .collect();
+        let mut open = Vec::new();
+        for client in clients {
+            let (stream, ack) = timeout(STEP * 3, client).await.unwrap().unwrap();
+            assert_eq!(
+                ack,
+                Ack {
+                    status: AckStatus::Ok,
+                    seq: 0
+                }
+            );
+            open.push(stream);
+        }
+        let peak = service.budget.peak();
+        assert!(
+            peak <= budget,
+            "{peak} bytes buffered, over the budget of {budget}"
+        );
+        let frame_room = HEADER_LEN + (1 << 20) - BASE_LEN;
+        assert!(
+            peak >= frame_room,
+            "the frames did grow their buffers ({peak})"
+        );
+        // Every connection is still open, and none keeps its large buffer.
+        assert_eq!(service.budget.allocated(), 0);
+        for stream in &mut open {
+            stream.write_all(&large_frame(10, 0)).await.unwrap();
+            assert_eq!(
+                read_ack(stream).await,
+                Ack {
+                    status: AckStatus::Ok,
+                    seq: 1
+                }
+            );
+        }
+        stop.cancel();
+    }
 
     #[test]
     fn preview_escapes_and_cuts() {

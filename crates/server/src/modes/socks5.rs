@@ -68,6 +68,9 @@ pub struct Socks5Config {
     /// Sessions at once (default: what the open-file limit allows).
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Sessions at once from one client IP address (default: no limit).
+    #[serde(default)]
+    pub max_connections_per_ip: Option<usize>,
     /// Set `SO_REUSEPORT`.
     #[serde(default)]
     pub reuse_port: bool,
@@ -381,6 +384,7 @@ impl Socks5Config {
             name,
             bind: self.bind,
             max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             reuse_port: self.reuse_port,
         })
     }

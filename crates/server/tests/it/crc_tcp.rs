@@ -394,3 +394,132 @@ async fn listens_on_ipv6_loopback() {
     assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 0)]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn frame_timeout_times_one_frame_not_a_continuous_stream() {
+    // Issue 7 item 4: every write ends in the middle of a frame, so the
+    // server's buffer is never empty; each frame still completes in
+    // milliseconds, and the stream runs for about 3 × frame_timeout.
+    let frame_timeout = Duration::from_millis(500);
+    let server = Running::start(&listener(
+        "frame_timeout = \"500ms\"\nhandler = { type = \"discard\" }",
+    ))
+    .await;
+    let mut stream = within(STEP, TcpStream::connect(server.addr("frames")))
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let frames: Vec<Vec<u8>> = (0..2u32)
+        .map(|i| frame(Version::V2, CrcSize::Crc32, &[i as u8; 100]))
+        .collect();
+    let half = frames[0].len() / 2;
+    within(STEP, stream.write_all(&frames[0][..half]))
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(10));
+    let mut seq = 0u64;
+    // Bounded in count and in time; the pace only spreads the frames out.
+    while started.elapsed() < frame_timeout * 3 && seq < 1_000 {
+        pace.tick().await;
+        let this = &frames[(seq % 2) as usize];
+        let next = &frames[((seq + 1) % 2) as usize];
+        // The rest of this frame and the first half of the next one.
+        let mut bytes = this[half..].to_vec();
+        bytes.extend_from_slice(&next[..half]);
+        within(STEP, stream.write_all(&bytes)).await.unwrap();
+        assert_eq!(
+            read_acks(&mut stream, 1).await,
+            [ack(AckStatus::Ok, seq)],
+            "frame {seq}, {:?} into the stream",
+            started.elapsed()
+        );
+        seq += 1;
+    }
+    assert!(started.elapsed() >= frame_timeout * 3, "only {seq} frames");
+    // The connection is still served: finish the pending frame.
+    let last = &frames[(seq % 2) as usize];
+    within(STEP, stream.write_all(&last[half..])).await.unwrap();
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, seq)]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_frame_trickling_in_slower_than_frame_timeout_is_closed() {
+    // The slow-loris guard: each byte comes well within the timeout, but
+    // the frame as a whole does not.
+    let server = Running::start(&listener("frame_timeout = \"300ms\"")).await;
+    let mut stream = within(STEP, TcpStream::connect(server.addr("frames")))
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let bytes = frame(Version::V2, CrcSize::Crc32, &[7u8; 100]);
+    let started = std::time::Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = 0;
+    // 104 bytes at 20 ms each would take about 2 s: the server must close first.
+    for byte in &bytes {
+        pace.tick().await;
+        if within(STEP, stream.write_all(std::slice::from_ref(byte)))
+            .await
+            .is_err()
+        {
+            break;
+        }
+        sent += 1;
+    }
+    assert!(
+        sent < bytes.len(),
+        "the server took all {sent} bytes instead of closing"
+    );
+    // Closed (a FIN or a reset, depending on what was still unread), no ack.
+    let mut answer = Vec::new();
+    let _ = within(STEP, stream.read_to_end(&mut answer)).await;
+    assert!(answer.is_empty(), "no ack for a frame that came too slowly");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn closes_a_silent_connection_after_first_byte_timeout() {
+    // Issue 7 item 7: a connection that never sends a byte holds a slot
+    // for first_byte_timeout, not for idle_timeout.
+    let server = Running::start(&listener(
+        "first_byte_timeout = \"200ms\"\nidle_timeout = \"1h\"",
+    ))
+    .await;
+    let mut silent = within(STEP, TcpStream::connect(server.addr("frames")))
+        .await
+        .unwrap();
+    assert!(read_to_close(&mut silent).await.is_empty());
+    // A connection that spoke is then held to idle_timeout only: it is
+    // still served well after first_byte_timeout.
+    let mut talker = send(server.addr("frames"), &REFERENCE_FRAME).await;
+    assert_eq!(read_acks(&mut talker, 1).await, [ack(AckStatus::Ok, 0)]);
+    let mut later = within(STEP, TcpStream::connect(server.addr("frames")))
+        .await
+        .unwrap();
+    assert!(read_to_close(&mut later).await.is_empty());
+    within(STEP, talker.write_all(&REFERENCE_FRAME))
+        .await
+        .unwrap();
+    assert_eq!(read_acks(&mut talker, 1).await, [ack(AckStatus::Ok, 1)]);
+    server.stop().await;
+}
+
+#[test]
+fn max_buffered_bytes_must_hold_the_largest_frame() {
+    let parse = |extra: &str| server::Config::parse(&listener(extra), "test config");
+    // 1 MiB frames need 1 MiB + 12 - 64 KiB = 983052 bytes beyond the base buffer.
+    let error = parse("max_frame_size = 1048576\nmax_buffered_bytes = 983051")
+        .expect_err("a budget below one frame is refused");
+    let message = format!("{error:#}");
+    assert!(message.contains("max_buffered_bytes"), "{message}");
+    assert!(
+        parse("max_frame_size = 1048576\nmax_buffered_bytes = 983052").is_ok(),
+        "exactly one largest frame is enough"
+    );
+    // The default follows a large max_frame_size, so such configs still start.
+    assert!(parse("max_frame_size = 1073741824").is_ok());
+    assert!(parse("max_buffered_bytes = 2000000000000").is_err());
+}

@@ -8,5 +8,6 @@
 mod common;
 mod config;
 mod crc_tcp;
+mod per_ip;
 mod process;
 mod socks5;
