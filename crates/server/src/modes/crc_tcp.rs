@@ -33,7 +33,7 @@ use tracing::{Level, debug, event, warn};
 
 use self::buffer::{BASE_LEN, Budget, MAX_BUDGET, OverBudget, ReadBuffer};
 use crate::{
-    config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
+    config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration},
     registry::Common,
     sinks::file::{FileSink, SyncPolicy},
     stats::ListenerStats,
@@ -204,24 +204,14 @@ impl CrcTcpConfig {
             MAX_CONNECTIONS as u64,
             "",
         )?;
-        let budget = self.max_buffered_bytes();
-        let largest = largest_frame_room(self.max_frame_size);
-        if budget < largest {
-            return Err(invalid(
-                "max_buffered_bytes",
-                format!(
-                    "{budget} cannot hold one largest frame: a frame of max_frame_size ({}) \
-                     needs {largest} bytes beyond the 64 KiB base buffer",
-                    self.max_frame_size
-                ),
-            ));
-        }
-        if budget > MAX_BUDGET {
-            return Err(invalid(
-                "max_buffered_bytes",
-                format!("{budget} is more than the most accepted, {MAX_BUDGET} (1 TiB)"),
-            ));
-        }
+        // The budget must hold one largest frame, or such a frame could never be read.
+        check_count(
+            "max_buffered_bytes",
+            self.max_buffered_bytes() as u64,
+            largest_frame_room(self.max_frame_size) as u64,
+            MAX_BUDGET as u64,
+            " bytes (one largest frame beyond the 64 KiB base buffer: max_frame_size + 12 - 65536)",
+        )?;
         for (key, value) in [
             ("idle_timeout", self.idle_timeout),
             ("first_byte_timeout", self.first_byte_timeout),
