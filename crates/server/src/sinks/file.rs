@@ -21,7 +21,7 @@
 
 use std::{
     fs::{File, OpenOptions, TryLockError},
-    io::{BufReader, Read, Seek, SeekFrom, Write},
+    io::{BufReader, IoSlice, Read, Seek, SeekFrom, Write},
     ops::Range,
     path::{Path, PathBuf},
     sync::{
@@ -380,15 +380,15 @@ fn repair(file: &mut File, path: &Path) -> anyhow::Result<Repaired> {
 /// What the owner thread needs of its file (a trait so that tests can make
 /// a write and its rollback fail).
 trait Storage: Send + 'static {
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()>;
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize>;
     fn sync_data(&mut self) -> std::io::Result<()>;
     fn sync_all(&mut self) -> std::io::Result<()>;
     fn set_len(&mut self, len: u64) -> std::io::Result<()>;
 }
 
 impl Storage for File {
-    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        Write::write_all(self, buf)
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        Write::write_vectored(self, bufs)
     }
 
     fn sync_data(&mut self) -> std::io::Result<()> {
@@ -479,20 +479,18 @@ impl<S: Storage> Owner<S> {
 
     fn write_batch(&mut self, batch: &[Request]) -> Result<(), String> {
         let start = self.len;
-        let mut written = 0u64;
-        let mut outcome = Ok(());
-        'write: for request in batch {
-            for range in &request.ranges {
-                let Some(chunk) = request.data.get(range.clone()) else {
-                    continue;
-                };
-                outcome = self.file.write_all(chunk);
-                if outcome.is_err() {
-                    break 'write;
-                }
-                written += chunk.len() as u64;
-            }
-        }
+        let mut slices: Vec<IoSlice<'_>> = batch
+            .iter()
+            .flat_map(|request| {
+                request
+                    .ranges
+                    .iter()
+                    .filter_map(|range| request.data.get(range.clone()))
+            })
+            .map(IoSlice::new)
+            .collect();
+        let written: u64 = slices.iter().map(|slice| slice.len() as u64).sum();
+        let mut outcome = write_all_vectored(&mut self.file, &mut slices);
         if outcome.is_ok() && self.policy == SyncPolicy::Always {
             outcome = self.file.sync_data();
             self.counters.syncs.fetch_add(1, Ordering::Relaxed);
@@ -524,6 +522,26 @@ impl<S: Storage> Owner<S> {
     }
 }
 
+/// The most slices given to one writev(2) (Linux's `IOV_MAX`).
+const MAX_SLICES: usize = 1024;
+
+/// Writes every byte of `slices`, at most [`MAX_SLICES`] per call.
+fn write_all_vectored(
+    file: &mut impl Storage,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        let part = slices.get(..MAX_SLICES).unwrap_or(slices);
+        match file.write_vectored(part) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
+}
+
 /// Sleeps until `due`, or forever without one (the select arm is disabled then).
 async fn sleep_until(due: Option<Instant>) {
     match due {
@@ -544,15 +562,20 @@ mod tests {
     }
 
     impl Storage for Faulty {
-        fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
             self.writes += 1;
-            if self.writes == 1 {
-                // Half of it reached the file before the error.
-                self.data.extend_from_slice(&buf[..buf.len() / 2]);
+            if self.writes == 2 {
                 return Err(std::io::Error::other("disk full"));
             }
-            self.data.extend_from_slice(buf);
-            Ok(())
+            // The first call writes half of the first slice only.
+            let buf = &bufs[0];
+            let len = if self.writes == 1 {
+                buf.len() / 2
+            } else {
+                buf.len()
+            };
+            self.data.extend_from_slice(&buf[..len]);
+            Ok(len)
         }
 
         fn sync_data(&mut self) -> std::io::Result<()> {

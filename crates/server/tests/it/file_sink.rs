@@ -203,9 +203,10 @@ async fn a_new_file_has_its_directory_synced_before_any_ack() {
 async fn interval_syncs_happen_under_continuous_load() {
     const INTERVAL: Duration = Duration::from_millis(20);
     const WANTED: u64 = 5;
-    // More writers than one write takes (1024 batches), so the sink's queue
-    // is never empty while they run.
-    const WRITERS: usize = 1500;
+    // More writers than one write takes (1024 batches), each batch with many
+    // frames, so the sink's queue is never empty while they run: the code
+    // before the fix made no sync at all in 3 s of this.
+    const WRITERS: usize = 1100;
     const PER_WRITER: usize = 2000;
     let dir = tempfile::tempdir().unwrap();
     let path = sink_path(&dir);
@@ -216,7 +217,7 @@ async fn interval_syncs_happen_under_continuous_load() {
     for _ in 0..WRITERS {
         let (sink, stop, frame) = (Arc::clone(&sink), Arc::clone(&stop), frame.clone());
         writers.push(tokio::spawn(async move {
-            let (data, ranges) = batch(&[frame]);
+            let (data, ranges) = batch(&vec![frame; 64]);
             for _ in 0..PER_WRITER {
                 if stop.load(Ordering::Relaxed) {
                     break;
