@@ -10,8 +10,11 @@
 //!
 //! Scenario groups: [`frames`] (the Python reference client, our client
 //! through the proxy), [`proxy`] (curl, Chromium, ncat, PySocks UDP),
-//! [`hostile`] (bad peers while good ones are served) and [`shutdown`].
+//! [`hostile`] (bad peers while good ones are served), [`crash`] (a file
+//! sink of its own, killed with SIGKILL and restarted twenty times) and
+//! [`shutdown`].
 
+mod crash;
 mod frames;
 mod hostile;
 mod proxy;
@@ -164,6 +167,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("ncat", proxy::ncat),
     ("udp-associate", proxy::udp_associate),
     ("hostile-peers", hostile::hostile_peers),
+    ("crash-durability", crash::crash_durability),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 
