@@ -15,8 +15,9 @@
 //! answers every later batch with an error.
 //!
 //! On open the sink takes an exclusive lock on the file (a second sink on
-//! the same file, in this process or another, refuses to start), repairs a
-//! torn tail left by a crash (see [`repair`]) and, when it created the file,
+//! the same file, in this process or another, refuses to start), cuts a
+//! torn tail left by a crash after the last good frame, keeping the bytes
+//! cut in a file beside it (see `repair`), and, when it created the file,
 //! syncs the parent directory so the file's name survives a power loss.
 
 use std::{
@@ -33,7 +34,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
-use proto::{Decoded, HEADER_LEN, Limits, decode_header};
+use proto::{DEFAULT_MAX_BODY_SIZE, Decoded, HEADER_LEN, Limits, decode_frame, decode_header};
 use serde::Deserialize;
 use tokio::{
     sync::{mpsc, oneshot},
@@ -56,7 +57,7 @@ pub enum SyncPolicy {
     Never,
 }
 
-/// The most batches written by one blocking call.
+/// The most batches written (and synced) at once.
 const MAX_BATCHES_PER_WRITE: usize = 1024;
 
 /// Queue length between connections and the sink thread.
@@ -64,6 +65,10 @@ const QUEUE_LEN: usize = 1024;
 
 /// The read buffer of the scan on open.
 const SCAN_BUFFER_LEN: usize = 64 * 1024;
+
+/// The largest frame whose CRC the scan on open checks (PROTOCOL.md's
+/// default limit); larger ones are checked by their length only.
+const MAX_CHECKED_FRAME: u64 = DEFAULT_MAX_BODY_SIZE as u64 + HEADER_LEN as u64;
 
 /// Why a batch was not stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,8 +115,8 @@ impl std::fmt::Debug for FileSink {
 
 impl FileSink {
     /// Opens (creating if needed) `path` for appending, locks it, cuts a
-    /// torn tail, and starts the thread that owns it. Must be called inside
-    /// a tokio runtime. It blocks while it scans the file.
+    /// torn tail, and starts the thread that owns it. It blocks while it
+    /// scans the file (headers only), so call it at start, before serving.
     ///
     /// # Errors
     ///
@@ -308,13 +313,15 @@ struct Scan {
     reason: Option<String>,
 }
 
-/// Walks the frames of a sink file from the start, by their headers: each
-/// header is checked with [`decode_header`] (with no size limit, so frames
-/// stored under a larger `max_frame_size` still count) and its body skipped.
-/// The walk stops at a header that cannot start a frame or at a frame that
-/// the file's end cuts short. CRCs are not checked: the sink stores only
-/// frames whose CRC matched, and a crash cuts a frame short, it does not
-/// change its bytes.
+/// Walks the frames of a sink file from the start: each header is checked
+/// with [`decode_header`] (with no size limit, so frames stored under a
+/// larger `max_frame_size` still count), and each frame of up to
+/// [`MAX_CHECKED_FRAME`] bytes is read and its CRC checked with
+/// [`decode_frame`] (larger ones are checked by length only). The walk stops
+/// at a header that cannot start a frame, at a frame that the file's end
+/// cuts short, and at a CRC that does not match: the sink stores only frames
+/// whose CRC matched, so such a frame is a torn write (followed, in a file
+/// that an older version appended to after a crash, by later frames).
 fn scan(file: &mut File) -> std::io::Result<Scan> {
     let len = file.metadata()?.len();
     file.seek(SeekFrom::Start(0))?;
@@ -325,6 +332,7 @@ fn scan(file: &mut File) -> std::io::Result<Scan> {
     };
     let mut end = 0u64;
     let mut head = [0u8; HEADER_LEN];
+    let mut frame = Vec::new();
     let reason = loop {
         let left = len - end;
         if left == 0 {
@@ -334,37 +342,50 @@ fn scan(file: &mut File) -> std::io::Result<Scan> {
             break Some(format!("a header cut short ({left} of {HEADER_LEN} bytes)"));
         }
         reader.read_exact(&mut head)?;
-        match decode_header(&head, &limits) {
-            Ok(Decoded::Done(header, _)) => {
-                let frame_len = header.frame_len() as u64;
-                if left < frame_len {
-                    break Some(format!("a frame cut short ({left} of {frame_len} bytes)"));
-                }
-                reader.seek_relative(i64::from(header.body_size))?;
-                end += frame_len;
-            }
-            Ok(Decoded::NeedMore(_)) => {
-                break Some("a header cut short".to_owned());
-            }
+        let header = match decode_header(&head, &limits) {
+            Ok(Decoded::Done(header, _)) => header,
+            Ok(Decoded::NeedMore(_)) => break Some("a header cut short".to_owned()),
             Err(error) => break Some(format!("a header that cannot start a frame: {error}")),
+        };
+        let frame_len = header.frame_len() as u64;
+        if left < frame_len {
+            break Some(format!("a frame cut short ({left} of {frame_len} bytes)"));
         }
+        if frame_len <= MAX_CHECKED_FRAME {
+            frame.clear();
+            frame.extend_from_slice(&head);
+            frame.resize(header.frame_len(), 0);
+            reader.read_exact(frame.get_mut(HEADER_LEN..).unwrap_or_default())?;
+            if !matches!(decode_frame(&frame, &limits), Ok(Decoded::Done(f, _)) if f.crc_ok()) {
+                break Some(format!(
+                    "a frame whose CRC does not match ({frame_len} bytes)"
+                ));
+            }
+        } else {
+            reader.seek_relative(i64::from(header.body_size))?;
+        }
+        end += frame_len;
     };
     Ok(Scan { end, len, reason })
 }
 
 /// Cuts the file after its last complete frame (see [`scan`]), so that frames
-/// appended from now on follow a readable file, and syncs the cut. Logs at
-/// warn what was cut.
+/// appended from now on follow a readable file, and syncs the cut. The bytes
+/// cut are first copied to a file beside it ([`keep_tail`]): a tear in the
+/// middle of a file written by an older version, with frames after it,
+/// loses nothing for good. Logs at warn what was cut and where it went.
 fn repair(file: &mut File, path: &Path) -> anyhow::Result<Repaired> {
     let shown = path.display();
     let found = scan(file).with_context(|| format!("cannot read file sink {shown}"))?;
     let cut = found.len - found.end;
     if let Some(reason) = &found.reason {
+        let kept = keep_tail(file, path, found.end)?;
         warn!(
             path = %shown,
             offset = found.end,
             bytes = cut,
             reason = %reason,
+            kept_in = %kept.display(),
             "file sink: cutting a torn tail after the last complete frame"
         );
         file.set_len(found.end)
@@ -375,6 +396,56 @@ fn repair(file: &mut File, path: &Path) -> anyhow::Result<Repaired> {
         len: found.end,
         cut,
     })
+}
+
+/// The most `PATH.torn-OFFSET.N` names tried for one tail.
+const MAX_TAIL_FILES: u32 = 1000;
+
+/// Copies the file from `offset` to its end into a new file
+/// `PATH.torn-OFFSET` (or `PATH.torn-OFFSET.N` if that exists), synced with
+/// its directory before the caller cuts; returns its path.
+fn keep_tail(file: &mut File, path: &Path, offset: u64) -> anyhow::Result<PathBuf> {
+    let shown = path.display();
+    let base = format!("{}.torn-{offset}", path.display());
+    let mut created = None;
+    for n in 0..MAX_TAIL_FILES {
+        let name = if n == 0 {
+            PathBuf::from(&base)
+        } else {
+            PathBuf::from(format!("{base}.{n}"))
+        };
+        match OpenOptions::new().write(true).create_new(true).open(&name) {
+            Ok(out) => {
+                created = Some((name, out));
+                break;
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(error) => {
+                return Err(error).with_context(|| {
+                    format!(
+                        "cannot keep the torn tail of file sink {shown} in {}",
+                        name.display()
+                    )
+                });
+            }
+        }
+    }
+    let Some((name, mut out)) = created else {
+        bail!(
+            "cannot keep the torn tail of file sink {shown}: {base} and {MAX_TAIL_FILES} more names exist"
+        );
+    };
+    file.seek(SeekFrom::Start(offset))
+        .and_then(|_| std::io::copy(file, &mut out))
+        .and_then(|_| out.sync_all())
+        .with_context(|| {
+            format!(
+                "cannot keep the torn tail of file sink {shown} in {}",
+                name.display()
+            )
+        })?;
+    sync_parent(&name)?;
+    Ok(name)
 }
 
 /// What the owner thread needs of its file (a trait so that tests can make

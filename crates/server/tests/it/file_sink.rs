@@ -79,7 +79,12 @@ async fn a_torn_tail_is_cut_on_open_so_new_frames_stay_readable() {
     let old = frames("old", 5);
     let next = frames("new", 3);
     let partial_frame = frames("torn", 4).pop().unwrap()[..40].to_vec();
-    let tails: [(&str, Vec<u8>); 4] = [
+    // Whole by its length, but its last bytes never reached the disk.
+    let mut zeroed = frames("zeroed", 4).pop().unwrap();
+    let len = zeroed.len();
+    zeroed[len - 8..].fill(0);
+    let tails: [(&str, Vec<u8>); 5] = [
+        ("a frame whose CRC does not match", zeroed),
         ("a frame cut in its body", partial_frame),
         ("a header cut short", vec![0, 0, 0, 2, 0]),
         // Version 0x7f: no frame starts like this.
@@ -104,6 +109,11 @@ async fn a_torn_tail_is_cut_on_open_so_new_frames_stay_readable() {
         let found = read_frames(&path);
         assert_eq!(found, [old.clone(), next.clone()].concat(), "{what}");
         assert_eq!(repaired, tail.len() as u64, "{what}");
+        // What was cut is kept beside the file, named by its offset.
+        let kept = dir
+            .path()
+            .join(format!("frames.bin.torn-{}", old.concat().len()));
+        assert_eq!(std::fs::read(&kept).unwrap(), tail, "{what}");
     }
 }
 
@@ -117,6 +127,34 @@ async fn a_whole_file_is_left_as_it_is() {
     assert_eq!(sink.repaired_bytes(), 0);
     within(STEP, sink.close()).await;
     assert_eq!(std::fs::read(&path).unwrap(), old.concat());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "no tail file"
+    );
+}
+
+#[tokio::test]
+async fn a_tear_in_the_middle_keeps_everything_after_it_beside_the_file() {
+    // An older version appended acked frames after a torn record: the cut
+    // must not lose them for good.
+    let dir = tempfile::tempdir().unwrap();
+    let path = sink_path(&dir);
+    let before = frames("before", 3);
+    let after = frames("after", 3);
+    let torn = &frames("torn", 5)[4][..30];
+    let tail = [torn.to_vec(), after.concat()].concat();
+    std::fs::write(&path, [before.concat(), tail.clone()].concat()).unwrap();
+    let existing = dir
+        .path()
+        .join(format!("frames.bin.torn-{}", before.concat().len()));
+    std::fs::write(&existing, b"an earlier tail").unwrap();
+    let sink = FileSink::open(&path, SyncPolicy::Always, Duration::from_secs(1)).unwrap();
+    within(STEP, sink.close()).await;
+    assert_eq!(read_frames(&path), before);
+    let mut kept = existing.into_os_string();
+    kept.push(".1");
+    assert_eq!(std::fs::read(&kept).unwrap(), tail);
 }
 
 #[tokio::test]
