@@ -116,7 +116,8 @@ impl std::fmt::Debug for FileSink {
 impl FileSink {
     /// Opens (creating if needed) `path` for appending, locks it, cuts a
     /// torn tail, and starts the thread that owns it. It blocks while it
-    /// scans the file (headers only), so call it at start, before serving.
+    /// reads the file through (to check its frames), so call it at start,
+    /// before serving.
     ///
     /// # Errors
     ///
@@ -520,9 +521,11 @@ impl<S: Storage> Owner<S> {
         }
     }
 
-    /// When the next interval sync is due, if one is.
+    /// When the next interval sync is due, if one is (none for an interval
+    /// too long to add to a clock reading).
     fn sync_due(&self) -> Option<Instant> {
-        self.dirty_since.map(|since| since + self.sync_interval)
+        self.dirty_since
+            .and_then(|since| since.checked_add(self.sync_interval))
     }
 
     fn interval_sync(&mut self) {
