@@ -698,6 +698,14 @@ mod tests {
     }
 
     #[test]
+    fn an_interval_too_long_for_the_clock_never_falls_due() {
+        let mut owner = owner(false);
+        owner.sync_interval = Duration::MAX;
+        owner.dirty_since = Some(Instant::now());
+        assert_eq!(owner.sync_due(), None);
+    }
+
+    #[test]
     fn a_rolled_back_write_lets_the_next_batch_through() {
         let mut owner = owner(false);
         assert!(write(&mut owner, b"first").is_err());
