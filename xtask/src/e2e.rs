@@ -10,8 +10,11 @@
 //!
 //! Scenario groups: [`frames`] (the Python reference client, our client
 //! through the proxy), [`proxy`] (curl, Chromium, ncat, PySocks UDP),
-//! [`hostile`] (bad peers while good ones are served) and [`shutdown`].
+//! [`hostile`] (bad peers while good ones are served), [`crash`] (a file
+//! sink of its own, killed with SIGKILL and restarted twenty times) and
+//! [`shutdown`].
 
+mod crash;
 mod frames;
 mod hostile;
 mod interop;
@@ -167,6 +170,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("curl-proxy-user", interop::curl_proxy_user),
     ("pysocks-connect", interop::pysocks_connect),
     ("hostile-peers", hostile::hostile_peers),
+    ("crash-durability", crash::crash_durability),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 

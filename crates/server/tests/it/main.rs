@@ -7,7 +7,9 @@
 
 mod common;
 mod config;
+mod crash;
 mod crc_tcp;
+mod file_sink;
 mod per_ip;
 mod process;
 mod socks5;
