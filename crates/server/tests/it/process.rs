@@ -151,7 +151,10 @@ fn sigterm_drains_exits_zero_and_keeps_every_acked_frame() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(exit.success(), "server exited with {exit}");
-    let log: Vec<String> = logs.try_iter().collect();
+    // Every line up to the end of stderr: the reader thread may still be forwarding the last
+    // ones, and the channel closes when it reaches the end.
+    let log: Vec<String> =
+        std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(10)).ok()).collect();
     assert!(
         log.iter().any(|l| l.contains("\"signal\":\"SIGTERM\"")),
         "{log:?}"
