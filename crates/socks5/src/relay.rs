@@ -103,11 +103,12 @@ fn ended(error: io::Error) -> Result<(), Error> {
 
 /// One direction: readable → take a buffer → drain `from` into `to` → give the buffer back.
 ///
-/// Readiness is cleared only with the readiness event taken *before* a read, as tokio's own
-/// `poll_read` does: an edge that arrives while a short read is being written on (or at any
-/// other moment after the read) bumps the event's tick, so the clear is skipped and the next
-/// `readable()` returns at once. Clearing an event observed after the write (the old code)
-/// threw such an edge away, and the piece it announced sat unread until the idle timeout.
+/// Only a read that says `WouldBlock` ends a burst, and it clears the read readiness with the
+/// event taken *before* that read (tokio's `try_read`), so an edge that arrives while a piece
+/// is being written is never thrown away. A short read proves nothing: Linux's `recv` stops at
+/// a TCP urgent mark with more bytes queued behind it, and so the one extra read per burst is
+/// the price of never stalling. (An earlier version cleared the readiness observed *after* the
+/// write and lost such edges; uploads hung until the idle timeout.)
 async fn pump(
     from: &ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
@@ -120,32 +121,33 @@ async fn pump(
         let mut buf = Vec::with_capacity(buffer_len);
         loop {
             buf.clear();
-            let read = read_clearing_when_short(from, &mut buf)?;
-            let n = match read {
-                Read::Eof => {
+            let n = match from.try_read_buf(&mut buf) {
+                Ok(0) => {
                     to.shutdown().await?;
                     return Ok(());
                 }
-                Read::Full(n) | Read::Short(n) => n,
-                Read::Empty => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
             };
-            let data = buf.get(..n).unwrap_or_default();
-            write_all(to, data).await?;
+            write_all(to, buf.get(..n).unwrap_or_default()).await?;
             *count += n as u64;
             clock.touch();
             // try_read, try_write and splice spend none of tokio's cooperative budget, so a
             // tunnel that always has data would never give its worker back to handshakes, acks
             // and timers. Spend one unit per chunk; when the budget is gone, this yields.
             tokio::task::consume_budget().await;
-            if matches!(read, Read::Short(_)) {
-                break;
+            if n < buf.capacity() {
+                continue;
             }
             #[cfg(target_os = "linux")]
             {
                 // A full buffer means bulk data: move the rest of the burst through a
                 // pipe with splice(2), without copying it through this process.
                 match splice::burst(from, to, count, clock).await? {
-                    splice::Ended::Drained => break,
+                    // An ordinary read follows: it finds the socket empty (and clears its
+                    // readiness), or reads past an urgent mark that stopped splice.
+                    splice::Ended::Drained => {}
                     splice::Ended::Eof => {
                         to.shutdown().await?;
                         return Ok(());
@@ -156,44 +158,6 @@ async fn pump(
             }
         }
     }
-}
-
-/// What one read found.
-#[derive(Clone, Copy)]
-enum Read {
-    /// End of stream.
-    Eof,
-    /// `n` bytes that filled the buffer: more may be waiting.
-    Full(usize),
-    /// `n` bytes, fewer than the buffer holds: the socket was drained, and its readiness has
-    /// been cleared (unless a new edge came in since the read began).
-    Short(usize),
-    /// Nothing to read (the readiness was spurious, and is cleared).
-    Empty,
-}
-
-/// Reads once into `buf`'s spare capacity. A short read clears the read readiness with the
-/// event taken before the read (through `try_io`, which clears exactly that event when its
-/// closure says `WouldBlock`), which spares the read that would only say `WouldBlock` without
-/// ever forgetting an edge that came later. A FIN that came with the data stays visible.
-fn read_clearing_when_short(from: &ReadHalf<'_>, buf: &mut Vec<u8>) -> io::Result<Read> {
-    let stream: &TcpStream = from.as_ref();
-    let capacity = buf.capacity();
-    let mut short = 0;
-    let result = stream.try_io(Interest::READABLE, || match from.try_read_buf(buf)? {
-        n if n > 0 && n < capacity => {
-            short = n;
-            Err(io::ErrorKind::WouldBlock.into())
-        }
-        n => Ok(n),
-    });
-    Ok(match result {
-        Ok(0) => Read::Eof,
-        Ok(n) => Read::Full(n),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && short > 0 => Read::Short(short),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Read::Empty,
-        Err(e) => return Err(e),
-    })
 }
 
 #[cfg(target_os = "linux")]
@@ -216,7 +180,8 @@ mod splice {
     const DEFAULT_PIPE_LEN: usize = 64 * 1024;
 
     pub(super) enum Ended {
-        /// `from` has nothing more for now (its readiness is cleared).
+        /// splice can take nothing more from `from` for now (an ordinary read decides whether
+        /// it is empty).
         Drained,
         /// `from` reached end of stream (everything before it was written).
         Eof,
@@ -240,15 +205,23 @@ mod splice {
         let sink: &TcpStream = to.as_ref();
         let flags = SpliceFlags::NONBLOCK | SpliceFlags::MOVE;
         loop {
-            // The pipe is empty here, so WouldBlock can only mean the socket is (and try_io
-            // then clears its readiness). A short splice proves nothing: the pipe may have run
-            // out of slots, so only WouldBlock ends the burst.
+            // The pipe is empty here, so EAGAIN means the socket has nothing splice can take:
+            // it is empty, or it sits at a TCP urgent mark with bytes queued behind it. So the
+            // readiness is left as it is (try_io clears only on WouldBlock) and the caller's
+            // ordinary read decides. A short splice proves nothing either: the pipe may have
+            // run out of slots.
             let filled = source.try_io(Interest::READABLE, || {
-                splice(source, None, &pipe_in, None, pipe_len, flags).map_err(io::Error::from)
+                match splice(source, None, &pipe_in, None, pipe_len, flags) {
+                    Ok(n) => Ok(Some(n)),
+                    Err(rustix::io::Errno::AGAIN) => Ok(None),
+                    Err(e) => Err(io::Error::from(e)),
+                }
             });
             let mut in_pipe = match filled {
-                Ok(0) => return Ok(Ended::Eof),
-                Ok(n) => n,
+                Ok(None) => return Ok(Ended::Drained),
+                Ok(Some(0)) => return Ok(Ended::Eof),
+                Ok(Some(n)) => n,
+                // try_io found no readiness at all.
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Ended::Drained),
                 Err(e) => return Err(e),
             };
@@ -481,6 +454,54 @@ mod tests {
         assert_eq!(got.get(FIRST..), Some(&b"last"[..]));
         drop((client, target));
         let _ = timeout(Duration::from_secs(10), relay).await;
+    }
+
+    /// Bytes, an urgent (MSG_OOB) byte and more bytes, all queued at the relay's socket before
+    /// the relay starts: a read stops at the urgent mark (and splice fails there with EAGAIN)
+    /// although the bytes behind it are already queued. They must still reach the target.
+    #[cfg(target_os = "linux")]
+    async fn relays_past_an_urgent_mark(before: usize, buffer_len: usize) {
+        let (client, client_side) = pair().await;
+        let (mut target_side, mut target) = pair().await;
+        let client = socket2::Socket::from(client.into_std().expect("std"));
+        client.set_nonblocking(false).expect("blocking");
+        std::io::Write::write_all(&mut &client, &vec![b'a'; before]).expect("before");
+        client.send_out_of_band(b"!").expect("urgent byte");
+        std::io::Write::write_all(&mut &client, &[b'b'; 100]).expect("after");
+        // FIONREAD counts up to the urgent mark; loopback delivers a blocking write before it
+        // returns, so the bytes behind the mark are queued too.
+        until(|| queued(&client_side) >= before as u64).await;
+        let relay = tokio::spawn(async move {
+            let mut client_side = client_side;
+            relay(
+                &mut client_side,
+                &mut target_side,
+                BytesMut::new(),
+                buffer_len,
+                Duration::from_secs(30),
+            )
+            .await
+        });
+        let mut got = vec![0; before + 100];
+        timeout(Duration::from_secs(5), target.read_exact(&mut got))
+            .await
+            .expect("the bytes after the urgent byte reach the target")
+            .expect("read");
+        assert_eq!(got.get(before..), Some(&[b'b'; 100][..]));
+        drop((client, target));
+        let _ = timeout(Duration::from_secs(10), relay).await;
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relays_past_an_urgent_mark_on_the_copy_path() {
+        relays_past_an_urgent_mark(100, 64 * 1024).await;
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relays_past_an_urgent_mark_on_the_splice_path() {
+        relays_past_an_urgent_mark(20_000, 4096).await;
     }
 
     #[tokio::test]
