@@ -280,7 +280,9 @@ async fn connect_one(
     bind: Option<IpAddr>,
     own: &OwnListeners,
 ) -> Result<TcpStream, Error> {
-    if own.reached_by(address, None) {
+    if own.reached_by(address, None)
+        || (own.wildcard_on(address.port()) && is_local_address(address.ip()))
+    {
         return Err(Error::OwnAddress { address });
     }
     let attempt = async {
@@ -306,6 +308,24 @@ async fn connect_one(
     Ok(stream)
 }
 
+/// Whether `ip` is an address of this host. The kernel routes a local address through the
+/// local table, whose preferred source is the address itself: an unbound UDP socket connected
+/// to it (which sends nothing) takes `ip` as its own address. This holds whatever
+/// `outbound_bind` says, unlike the source of the TCP connection itself.
+fn is_local_address(ip: IpAddr) -> bool {
+    let any = match ip {
+        IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+    };
+    let Ok(probe) = std::net::UdpSocket::bind(SocketAddr::new(any, 0)) else {
+        return false;
+    };
+    probe.connect(SocketAddr::new(ip, 9)).is_ok()
+        && probe
+            .local_addr()
+            .is_ok_and(|local| local.ip().to_canonical() == ip.to_canonical())
+}
+
 /// The server's own listening addresses, for refusing a CONNECT that loops back into it.
 #[derive(Debug)]
 pub(crate) struct OwnListeners(Vec<SocketAddr>);
@@ -325,6 +345,14 @@ impl OwnListeners {
             own.push(canonical(SocketAddr::new(address.ip(), port)));
         }
         OwnListeners(own)
+    }
+
+    /// Whether a listener on an unspecified address has `port`: then any local address with
+    /// that port reaches it.
+    pub(crate) fn wildcard_on(&self, port: u16) -> bool {
+        self.0
+            .iter()
+            .any(|own| own.port() == port && own.ip().is_unspecified())
     }
 
     /// Whether a connection to `destination` (from `source`, once connected) reaches one of

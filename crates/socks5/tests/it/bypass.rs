@@ -460,3 +460,48 @@ async fn a_client_denied_everything_gets_no_bind_listener_and_no_udp_socket() {
         );
     }
 }
+
+/// This host's address on its default route, if it has one (a UDP connect sends nothing).
+fn primary_address() -> Option<IpAddr> {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    probe.connect("198.51.100.1:9").ok()?;
+    let ip = probe.local_addr().ok()?.ip();
+    (!ip.is_loopback()).then_some(ip)
+}
+
+/// With `outbound_bind` set, the source of a connection to a local address is the bind
+/// address, not the destination: the loop must still be recognised, before connecting.
+#[tokio::test]
+async fn a_connect_to_a_local_address_with_a_wildcard_listeners_port_is_refused_whatever_the_outbound_bind()
+ {
+    let Some(local) = primary_address() else {
+        eprintln!("skipped: this machine has no address besides loopback");
+        return;
+    };
+    let mut proxy = Proxy::start_on(
+        "0.0.0.0:0".parse().expect("valid"),
+        ServerOptions {
+            listen_addresses: vec!["0.0.0.0:0".parse().expect("valid")],
+            outbound_bind: Some("127.0.0.2".parse().expect("valid")),
+            ..options()
+        },
+    )
+    .await;
+    let port = proxy.address.port();
+    let via: SocketAddr = (Ipv4Addr::LOCALHOST, port).into();
+    let (stream, reply, _) = request(
+        via,
+        &[&[5, 1, 0][..], &encode(Dst::Ip(local), port)].concat(),
+    )
+    .await;
+    drop(stream);
+    let report = proxy.report().await;
+    assert_eq!(
+        reply, 2,
+        "CONNECT {local}:{port} through its own listener was served: {report:?}"
+    );
+    assert!(
+        matches!(report.error, Some(Error::OwnAddress { .. })),
+        "{report:?}"
+    );
+}
