@@ -327,7 +327,7 @@ impl Rules {
                     }
                     Action::Deny if rule.covers_every_destination() => {
                         undecided = undecided.subtract(&named);
-                        if named != full {
+                        if !named.covers_every_client(v4) {
                             exceptions = exceptions.union(&named);
                         }
                     }
@@ -337,10 +337,10 @@ impl Rules {
             if self.default == Action::Allow {
                 admitted = admitted.union(&undecided);
             }
-            if exceptions == full {
+            if exceptions.covers_every_client(v4) {
                 exceptions = Spans::default();
             }
-            admitted.union(&exceptions) != full
+            !admitted.union(&exceptions).covers_every_client(v4)
         })
     }
 }
@@ -350,7 +350,7 @@ impl Rules {
 /// matched as IPv4.
 #[must_use]
 pub fn networks_cover_family(networks: &[IpNet], v4: bool) -> bool {
-    Spans::of_networks(networks, v4) == Spans::full(v4)
+    Spans::of_networks(networks, v4).covers_every_client(v4)
 }
 
 /// A set of addresses of one family as sorted, disjoint, non-adjacent inclusive ranges (IPv4
@@ -362,6 +362,28 @@ impl Spans {
     fn full(v4: bool) -> Spans {
         let last = if v4 { u128::from(u32::MAX) } else { u128::MAX };
         Spans(vec![(0, last)])
+    }
+
+    /// The addresses a TCP client can have: everything but `0.0.0.0/8`, `224.0.0.0/3`
+    /// (multicast, reserved and broadcast), and for IPv6 `::`, the IPv4-mapped block (such
+    /// clients are judged as IPv4) and `ff00::/8`. Networks that miss only these still name
+    /// everybody.
+    fn possible_clients(v4: bool) -> Spans {
+        let impossible: &[&str] = if v4 {
+            &["0.0.0.0/8", "224.0.0.0/3"]
+        } else {
+            &["::/128", "::ffff:0:0/96", "ff00::/8"]
+        };
+        let impossible: Vec<IpNet> = impossible
+            .iter()
+            .filter_map(|net| net.parse().ok())
+            .collect();
+        Spans::full(v4).subtract(&Spans::of_networks(&impossible, v4))
+    }
+
+    /// Whether these addresses include every possible client of the family.
+    fn covers_every_client(&self, v4: bool) -> bool {
+        Spans::possible_clients(v4).subtract(self).0.is_empty()
     }
 
     fn of_networks(networks: &[IpNet], v4: bool) -> Spans {
@@ -785,7 +807,21 @@ mod tests {
         let v4_quarters = nets(&["0.0.0.0/2", "64.0.0.0/2", "128.0.0.0/2", "192.0.0.0/2"]);
         let v4_overlapping = nets(&["0.0.0.0/1", "64.0.0.0/2", "100.0.0.0/8", "128.0.0.0/1"]);
         let v6_halves = nets(&["::/1", "8000::/1"]);
-        let v4_gap = nets(&["0.0.0.0/1", "128.0.0.0/2", "192.0.0.0/3", "224.0.0.0/4"]);
+        let v4_gap = nets(&["0.0.0.0/1", "128.0.0.0/2", "224.0.0.0/3"]);
+        // Missing only addresses no client can have (240.0.0.0/4, 0.0.0.0/8) is no gap.
+        let v4_no_client_missing = nets(&[
+            "1.0.0.0/8",
+            "2.0.0.0/7",
+            "4.0.0.0/6",
+            "8.0.0.0/5",
+            "16.0.0.0/4",
+            "32.0.0.0/3",
+            "64.0.0.0/2",
+            "128.0.0.0/2",
+            "192.0.0.0/3",
+            "224.0.0.0/4",
+        ]);
+        assert!(networks_cover_family(&v4_no_client_missing, true));
         assert!(networks_cover_family(&v4_halves, true));
         assert!(networks_cover_family(&v4_quarters, true));
         assert!(networks_cover_family(&v4_overlapping, true));

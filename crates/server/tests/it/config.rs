@@ -135,6 +135,25 @@ fn split_networks_that_cover_everybody_are_still_an_open_proxy() {
             "bind = \"0.0.0.0:1080\"\n{PASSWORD}\n\
              no_auth_networks = [\"10.0.0.0/8\", \"0.0.0.0/1\", \"64.0.0.0/3\", \"128.0.0.0/1\"]"
         ),
+        // Networks that miss only addresses no TCP client can have (0/8, multicast,
+        // reserved, ff00::/8) still name everybody.
+        format!(
+            "bind = \"0.0.0.0:1080\"\n{PASSWORD}\n\
+             no_auth_networks = [\"0.0.0.0/1\", \"128.0.0.0/2\", \"192.0.0.0/3\"]"
+        ),
+        format!(
+            "bind = \"0.0.0.0:1080\"\n{PASSWORD}\n\
+             no_auth_networks = [\"1.0.0.0/8\", \"2.0.0.0/7\", \"4.0.0.0/6\", \"8.0.0.0/5\", \
+             \"16.0.0.0/4\", \"32.0.0.0/3\", \"64.0.0.0/2\", \"128.0.0.0/2\", \"192.0.0.0/3\"]"
+        ),
+        format!(
+            "bind = \"[::]:1080\"\n{PASSWORD}\n\
+             no_auth_networks = [\"::/1\", \"8000::/2\", \"c000::/3\", \"e000::/4\", \"f000::/5\", \
+             \"f800::/6\", \"fc00::/7\", \"fe00::/8\"]"
+        ),
+        "bind = \"0.0.0.0:1080\"\n[[listener.rules]]\naction = \"allow\"\n\
+         clients = [\"0.0.0.0/1\", \"128.0.0.0/2\", \"192.0.0.0/3\"]\n[[listener.rules]]\naction = \"deny\""
+            .to_owned(),
         // Allow rules whose clients together name everybody, in one rule or in several.
         "bind = \"0.0.0.0:1080\"\n[[listener.rules]]\naction = \"allow\"\n\
          clients = [\"0.0.0.0/1\", \"128.0.0.0/1\"]\n[[listener.rules]]\naction = \"deny\""
