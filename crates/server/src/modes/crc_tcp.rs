@@ -402,10 +402,7 @@ impl CrcTcp {
         loop {
             let seq_before = conn.seq;
             let fatal = self.process(conn).await;
-            if conn.seq != seq_before {
-                frame_started = Some(last_read);
-                conn.buf.shrink();
-            }
+            let completed = conn.seq != seq_before;
             if !conn.out.is_empty() {
                 ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
                 timeout(self.write_timeout, stream.write_all(&conn.out))
@@ -416,6 +413,14 @@ impl CrcTcp {
                     // Echoes of a large frame: do not keep their room.
                     conn.out = BytesMut::new();
                 }
+            }
+            if completed {
+                // The next frame's time starts once this one is handled (the sink's sync and
+                // the acks and echoes written are the server's time, not the client's), and
+                // only now does the large buffer give its room back: an echo is a second copy
+                // of the frame, held by the room of the first.
+                frame_started = Some(Instant::now());
+                conn.buf.shrink();
             }
             if let Some(error) = fatal {
                 warn!(seq = conn.seq, %error, status = %error.ack_status(), "bad header; closing the connection");
@@ -616,8 +621,9 @@ impl std::fmt::Display for Preview<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use proto::{ACK_FRAME_LEN, CrcSize, Version, decode_ack, encode_frame};
-    use tokio::net::TcpListener;
 
     use super::*;
 
@@ -626,13 +632,27 @@ mod tests {
     /// A `crc-tcp` service on 127.0.0.1 with the given extra keys; its
     /// address and the token that stops it.
     async fn serve(extra: &str) -> (Arc<CrcTcp>, SocketAddr, CancellationToken) {
+        serve_with("{ type = \"discard\" }", extra, None).await
+    }
+
+    /// [`serve`] with a handler, and the send buffer of accepted sockets if given.
+    async fn serve_with(
+        handler: &str,
+        extra: &str,
+        send_buffer: Option<u32>,
+    ) -> (Arc<CrcTcp>, SocketAddr, CancellationToken) {
         let config: CrcTcpConfig = toml::from_str(&format!(
-            "bind = \"127.0.0.1:0\"\nhandler = {{ type = \"discard\" }}\n{extra}"
+            "bind = \"127.0.0.1:0\"\nhandler = {handler}\n{extra}"
         ))
         .unwrap();
         config.validate().unwrap();
         let service = Arc::new(CrcTcp::new(&config, Arc::default()).unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(len) = send_buffer {
+            socket.set_send_buffer_size(len).unwrap();
+        }
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(16).unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let (accepting, stopped) = (Arc::clone(&service), stop.clone());
@@ -665,6 +685,57 @@ mod tests {
         let mut out = Vec::new();
         encode_frame(Version::V2, CrcSize::Crc32, &vec![fill; len], &mut out).unwrap();
         out
+    }
+
+    /// Waits, yielding, until `condition` holds.
+    async fn until(mut condition: impl FnMut() -> bool) {
+        let wait = async {
+            while !condition() {
+                tokio::task::yield_now().await;
+            }
+        };
+        timeout(STEP, wait).await.unwrap();
+    }
+
+    /// The echo of a large frame is a second copy of it: the frame keeps its room in the
+    /// budget until the echo is written, or every connection could hold an echo of a largest
+    /// frame whatever `max_buffered_bytes` says.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_frame_keeps_its_budget_until_its_echo_is_written() {
+        let frame_room = HEADER_LEN + (1 << 20) - BASE_LEN;
+        let (service, addr, stop) = serve_with(
+            "{ type = \"echo\" }",
+            &format!(
+                "max_frame_size = {}\nmax_buffered_bytes = {frame_room}",
+                1 << 20
+            ),
+            Some(4096),
+        )
+        .await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = timeout(STEP, socket.connect(addr)).await.unwrap().unwrap();
+        let frame = large_frame((1 << 20) - 4, 3);
+        timeout(STEP, stream.write_all(&frame))
+            .await
+            .unwrap()
+            .unwrap();
+        // The frame is verified; its echo cannot all go out while the client reads nothing.
+        until(|| service.stats.frames_ok.load(Ordering::Relaxed) == 1).await;
+        assert_eq!(
+            service.budget.allocated(),
+            frame_room,
+            "the frame gave its room back while its echo was still unwritten"
+        );
+        let mut echoed = vec![0; frame.len()];
+        timeout(STEP, stream.read_exact(&mut echoed))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(echoed == frame, "the echo differs from the frame");
+        assert_eq!(read_ack(&mut stream).await.status, AckStatus::Ok);
+        until(|| service.budget.allocated() == 0).await;
+        stop.cancel();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
