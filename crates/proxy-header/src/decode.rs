@@ -93,6 +93,10 @@ fn decode_v1(buf: &[u8]) -> Result<Decoded<Header>, Error> {
         let need = consts::V1_MIN_LEN.saturating_sub(window.len()).max(1);
         return Ok(Decoded::NeedMore(need));
     };
+    if cr + 2 > MAX_V1_LEN {
+        // The LF would be byte 108 or later.
+        return Err(Error::V1TooLong);
+    }
     match window.get(cr + 1) {
         None => return Ok(Decoded::NeedMore(1)),
         Some(b'\n') => {}
@@ -399,6 +403,12 @@ mod tests {
         long.push(b'x');
         assert_eq!(decode(&long, Versions::V1), Err(Error::V1TooLong));
         long.extend_from_slice(b"\r\n");
+        assert_eq!(decode(&long, Versions::V1), Err(Error::V1TooLong));
+        // A CR as byte 107 leaves no room for the LF, however many bytes follow.
+        long.truncate(MAX_V1_LEN - 1);
+        long.push(b'\r');
+        assert_eq!(decode(&long, Versions::V1), Err(Error::V1TooLong));
+        long.extend_from_slice(b"\nmore");
         assert_eq!(decode(&long, Versions::V1), Err(Error::V1TooLong));
     }
 
