@@ -431,3 +431,26 @@ async fn the_per_ip_limit_counts_the_header_client() {
     drop((first, second));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn no_auth_networks_judge_the_header_client() {
+    let config = format!(
+        "[[listener]]\nname = \"socks\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n\
+         auth = \"password\"\nusers = [{{ username = \"alice\", password = \"secret\" }}]\n\
+         no_auth_networks = [\"{DENIED}/32\"]\n\
+         proxy_protocol = \"any\"\nproxy_protocol_from = [\"127.0.0.0/8\"]\n"
+    );
+    let server = Running::start(&config).await;
+    let proxy = server.addr("socks");
+    // (TCP peer, header client, the method the server picks for a client offering only "none").
+    for (peer, client, method) in [(LOCAL, DENIED, 0x00), (DENIED, LOCAL, 0xff)] {
+        let mut stream = connect_from(peer, proxy).await;
+        let mut bytes = header(Version::V1, client, proxy);
+        bytes.extend_from_slice(&[5, 1, 0]);
+        within(STEP, stream.write_all(&bytes)).await.unwrap();
+        let mut answer = [0u8; 2];
+        within(STEP, stream.read_exact(&mut answer)).await.unwrap();
+        assert_eq!(answer, [5, method], "peer {peer}, header client {client}");
+    }
+    server.stop().await;
+}
