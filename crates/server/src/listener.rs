@@ -191,10 +191,14 @@ pub(crate) async fn accept_loop(
                 return;
             };
             let header_span = info_span!("proxy", listener = %name, mode, %peer);
-            let client = match proxy_protocol::read_client(&mut stream, peer, &settings)
-                .instrument(header_span.clone())
-                .await
-            {
+            let read = proxy_protocol::read_client(&mut stream, peer, &settings)
+                .instrument(header_span.clone());
+            // Shutdown does not wait for a header: nothing has been served yet.
+            let read = tokio::select! {
+                () = stop.cancelled() => return,
+                read = read => read,
+            };
+            let client = match read {
                 Ok((client, header)) => {
                     header_span.in_scope(|| trace!(?header, "PROXY protocol header"));
                     client

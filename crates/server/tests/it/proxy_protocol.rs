@@ -454,3 +454,28 @@ async fn no_auth_networks_judge_the_header_client() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_header() {
+    // Both deadlines far beyond the test step: only shutdown itself can end the connection.
+    let config = "[server]\ndrain_timeout = \"1h\"\n[[listener]]\nname = \"socks\"\nmode = \"socks5\"\n\
+                  bind = \"127.0.0.1:0\"\nproxy_protocol = \"v1\"\nproxy_protocol_from = [\"127.0.0.0/8\"]\n\
+                  proxy_protocol_timeout = \"1h\"\n";
+    let server = Running::start(config).await;
+    let proxy = server.addr("socks");
+    let mut stream = connect_from(LOCAL, proxy).await;
+    within(STEP, stream.write_all(b"PROXY TCP4 127.0.0.1 "))
+        .await
+        .unwrap();
+    // The accept queue is first in, first out: once a second connection is served, the
+    // first has been accepted and its task is waiting for the rest of its header.
+    let mut probe = connect_from(LOCAL, proxy).await;
+    let mut bytes = header(Version::V1, LOCAL, proxy);
+    bytes.extend_from_slice(&[5, 1, 0]);
+    within(STEP, probe.write_all(&bytes)).await.unwrap();
+    let mut answer = [0u8; 2];
+    within(STEP, probe.read_exact(&mut answer)).await.unwrap();
+    drop(probe);
+    server.stop().await;
+    assert!(closed_silently(&mut stream).await);
+}
