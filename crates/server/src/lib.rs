@@ -6,12 +6,13 @@
 //! Modules: [`config`] (TOML, validated before anything binds), [`registry`]
 //! (one variant per mode), `listener` (bind, accept, connection limits),
 //! [`modes`] (`crc-tcp`, `socks5`), [`sinks`] (the file sink), [`shutdown`]
-//! (signals). Left out on purpose: wire formats, which live in `proto` and
-//! `socks5`.
+//! (signals), [`proxy_protocol`] (whom to trust for a PROXY protocol header, and reading it).
+//! Left out on purpose: wire formats, which live in `proto`, `socks5` and `proxy-header`.
 
 pub mod config;
 mod listener;
 pub mod modes;
+pub mod proxy_protocol;
 pub mod registry;
 pub mod shutdown;
 pub mod sinks;

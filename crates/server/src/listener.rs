@@ -1,24 +1,31 @@
 //! Binding a listening socket and the accept loop every mode shares: a
 //! connection permit is taken before `accept`, a connection over the
-//! per-client-IP limit is closed at once, each connection runs in a tracked
-//! task inside a span that names the listener, mode and peer.
+//! per-client-IP limit is closed at once, with the PROXY protocol on a
+//! connection from outside `proxy_protocol_from` is closed at once and the
+//! others' headers are read first, and each connection runs in a tracked task
+//! inside a span that names the listener, mode and peer (the client).
 
 use std::{
     collections::{HashMap, hash_map::Entry},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
 use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::{net::TcpListener, sync::Semaphore, time::sleep};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+    time::sleep,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info_span, trace, warn};
 
 use crate::{
+    proxy_protocol,
     registry::{Common, Service},
-    stats::ActiveGuard,
+    stats::{ActiveGuard, ListenerStats},
 };
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so that a
@@ -28,8 +35,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Accept queue length.
 const BACKLOG: i32 = 1024;
 
-/// At most one warning per this long about connections refused by
-/// `max_connections_per_ip`, so that a flood does not flood the log.
+/// At most one warning per this long about each kind of refused connection
+/// (`max_connections_per_ip`, PROXY protocol), so that a flood does not
+/// flood the log.
 const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Binds `common.bind` with `SO_REUSEADDR` (as the reference server does) and,
@@ -81,6 +89,12 @@ pub(crate) fn bind(common: &Common) -> anyhow::Result<TcpListener> {
 
 /// Accepts connections until `stop` fires, each served by `service` in a
 /// task of `tasks`.
+///
+/// Without the PROXY protocol the TCP peer is the client, and the per-IP
+/// limit is applied here, before the task starts. With it, a peer outside
+/// `proxy_protocol_from` is closed here; the task reads the header, and the
+/// client it names (or the peer, for `LOCAL` and unknown addresses) is the
+/// one the per-IP limit, the span and the mode see.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
     common: Common,
@@ -92,7 +106,9 @@ pub(crate) async fn accept_loop(
     let permits = Arc::new(Semaphore::new(common.max_connections));
     let mut full_warned = false;
     let per_ip = common.max_connections_per_ip.map(PerIp::new);
-    let mut refused = RefusedLog::default();
+    let proxy = common.proxy_protocol.clone().map(Arc::new);
+    let logs = Arc::new(Logs::default());
+    let name: Arc<str> = Arc::from(common.name.as_str());
     loop {
         let permit = match Arc::clone(&permits).try_acquire_owned() {
             Ok(permit) => permit,
@@ -125,35 +141,118 @@ pub(crate) async fn accept_loop(
         if permits.available_permits() > common.max_connections / 2 {
             full_warned = false;
         }
-        let slot = match &per_ip {
-            Some(per_ip) => match per_ip.take(peer.ip()) {
-                Some(slot) => Some(slot),
-                None => {
-                    // Closed before a byte is read or written, the permit
-                    // goes back at once.
+        let slot = match &proxy {
+            Some(settings) => {
+                if !settings.trusts(peer.ip()) {
+                    // Closed before a byte is read: never guess whether a header is there.
                     drop(stream);
-                    refused.note(&common.name, peer.ip(), per_ip.limit);
+                    ListenerStats::add(&common.stats.proxy_untrusted, 1);
+                    if let Some(refused) = logs.untrusted.note() {
+                        warn!(listener = %common.name, peer = %peer.ip().to_canonical(), refused,
+                            "connection refused: the peer is not in proxy_protocol_from \
+                             (refused counts every refusal since the last such line)");
+                    }
                     continue;
                 }
+                // The per-IP limit applies to the header's client, in the task.
+                None
+            }
+            None => match &per_ip {
+                Some(per_ip) => match per_ip.take(peer.ip()) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        // Closed before a byte is read or written, the permit
+                        // goes back at once.
+                        drop(stream);
+                        refuse_per_ip(&common.stats, &logs, &name, peer.ip(), per_ip.limit);
+                        continue;
+                    }
+                },
+                None => None,
             },
-            None => None,
         };
         let service = service.clone();
         let stats = Arc::clone(&common.stats);
         let stop = stop.child_token();
-        let span = info_span!("conn", listener = %common.name, mode, %peer);
-        tasks.spawn(
-            async move {
-                let _permit = permit;
-                let _slot = slot;
-                let _active = ActiveGuard::new(&stats);
-                debug!("accepted");
-                service.handle(stream, peer, stop).await;
-            }
-            .instrument(span),
+        let (proxy, per_ip, logs, name) = (
+            proxy.clone(),
+            per_ip.clone(),
+            Arc::clone(&logs),
+            Arc::clone(&name),
         );
+        tasks.spawn(async move {
+            let _permit = permit;
+            let _active = ActiveGuard::new(&stats);
+            let mut stream = stream;
+            let Some(settings) = proxy else {
+                let _slot = slot;
+                let span = info_span!("conn", listener = %name, mode, %peer);
+                serve(service, stream, peer, stop).instrument(span).await;
+                return;
+            };
+            let header_span = info_span!("proxy", listener = %name, mode, %peer);
+            let read = proxy_protocol::read_client(&mut stream, peer, &settings)
+                .instrument(header_span.clone());
+            // Shutdown does not wait for a header: nothing has been served yet.
+            let read = tokio::select! {
+                () = stop.cancelled() => return,
+                read = read => read,
+            };
+            let client = match read {
+                Ok((client, header)) => {
+                    header_span.in_scope(|| trace!(?header, "PROXY protocol header"));
+                    client
+                }
+                Err(error) => {
+                    ListenerStats::add(&stats.proxy_header_failed, 1);
+                    header_span.in_scope(|| debug!(%error, "connection closed"));
+                    if let Some(closed) = logs.bad_header.note() {
+                        warn!(listener = %name, peer = %peer.ip().to_canonical(), %error, closed,
+                            "connection closed: no valid PROXY protocol header \
+                             (closed counts every such close since the last such line)");
+                    }
+                    return;
+                }
+            };
+            let _slot = match &per_ip {
+                Some(per_ip) => match per_ip.take(client.ip()) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        refuse_per_ip(&stats, &logs, &name, client.ip(), per_ip.limit);
+                        return;
+                    }
+                },
+                None => None,
+            };
+            let span = info_span!("conn", listener = %name, mode, peer = %client, proxy = %peer);
+            serve(service, stream, client, stop).instrument(span).await;
+        });
     }
     debug!(listener = %common.name, "stopped accepting");
+}
+
+/// Serves one connection once its client is known.
+async fn serve(service: Service, stream: TcpStream, client: SocketAddr, stop: CancellationToken) {
+    debug!("accepted");
+    service.handle(stream, client, stop).await;
+}
+
+/// Counts and (rate-limited) logs a connection refused by `max_connections_per_ip`.
+fn refuse_per_ip(stats: &ListenerStats, logs: &Logs, listener: &str, ip: IpAddr, limit: usize) {
+    ListenerStats::add(&stats.per_ip_refused, 1);
+    if let Some(refused) = logs.per_ip.note() {
+        warn!(listener, client = %ip.to_canonical(), max_connections_per_ip = limit, refused,
+            "connection refused: the client has max_connections_per_ip open already \
+             (refused counts every refusal since the last such line)");
+    }
+}
+
+/// The rate-limited warnings of one listener.
+#[derive(Debug, Default)]
+struct Logs {
+    per_ip: Throttle,
+    untrusted: Throttle,
+    bad_header: Throttle,
 }
 
 /// Open connections per client address, for `max_connections_per_ip`. It
@@ -214,30 +313,33 @@ impl Drop for PerIpSlot {
     }
 }
 
-/// Warns about refused connections at most once per
-/// [`REFUSED_LOG_INTERVAL`], with how many were refused in between.
+/// Lets one warning through per [`REFUSED_LOG_INTERVAL`], with how many
+/// events happened since the last one it let through.
 #[derive(Debug, Default)]
-struct RefusedLog {
+struct Throttle(Mutex<ThrottleState>);
+
+#[derive(Debug, Default)]
+struct ThrottleState {
     last: Option<Instant>,
     unlogged: u64,
 }
 
-impl RefusedLog {
-    fn note(&mut self, listener: &str, ip: IpAddr, limit: usize) {
-        self.unlogged += 1;
+impl Throttle {
+    /// Notes one event; `Some(count)` when a line is due now, with the
+    /// events it stands for.
+    fn note(&self) -> Option<u64> {
+        // The counts stay usable whatever panicked while holding them.
+        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        state.unlogged += 1;
         let now = Instant::now();
-        if self
+        if state
             .last
             .is_some_and(|last| now.duration_since(last) < REFUSED_LOG_INTERVAL)
         {
-            return;
+            return None;
         }
-        warn!(listener, client = %ip.to_canonical(), max_connections_per_ip = limit,
-            refused = self.unlogged,
-            "connection refused: the client has max_connections_per_ip open already \
-             (refused counts every refusal since the last such line)");
-        self.last = Some(now);
-        self.unlogged = 0;
+        state.last = Some(now);
+        Some(std::mem::take(&mut state.unlogged))
     }
 }
 

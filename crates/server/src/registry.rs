@@ -2,7 +2,9 @@
 //! serde rejects an unknown mode and lists the valid names), one entry in
 //! [`MODES`] (shown by `server --help`) and one arm in each `match` below.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+
+use ipnet::IpNet;
 
 use serde::Deserialize;
 use tokio::net::TcpStream;
@@ -11,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::invalid,
     modes::{crc_tcp, socks5},
+    proxy_protocol::{ProxyProtocol, ProxySettings},
     stats::ListenerStats,
 };
 
@@ -50,6 +53,8 @@ pub struct Common {
     pub max_connections_per_ip: Option<usize>,
     /// Whether to set `SO_REUSEPORT`.
     pub reuse_port: bool,
+    /// The PROXY protocol settings, when it is on.
+    pub proxy_protocol: Option<ProxySettings>,
     /// The listener's counters, shared with its service.
     pub stats: Arc<ListenerStats>,
 }
@@ -92,6 +97,24 @@ impl ListenerConfig {
         }
     }
 
+    /// The `proxy_protocol`, `proxy_protocol_from` and `proxy_protocol_timeout` keys, which
+    /// every mode has.
+    #[must_use]
+    pub fn proxy_protocol(&self) -> (ProxyProtocol, &[IpNet], Duration) {
+        match self {
+            Self::CrcTcp(c) => (
+                c.proxy_protocol,
+                &c.proxy_protocol_from,
+                c.proxy_protocol_timeout,
+            ),
+            Self::Socks5(c) => (
+                c.proxy_protocol,
+                &c.proxy_protocol_from,
+                c.proxy_protocol_timeout,
+            ),
+        }
+    }
+
     /// The file a sink of this listener writes, if any.
     #[must_use]
     pub fn sink_path(&self) -> Option<&Path> {
@@ -123,6 +146,8 @@ impl ListenerConfig {
             )?,
             None => {}
         }
+        let (mode, from, timeout) = self.proxy_protocol();
+        ProxySettings::validate(mode, from, timeout)?;
         match self {
             Self::CrcTcp(c) => c.validate(),
             Self::Socks5(c) => c.validate(),

@@ -22,6 +22,14 @@ pub struct ListenerStats {
     pub sessions: AtomicU64,
     /// socks5: those that ended with a failure reply or an error.
     pub sessions_failed: AtomicU64,
+    /// PROXY protocol: connections refused because they came from outside
+    /// `proxy_protocol_from`.
+    pub proxy_untrusted: AtomicU64,
+    /// PROXY protocol: connections closed because their header was malformed,
+    /// cut short, or not complete within `proxy_protocol_timeout`.
+    pub proxy_header_failed: AtomicU64,
+    /// Connections refused by `max_connections_per_ip`.
+    pub per_ip_refused: AtomicU64,
     /// Bytes received from clients (crc-tcp: frame bytes; socks5: relayed up).
     pub bytes_in: AtomicU64,
     /// Bytes sent to clients (crc-tcp: acks and echoes; socks5: relayed down).
@@ -49,6 +57,9 @@ impl ListenerStats {
                 frames_rejected = get(&self.frames_rejected),
                 bytes_in,
                 bytes_out,
+                per_ip_refused = get(&self.per_ip_refused),
+                proxy_untrusted = get(&self.proxy_untrusted),
+                proxy_header_failed = get(&self.proxy_header_failed),
                 "stats"
             ),
             _ => info!(
@@ -60,6 +71,9 @@ impl ListenerStats {
                 sessions_failed = get(&self.sessions_failed),
                 bytes_in,
                 bytes_out,
+                per_ip_refused = get(&self.per_ip_refused),
+                proxy_untrusted = get(&self.proxy_untrusted),
+                proxy_header_failed = get(&self.proxy_header_failed),
                 "stats"
             ),
         }

@@ -212,6 +212,7 @@ fn crc_tcp() -> BoxedStrategy<Listener> {
             ("idle_timeout", duration()),
             ("frame_timeout", duration()),
             ("write_timeout", duration()),
+            ("proxy_protocol_timeout", duration()),
         ]),
         handler(),
     )
@@ -228,6 +229,7 @@ fn socks5() -> BoxedStrategy<Listener> {
             ("connect_timeout", duration()),
             ("idle_timeout", duration()),
             ("bind_timeout", duration()),
+            ("proxy_protocol_timeout", duration()),
         ]),
         proptest::option::of(proptest::collection::vec(
             select(&["connect", "bind", "udp-associate"][..]),

@@ -32,8 +32,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Level, debug, event, warn};
 
 use self::buffer::{BASE_LEN, Budget, MAX_BUDGET, OverBudget, ReadBuffer};
+use ipnet::IpNet;
+
 use crate::{
     config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration},
+    proxy_protocol::{ProxyProtocol, ProxySettings},
     registry::Common,
     sinks::file::{FileSink, SyncPolicy},
     stats::ListenerStats,
@@ -86,6 +89,18 @@ pub struct CrcTcpConfig {
     /// Set `SO_REUSEPORT`, so several processes can share the port.
     #[serde(default)]
     pub reuse_port: bool,
+    /// Expect a PROXY protocol header before each connection's first byte.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// The balancers that may send it; required when `proxy_protocol` is on.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<IpNet>,
+    /// The whole header must arrive within this of the accept.
+    #[serde(
+        default = "crate::proxy_protocol::default_timeout",
+        with = "humantime_serde"
+    )]
+    pub proxy_protocol_timeout: Duration,
 }
 
 /// The `handler` table of a `crc-tcp` listener, tagged by `type`.
@@ -248,6 +263,11 @@ impl CrcTcpConfig {
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             reuse_port: self.reuse_port,
+            proxy_protocol: ProxySettings::new(
+                self.proxy_protocol,
+                &self.proxy_protocol_from,
+                self.proxy_protocol_timeout,
+            ),
         }
     }
 

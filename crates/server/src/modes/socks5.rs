@@ -19,6 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
+    proxy_protocol::{ProxyProtocol, ProxySettings},
     registry::Common,
     stats::ListenerStats,
 };
@@ -74,6 +75,18 @@ pub struct Socks5Config {
     /// Set `SO_REUSEPORT`.
     #[serde(default)]
     pub reuse_port: bool,
+    /// Expect a PROXY protocol header before each connection's first byte.
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    /// The balancers that may send it; required when `proxy_protocol` is on.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<IpNet>,
+    /// The whole header must arrive within this of the accept.
+    #[serde(
+        default = "crate::proxy_protocol::default_timeout",
+        with = "humantime_serde"
+    )]
+    pub proxy_protocol_timeout: Duration,
     /// Start even though the listener is an open proxy on a non-loopback address.
     #[serde(default)]
     pub allow_open_proxy: bool,
@@ -386,6 +399,11 @@ impl Socks5Config {
             max_connections,
             max_connections_per_ip: self.max_connections_per_ip,
             reuse_port: self.reuse_port,
+            proxy_protocol: ProxySettings::new(
+                self.proxy_protocol,
+                &self.proxy_protocol_from,
+                self.proxy_protocol_timeout,
+            ),
         })
     }
 }

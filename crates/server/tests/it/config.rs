@@ -255,3 +255,52 @@ fn check_config_rejects_values_that_would_panic_at_run_time() {
         "{stderr}"
     );
 }
+
+/// Issue 10 §2: the PROXY protocol keys, on both modes.
+#[test]
+fn proxy_protocol_needs_its_trusted_networks_and_a_bounded_deadline() {
+    for mode in ["crc-tcp", "socks5"] {
+        let listener =
+            format!("[[listener]]\nname = \"lb\"\nmode = \"{mode}\"\nbind = \"127.0.0.1:0\"\n");
+        for (extra, expected) in [
+            (
+                "proxy_protocol = \"v2\"",
+                "listener[0] (lb): proxy_protocol_from: is required when proxy_protocol is on",
+            ),
+            (
+                "proxy_protocol_from = [\"10.0.0.0/8\"]",
+                "listener[0] (lb): proxy_protocol_from: has no effect while proxy_protocol is \"off\"",
+            ),
+            (
+                "proxy_protocol = \"any\"\nproxy_protocol_from = [\"10.0.0.0/8\"]\nproxy_protocol_timeout = \"0s\"",
+                "listener[0] (lb): proxy_protocol_timeout: 0s is too short: it must be at least 1ms",
+            ),
+            (
+                "proxy_protocol = \"v1\"\nproxy_protocol_from = [\"10.0.0.0/8\"]\nproxy_protocol_timeout = \"300000000000y\"",
+                "listener[0] (lb): proxy_protocol_timeout: 300000000000years is too long: it must be at most 30days",
+            ),
+            (
+                "proxy_protocol = \"v3\"",
+                "unknown variant `v3`, expected one of `off`, `v1`, `v2`, `any`",
+            ),
+            (
+                "proxy_protocol = \"v2\"\nproxy_protocol_from = [\"10.0.0.300/8\"]",
+                "invalid IP address syntax",
+            ),
+        ] {
+            let (ok, stderr) = check(&format!("{listener}{extra}\n"));
+            assert!(
+                !ok && stderr.contains(expected),
+                "{mode}: {extra}: {stderr}"
+            );
+        }
+        for extra in [
+            "proxy_protocol = \"off\"",
+            "proxy_protocol = \"v2\"\nproxy_protocol_from = [\"10.0.0.0/8\", \"::1/128\"]\nproxy_protocol_timeout = \"1ms\"",
+            "proxy_protocol = \"any\"\nproxy_protocol_from = [\"192.0.2.7/32\"]\nproxy_protocol_timeout = \"30days\"",
+        ] {
+            let (ok, stderr) = check(&format!("{listener}{extra}\n"));
+            assert!(ok, "{mode}: {extra}: {stderr}");
+        }
+    }
+}

@@ -12,4 +12,5 @@ mod crc_tcp;
 mod file_sink;
 mod per_ip;
 mod process;
+mod proxy_protocol;
 mod socks5;
