@@ -54,8 +54,13 @@ impl Server {
     /// When a listener cannot be built or bound; the message names it.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
+        let proxies: Vec<SocketAddr> = config
+            .listeners
+            .iter()
+            .filter_map(registry::ListenerConfig::proxy_bind)
+            .collect();
         for (index, listener_config) in config.listeners.iter().enumerate() {
-            let (common, service) = listener_config.build(index)?;
+            let (common, service) = listener_config.build(index, &proxies)?;
             let listener = listener::bind(&common)?;
             let addr = listener
                 .local_addr()

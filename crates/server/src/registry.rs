@@ -124,6 +124,15 @@ impl ListenerConfig {
         }
     }
 
+    /// The address a proxy listener binds, which no proxy listener may connect to; `None`
+    /// for other modes.
+    pub(crate) fn proxy_bind(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Socks5(c) => Some(c.bind),
+            Self::CrcTcp(_) => None,
+        }
+    }
+
     /// Checks the mode's own settings.
     ///
     /// # Errors
@@ -160,7 +169,14 @@ impl ListenerConfig {
     /// # Errors
     ///
     /// When a resource the mode needs cannot be had (a sink's file, say).
-    pub(crate) fn build(&self, index: usize) -> anyhow::Result<(Common, Service)> {
+    ///
+    /// `proxies` are the bind addresses of every proxy listener of the config, which a
+    /// proxy listener refuses to connect to (a loop through two listeners is still a loop).
+    pub(crate) fn build(
+        &self,
+        index: usize,
+        proxies: &[SocketAddr],
+    ) -> anyhow::Result<(Common, Service)> {
         let name = self.name(index);
         let stats = Arc::new(ListenerStats::default());
         Ok(match self {
@@ -170,7 +186,7 @@ impl ListenerConfig {
             ),
             Self::Socks5(c) => (
                 c.common(name, Arc::clone(&stats))?,
-                Service::Socks5(Arc::new(socks5::Socks5::new(c, stats)?)),
+                Service::Socks5(Arc::new(socks5::Socks5::new(c, stats, proxies)?)),
             ),
         })
     }

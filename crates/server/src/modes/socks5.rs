@@ -431,7 +431,11 @@ impl Socks5 {
     /// # Errors
     ///
     /// When the users file cannot be read or a rule is invalid.
-    pub fn new(config: &Socks5Config, stats: Arc<ListenerStats>) -> anyhow::Result<Self> {
+    pub fn new(
+        config: &Socks5Config,
+        stats: Arc<ListenerStats>,
+        proxies: &[SocketAddr],
+    ) -> anyhow::Result<Self> {
         let users = config.load_users()?;
         let auth = match config.auth {
             AuthMode::None => socks5::AuthPolicy::none(),
@@ -454,8 +458,16 @@ impl Socks5 {
             rules: Arc::new(config.rules()?),
             udp_advertise: config.udp_advertise,
             outbound_bind: config.outbound_bind,
-            // A CONNECT to this listener would loop back into it.
-            listen_addresses: vec![config.bind],
+            // A CONNECT to this listener, or to another proxy listener of this server, would
+            // loop back into it (port 0: the port a client reached, for this listener only).
+            listen_addresses: std::iter::once(config.bind)
+                .chain(
+                    proxies
+                        .iter()
+                        .copied()
+                        .filter(|other| *other != config.bind && other.port() != 0),
+                )
+                .collect(),
             ..socks5::ServerOptions::default()
         };
         Ok(Self { options, stats })

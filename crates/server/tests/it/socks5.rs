@@ -98,6 +98,33 @@ async fn a_connect_to_the_listeners_own_address_is_refused() {
     server.stop().await;
 }
 
+/// A loop through two proxy listeners of one server is a loop too: a CONNECT from one to the
+/// other is refused. (The other listener's port must be known before binding, so it is taken
+/// from a socket bound and closed just before.)
+#[tokio::test]
+async fn a_connect_to_another_proxy_listener_of_the_server_is_refused() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Running::start(&proxy(&format!(
+        "[[listener]]\nname = \"second\"\nmode = \"socks5\"\nbind = \"127.0.0.1:{port}\"\n"
+    )))
+    .await;
+    let second = server.addr("second");
+    let refused = client::connect(server.addr("proxy"), &Address::Ip(second), None, STEP).await;
+    assert!(
+        matches!(refused, Err(Error::Rejected(Reply::NotAllowed))),
+        "{refused:?}"
+    );
+    // The crc-tcp listener is a destination like any other.
+    frame_through(server.addr("proxy"), server.addr("frames"), None)
+        .await
+        .unwrap();
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_disabled_command_gets_reply_7() {
     let server = Running::start(&proxy("commands = [\"bind\"]")).await;
