@@ -100,6 +100,11 @@ impl AuthPolicy {
 
     /// As [`AuthPolicy::verify`], saying why a login is refused (for the server's log; the
     /// client only ever learns RFC 1929's failure status). Takes the same time either way.
+    ///
+    /// # Errors
+    ///
+    /// [`LoginFailure::UnknownUser`] when no configured user has this name (always, under
+    /// [`AuthPolicy::none`]); [`LoginFailure::WrongPassword`] when the password is not theirs.
     pub fn check(&self, username: &[u8], password: &[u8]) -> Result<(), LoginFailure> {
         let offered = padded(password);
         let stored = std::str::from_utf8(username)
