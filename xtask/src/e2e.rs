@@ -11,10 +11,13 @@
 //! Scenario groups: [`frames`] (the Python reference client, our client
 //! through the proxy), [`proxy`] (curl, Chromium, ncat, PySocks UDP),
 //! [`hostile`] (bad peers while good ones are served), [`crash`] (a file
-//! sink of its own, killed with SIGKILL and restarted twenty times) and
-//! [`shutdown`].
+//! sink of its own, killed with SIGKILL and restarted twenty times),
+//! [`fail2ban`] (contrib's filter on a server's real log), [`deploy`] (the
+//! systemd unit and the Kubernetes manifests) and [`shutdown`].
 
 mod crash;
+mod deploy;
+mod fail2ban;
 mod frames;
 mod hostile;
 mod interop;
@@ -171,6 +174,9 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("pysocks-connect", interop::pysocks_connect),
     ("hostile-peers", hostile::hostile_peers),
     ("crash-durability", crash::crash_durability),
+    ("fail2ban", fail2ban::fail2ban_filter),
+    ("systemd-unit", deploy::systemd_unit),
+    ("k8s-manifests", deploy::k8s_manifests),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 

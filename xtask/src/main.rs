@@ -3,7 +3,8 @@
 //! - `cargo xtask e2e [--only NAME]` builds the release `server` and
 //!   `client` once, starts one real server on `127.0.0.1:0` and drives real
 //!   peers through it (the Python reference client, our client, curl,
-//!   Chromium, ncat, PySocks, hostile peers), then stops it with SIGTERM;
+//!   Chromium, ncat, PySocks, hostile peers, fail2ban-regex; systemd-analyze
+//!   and python3 check the unit and the manifests), then stops it with SIGTERM;
 //! - `cargo xtask bench [--quick] [--out DIR]` measures the SOCKS5 relay and
 //!   the crc-tcp listener against loopback baselines and writes
 //!   `bench.json` and `bench.md`;

@@ -1,7 +1,7 @@
 //! `server`: starts every listener of a TOML config (or of the embedded
 //! default), each in a registered mode, and serves until SIGINT or SIGTERM.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
@@ -136,8 +136,13 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> anyhow::Result<()> {
             _ => EnvFilter::new("info"),
         },
     };
+    // Colours only on a terminal: a log file, a pipe or the journal gets plain text that
+    // log shippers and fail2ban can match (tracing-subscriber colours by default).
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),

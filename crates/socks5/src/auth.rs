@@ -95,18 +95,61 @@ impl AuthPolicy {
     /// the same time whatever the password, and an unknown user costs a comparison too.
     #[must_use]
     pub fn verify(&self, username: &[u8], password: &[u8]) -> bool {
+        self.check(username, password).is_ok()
+    }
+
+    /// As [`AuthPolicy::verify`], saying why a login is refused (for the server's log; the
+    /// client only ever learns RFC 1929's failure status). Takes the same time either way.
+    ///
+    /// # Errors
+    ///
+    /// [`LoginFailure::UnknownUser`] when no configured user has this name (always, under
+    /// [`AuthPolicy::none`]); [`LoginFailure::WrongPassword`] when the password is not theirs.
+    pub fn check(&self, username: &[u8], password: &[u8]) -> Result<(), LoginFailure> {
         let offered = padded(password);
         let stored = std::str::from_utf8(username)
             .ok()
             .and_then(|name| self.users.get(name));
         let dummy = [0xFF; SECRET_LEN]; // its length byte (255) with 255 bytes of 0xFF
-        let (expected, known) = match stored {
+        // A user whose configured password is too long to send exists, but never matches.
+        let (expected, matchable) = match stored {
             Some(Some(secret)) => (secret, true),
             Some(None) | None => (&dummy, false),
         };
         let offered = offered.as_ref().unwrap_or(&dummy);
         let equal: bool = expected.ct_eq(offered).into();
-        equal && known
+        match (stored.is_some(), matchable && equal) {
+            (true, true) => Ok(()),
+            (true, false) => Err(LoginFailure::WrongPassword),
+            (false, _) => Err(LoginFailure::UnknownUser),
+        }
+    }
+}
+
+/// Why [`AuthPolicy::check`] refused a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LoginFailure {
+    /// No configured user has this name (or the name is not UTF-8).
+    UnknownUser,
+    /// The user exists; the password is not theirs.
+    WrongPassword,
+}
+
+impl LoginFailure {
+    /// The reason as logged: `unknown user` or `wrong password`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginFailure::UnknownUser => "unknown user",
+            LoginFailure::WrongPassword => "wrong password",
+        }
+    }
+}
+
+impl fmt::Display for LoginFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -163,6 +206,30 @@ mod tests {
             assert_eq!(policy.verify(user, pass), expected, "{user:?}");
         }
         assert!(!AuthPolicy::none().verify(b"alice", b"wonderland"));
+    }
+
+    #[test]
+    fn says_why_a_login_is_refused() {
+        type Case<'a> = (&'a [u8], &'a [u8], Result<(), LoginFailure>);
+        let policy = policy();
+        let long = "x".repeat(255);
+        let table: [Case<'_>; 6] = [
+            (b"alice", b"wonderland", Ok(())),
+            (b"alice", b"wonderlan", Err(LoginFailure::WrongPassword)),
+            (b"bob", b"wonderland", Err(LoginFailure::UnknownUser)),
+            (b"\xff", b"wonderland", Err(LoginFailure::UnknownUser)),
+            // Configured with a password no client can send.
+            (b"long", long.as_bytes(), Err(LoginFailure::WrongPassword)),
+            (b"alice", &[0xFF; 255], Err(LoginFailure::WrongPassword)),
+        ];
+        for (user, pass, expected) in table {
+            assert_eq!(policy.check(user, pass), expected, "{user:?}");
+        }
+        assert_eq!(
+            AuthPolicy::none().check(b"alice", b"wonderland"),
+            Err(LoginFailure::UnknownUser)
+        );
+        assert_eq!(LoginFailure::WrongPassword.to_string(), "wrong password");
     }
 
     #[test]

@@ -76,7 +76,7 @@ mod server;
 mod udp;
 pub mod wire;
 
-pub use auth::AuthPolicy;
+pub use auth::{AuthPolicy, LoginFailure};
 pub use error::Error;
 pub use resolve::{MAX_SYSTEM_LOOKUPS, ResolveFuture, Resolver, StaticResolver, SystemResolver};
 pub use rules::{Action, DomainPattern, Rule, Rules, networks_cover_family};

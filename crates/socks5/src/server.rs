@@ -16,7 +16,7 @@ use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::auth::AuthPolicy;
+use crate::auth::{AuthPolicy, LoginFailure};
 use crate::framing::{Deadline, read_msg, write_msg};
 use crate::resolve::{Resolver, SystemResolver};
 use crate::rules::Rules;
@@ -347,12 +347,17 @@ impl Session<'_> {
             decode_password_request,
         )
         .await?;
-        let accepted = self
+        let verdict = self
             .options
             .auth
-            .verify(&credentials.username, &credentials.password);
-        self.report.user = Some(String::from_utf8_lossy(&credentials.username).into_owned());
+            .check(&credentials.username, &credentials.password);
+        let user = String::from_utf8_lossy(&credentials.username).into_owned();
         drop(credentials);
+        if let Err(reason) = verdict {
+            log_login_failure(self.report.client, &user, reason);
+        }
+        self.report.user = Some(user);
+        let accepted = verdict.is_ok();
         let status = if accepted {
             PasswordStatus::SUCCESS
         } else {
@@ -425,12 +430,21 @@ async fn close_gracefully(stream: &mut TcpStream) {
     let _ = timeout(CLOSE_LINGER, drain).await;
 }
 
+/// The one warn line of a failed login, in the format the README documents and
+/// contrib/fail2ban matches: `authentication failed client=IP:PORT reason="..." user="..."`
+/// (JSON: the same fields in the same order). The user name, chosen by the client, comes last
+/// and is a string field, which both formats quote and escape, so it cannot forge the fields
+/// before it or a line of its own. The client's address is shown canonical (an IPv4-mapped
+/// address as IPv4).
+fn log_login_failure(client: SocketAddr, user: &str, reason: LoginFailure) {
+    let client = SocketAddr::new(client.ip().to_canonical(), client.port());
+    warn!(%client, reason = reason.as_str(), user, "authentication failed");
+}
+
 fn log_failure(error: &Error, report: &SessionReport) {
     let client = report.client;
     match error {
-        Error::AuthFailed => {
-            warn!(%client, user = report.user.as_deref().unwrap_or(""), "login failed");
-        }
+        Error::AuthFailed => {} // logged by `log_login_failure` at the verdict
         Error::Timeout {
             stage: "greeting" | "login" | "request",
             ..

@@ -10,6 +10,7 @@ mod config;
 mod crash;
 mod crc_tcp;
 mod file_sink;
+mod login_log;
 mod per_ip;
 mod process;
 mod proxy_protocol;
