@@ -37,7 +37,10 @@ pub fn password_request(data: &[u8]) {
     );
 }
 
-/// The request (CONNECT, BIND, UDP ASSOCIATE): see [`with_address`].
+/// The request (CONNECT, BIND, UDP ASSOCIATE): decodes by prefix, its
+/// encoding decodes to the same request, and it encodes back to the bytes it
+/// used (RSV as 0) when its domain name, if any, is UTF-8. An IP-literal name
+/// becomes that IP and keeps its port.
 pub fn request(data: &[u8]) {
     let request = with_address(
         data,
@@ -51,7 +54,7 @@ pub fn request(data: &[u8]) {
     }
 }
 
-/// The UDP request header: see [`with_address`].
+/// The UDP request header: the properties of [`request`] (RSV as 0).
 pub fn udp_header(data: &[u8]) {
     let header = with_address(
         data,
@@ -66,7 +69,8 @@ pub fn udp_header(data: &[u8]) {
 }
 
 /// What a client parses from the proxy: the method selection and the
-/// password status (exact round trips) and the reply (see [`with_address`]).
+/// password status (exact round trips) and the reply (the properties of
+/// [`request`]).
 pub fn client_replies(data: &[u8]) {
     exact(
         data,
