@@ -8,13 +8,15 @@
 //! - `cargo xtask bench [--quick] [--out DIR]` measures the SOCKS5 relay and
 //!   the crc-tcp listener against loopback baselines and writes
 //!   `bench.json` and `bench.md`;
+//! - `cargo xtask fuzz --seconds N [--only NAME]` runs each `cargo fuzz`
+//!   target of `fuzz/` for N seconds and reports executions and crashes;
 //! - `cargo xtask ci` runs the gates of STYLE.md in order, then `e2e` and
 //!   `bench --quick`.
 //!
 //! Modules: [`harness`] (build, the server child, its log events),
 //! [`process`] (tools run with deadlines), [`peers`] (the local HTTP, sink,
 //! echo and UDP servers), [`socks`] (a minimal SOCKS5 client for probes and
-//! load), [`e2e`], [`mod@bench`] and [`ci`].
+//! load), [`e2e`], [`mod@bench`], [`mod@fuzz`] and [`ci`].
 //!
 //! Left out on purpose: anything that leaves loopback, fixed ports, sleeps
 //! that wait for startup, and killing processes by name.
@@ -26,6 +28,7 @@
 mod bench;
 mod ci;
 mod e2e;
+mod fuzz;
 mod harness;
 mod peers;
 mod process;
@@ -61,6 +64,15 @@ enum Command {
         #[arg(long, value_name = "DIR", default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Run every cargo-fuzz target of fuzz/ for a bounded time (needs nightly).
+    Fuzz {
+        /// Seconds per target (libFuzzer's -max_total_time).
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Run only the targets whose name contains NAME; may be repeated.
+        #[arg(long, value_name = "NAME")]
+        only: Vec<String>,
+    },
     /// fmt, clippy, test, doc, then e2e and bench --quick, stopping at the first failure.
     Ci,
 }
@@ -70,6 +82,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::E2e { only } => e2e::run(&only),
         Command::Bench { quick, out } => bench::run(quick, &out),
+        Command::Fuzz { seconds, only } => fuzz::run(seconds, &only),
         Command::Ci => ci::run(),
     };
     match result {

@@ -1,0 +1,38 @@
+//! The properties the `cargo fuzz` targets of `fuzz/` check, one function per
+//! target, kept here so that the stable test `tests/corpus.rs` replays every
+//! committed corpus file through exactly the code the fuzzer ran: a crash
+//! found once stays fixed.
+//!
+//! Every function takes the fuzzer's bytes, runs a parser that sees untrusted
+//! input and panics when a property fails (that is how libFuzzer learns of a
+//! failure). Modules: [`prefix`] (the "a prefix decides no differently"
+//! property shared by every pure decoder), [`proto`] (frame header, frame,
+//! ack, the `tokio_util` codecs), [`socks5`] (greeting, RFC 1929 request,
+//! request, UDP header, and the replies a client parses) and [`config`]
+//! (`server`'s config loader).
+//!
+//! Left out on purpose: anything with I/O. The decoders are pure; the config
+//! loader reads a `users_file`, which [`config`] keeps away from special files.
+
+pub mod config;
+pub mod prefix;
+pub mod proto;
+pub mod socks5;
+
+/// A fuzz target's check: panics when a property fails.
+pub type Check = fn(&[u8]);
+
+/// Every fuzz target by name (the file name in `fuzz/fuzz_targets/` and the
+/// folder in `fuzz/corpus/`) with its check.
+pub const TARGETS: &[(&str, Check)] = &[
+    ("frame_header", proto::frame_header),
+    ("frame", proto::frame),
+    ("frame_codec", proto::frame_codec),
+    ("ack", proto::ack),
+    ("socks5_greeting", socks5::greeting),
+    ("socks5_password_request", socks5::password_request),
+    ("socks5_request", socks5::request),
+    ("socks5_udp_header", socks5::udp_header),
+    ("socks5_client_replies", socks5::client_replies),
+    ("config", config::parse),
+];
