@@ -8,8 +8,8 @@
 //! failure). Modules: [`prefix`] (the "a prefix decides no differently"
 //! property shared by every pure decoder), [`proto`] (frame header, frame,
 //! ack, the `tokio_util` codecs), [`socks5`] (greeting, RFC 1929 request,
-//! request, UDP header, and the replies a client parses) and [`config`]
-//! (`server`'s config loader).
+//! request, UDP header, and the replies a client parses), [`config`]
+//! (`server`'s config loader) and [`proxy_header`] (the PROXY protocol header).
 //!
 //! Left out on purpose: anything with I/O. The decoders are pure; the config
 //! loader reads a `users_file`, which [`config`] keeps away from special files.
@@ -35,4 +35,11 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("socks5_udp_header", socks5::udp_header),
     ("socks5_client_replies", socks5::client_replies),
     ("config", config::parse),
+    ("proxy_header", proxy_header),
 ];
+
+/// The PROXY protocol header (v1 text, v2 binary): the checks live beside the parser, in
+/// `proxy_header::fuzzing`.
+pub fn proxy_header(data: &[u8]) {
+    ::proxy_header::fuzzing::check(data);
+}
