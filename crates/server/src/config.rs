@@ -132,7 +132,7 @@ impl Config {
     ///
     /// When the file cannot be read or is not a valid configuration.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
+        let text = read_bounded(path, MAX_FILE_LEN)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::parse(&text, &path.display().to_string())
     }
@@ -198,6 +198,27 @@ fn failing_listener(text: &str) -> Option<String> {
             .map_or_else(|| format!("{mode}[{index}]"), str::to_owned);
         Some(format!("listener[{index}] ({name}): "))
     })
+}
+
+/// The most the server reads of a config file or a `users_file`: 16 MiB, far past any real
+/// one, so a path such as `/dev/zero` is an error, not an endless read.
+pub const MAX_FILE_LEN: u64 = 16 << 20;
+
+/// Reads the text file at `path`, refusing one longer than `limit` bytes.
+///
+/// # Errors
+///
+/// When the file cannot be read, is not UTF-8, or is longer than `limit`.
+pub fn read_bounded(path: &Path, limit: u64) -> anyhow::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut text = String::new();
+    file.take(limit.saturating_add(1))
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        bail!("it is longer than {limit} bytes");
+    }
+    Ok(text)
 }
 
 /// A value in the config that failed a check: the key and why.

@@ -409,7 +409,7 @@ impl Socks5Config {
 }
 
 fn read_users_file(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path)
+    crate::config::read_bounded(path, crate::config::MAX_FILE_LEN)
         .with_context(|| format!("users_file: cannot read {}", path.display()))
 }
 

@@ -256,6 +256,19 @@ fn check_config_rejects_values_that_would_panic_at_run_time() {
     );
 }
 
+/// A users_file (or config) that never ends is an error, not an endless read.
+#[test]
+fn an_endless_users_file_is_refused() {
+    let (ok, stderr) = check(&socks(
+        "bind = \"127.0.0.1:0\"\nauth = \"password\"\nusers_file = \"/dev/zero\"",
+    ));
+    assert!(
+        !ok && stderr.contains("users_file: cannot read /dev/zero")
+            && stderr.contains("longer than"),
+        "{stderr}"
+    );
+}
+
 /// Issue 10 §2: the PROXY protocol keys, on both modes.
 #[test]
 fn proxy_protocol_needs_its_trusted_networks_and_a_bounded_deadline() {
