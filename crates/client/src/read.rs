@@ -1,0 +1,477 @@
+//! `client read FILE`: decodes a file written by the server's `file` sink
+//! (every frame as received: header, payload, CRC trailer, one after the
+//! other), checks every frame's CRC and prints one line per frame, as text or
+//! JSON, on stdout. Notes and the summary go to stderr.
+//!
+//! The file is read through a bounded buffer, one frame at a time: memory
+//! holds one frame (at most [`MAX_BODY_SIZE`], the largest `max_frame_size`
+//! the server accepts), never the file. A frame's bytes are allocated only
+//! once the file's length shows they are there, so a header announcing a
+//! large body at the end of a short file allocates nothing.
+//!
+//! Without `--follow` the bytes after the last complete frame are a torn
+//! tail: a header or a frame cut short, or a header that can never start a
+//! frame. With `--follow` a frame cut short is a frame still being written:
+//! reading waits for the file to grow (its length polled every
+//! [`POLL_INTERVAL`]) and prints the frame once it is whole.
+
+use std::{
+    borrow::Cow,
+    convert::Infallible,
+    io::{SeekFrom, Write},
+    path::Path,
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use proto::{Decoded, FrameRef, HEADER_LEN, Limits, decode_frame, decode_header};
+use serde::Serialize;
+use tokio::{
+    fs::File,
+    io::{AsyncReadExt, AsyncSeekExt, BufReader},
+};
+
+use crate::cli::ReadArgs;
+
+/// The largest `body_size` read: the server's bound on `max_frame_size`
+/// (1 GiB). A header announcing more cannot start a frame a sink wrote.
+pub(crate) const MAX_BODY_SIZE: u32 = 1 << 30;
+
+/// How often `--follow` looks at the file's length once it has read it all.
+pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The read buffer.
+const BUFFER_LEN: usize = 256 * 1024;
+
+/// After a frame larger than this, the frame buffer gives its memory back.
+const KEPT_FRAME_BUFFER: usize = 4 * 1024 * 1024;
+
+/// How a read ended, for the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Every frame's CRC matched and nothing followed the last frame: 0.
+    Intact,
+    /// A frame's CRC did not match, or a torn tail followed the last frame: 3.
+    Damaged,
+}
+
+impl Outcome {
+    /// The exit status: 0 intact, 3 damaged (1 is an error, 2 a usage error).
+    pub(crate) fn exit_code(self) -> ExitCode {
+        match self {
+            Self::Intact => ExitCode::SUCCESS,
+            Self::Damaged => ExitCode::from(3),
+        }
+    }
+}
+
+/// Reads `args.file` and prints its frames.
+///
+/// # Errors
+///
+/// When the file cannot be opened or read, or stdout cannot be written.
+pub(crate) async fn run(args: ReadArgs) -> Result<Outcome> {
+    let shown = args.file.display().to_string();
+    let file = File::open(&args.file)
+        .await
+        .with_context(|| format!("cannot open {shown}"))?;
+    let mut state = State {
+        reader: Reader::new(file),
+        out: Output {
+            stdout: std::io::BufWriter::new(std::io::stdout()),
+            json: args.json,
+            preview: args.preview,
+        },
+        counts: Counts::default(),
+    };
+    if args.follow {
+        // `biased`: the Ctrl-C handler is installed before the first read.
+        tokio::select! {
+            biased;
+            signal = tokio::signal::ctrl_c() => signal.context("cannot listen for Ctrl-C")?,
+            result = follow(&mut state, &args.file) => match result? {},
+        }
+        state.out.flush()?;
+    } else {
+        let len = state.reader.len(&args.file).await?;
+        if let Some(tail) = state.read_available(len).await? {
+            state.counts.torn_bytes = tail.bytes;
+            eprintln!(
+                "torn tail: {} bytes at offset {} after the last complete frame: {}",
+                tail.bytes, tail.offset, tail.reason
+            );
+        }
+        state.out.flush()?;
+    }
+    let counts = &state.counts;
+    eprintln!(
+        "summary: frames={} ok={} bad_crc={} torn_bytes={}",
+        counts.frames, counts.ok, counts.bad_crc, counts.torn_bytes
+    );
+    Ok(if counts.bad_crc == 0 && counts.torn_bytes == 0 {
+        Outcome::Intact
+    } else {
+        Outcome::Damaged
+    })
+}
+
+/// `--follow`: reads what is there, then waits for more, until cancelled.
+async fn follow(state: &mut State, path: &Path) -> Result<Infallible> {
+    // The offset of bytes that cannot start a frame, once noted (the sink
+    // cuts them when it restarts, and frames follow from there).
+    let mut noted: Option<u64> = None;
+    loop {
+        let len = state.reader.len(path).await?;
+        if len < state.reader.pos {
+            let read = state.reader.pos;
+            state.reader.rewalk(len).await?;
+            eprintln!(
+                "note: the file shrank to {len} bytes, below offset {read} already read \
+                 (the sink rolled back a failed write or cut a torn tail on restart): \
+                 reading on from frame {} at offset {}",
+                state.reader.index, state.reader.pos
+            );
+            noted = None;
+        }
+        match state.read_available(len).await {
+            Ok(Some(tail)) if tail.unreadable && noted != Some(tail.offset) => {
+                eprintln!(
+                    "note: the bytes at offset {} cannot start a frame: {}; \
+                     waiting for the file to change",
+                    tail.offset, tail.reason
+                );
+                noted = Some(tail.offset);
+            }
+            Ok(_) => {}
+            // The file shrank while being read: the next round sees it.
+            Err(error) if is_eof(&error) => {}
+            Err(error) => return Err(error),
+        }
+        state.out.flush()?;
+        // Drop whatever the buffer holds past the last frame: a sink that
+        // rolls back a failed write rewrites those bytes.
+        state.reader.seek_to_pos().await?;
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn is_eof(error: &anyhow::Error) -> bool {
+    error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|error| error.kind() == std::io::ErrorKind::UnexpectedEof)
+}
+
+/// What one run has seen.
+#[derive(Debug, Default)]
+struct Counts {
+    frames: u64,
+    ok: u64,
+    bad_crc: u64,
+    torn_bytes: u64,
+}
+
+/// Bytes after the last complete frame.
+#[derive(Debug)]
+struct Tail {
+    offset: u64,
+    bytes: u64,
+    reason: String,
+    /// Whether the bytes can never become a frame (a bad header), as opposed
+    /// to a header or frame cut short.
+    unreadable: bool,
+}
+
+struct State {
+    reader: Reader,
+    out: Output,
+    counts: Counts,
+}
+
+impl State {
+    /// Prints every complete frame in the first `len` bytes of the file from
+    /// the current position, and returns what follows the last one, if
+    /// anything does.
+    async fn read_available(&mut self, len: u64) -> Result<Option<Tail>> {
+        loop {
+            match self.reader.next(len).await? {
+                Next::Frame => {
+                    let frame = self.reader.frame()?;
+                    self.out.frame(self.reader.index, self.reader.pos, &frame)?;
+                    self.counts.frames += 1;
+                    if frame.crc_ok() {
+                        self.counts.ok += 1;
+                    } else {
+                        self.counts.bad_crc += 1;
+                    }
+                    self.reader.advance();
+                }
+                Next::End => return Ok(None),
+                Next::Tail { reason, unreadable } => {
+                    return Ok(Some(Tail {
+                        offset: self.reader.pos,
+                        bytes: len - self.reader.pos,
+                        reason,
+                        unreadable,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+/// What [`Reader::next`] found.
+enum Next {
+    /// A whole frame, in the reader's frame buffer.
+    Frame,
+    /// The end of the file, right after the last frame.
+    End,
+    /// Bytes that are not (or not yet) a whole frame.
+    Tail { reason: String, unreadable: bool },
+}
+
+/// Reads frames off the file, one at a time.
+struct Reader {
+    file: BufReader<File>,
+    /// The offset of the next frame (the end of the last one read).
+    pos: u64,
+    /// The index of the next frame.
+    index: u64,
+    /// The frame read by the last [`Reader::next`], header included.
+    frame: Vec<u8>,
+    limits: Limits,
+}
+
+impl Reader {
+    fn new(file: File) -> Self {
+        Self {
+            file: BufReader::with_capacity(BUFFER_LEN, file),
+            pos: 0,
+            index: 0,
+            frame: Vec::new(),
+            limits: Limits {
+                max_body_size: MAX_BODY_SIZE,
+                allow_no_crc: true,
+            },
+        }
+    }
+
+    /// The file's length now.
+    async fn len(&self, path: &Path) -> Result<u64> {
+        let metadata = self
+            .file
+            .get_ref()
+            .metadata()
+            .await
+            .with_context(|| format!("cannot read the length of {}", path.display()))?;
+        Ok(metadata.len())
+    }
+
+    /// Reads the frame at `pos` if the first `len` bytes of the file hold it
+    /// whole. The file's read position must be `pos`; after anything but
+    /// [`Next::Frame`] it is somewhere after it (see [`Reader::seek_to_pos`]).
+    async fn next(&mut self, len: u64) -> Result<Next> {
+        let left = len.saturating_sub(self.pos);
+        if left == 0 {
+            return Ok(Next::End);
+        }
+        if left < HEADER_LEN as u64 {
+            return Ok(cut_short(format!(
+                "a header cut short ({left} of {HEADER_LEN} bytes)"
+            )));
+        }
+        let mut head = [0u8; HEADER_LEN];
+        self.file
+            .read_exact(&mut head)
+            .await
+            .context("cannot read a frame header")?;
+        let header = match decode_header(&head, &self.limits) {
+            Ok(Decoded::Done(header, _)) => header,
+            Ok(Decoded::NeedMore(_)) => return Ok(cut_short("a header cut short".to_owned())),
+            Err(error) => {
+                return Ok(Next::Tail {
+                    reason: format!("a header that cannot start a frame: {error}"),
+                    unreadable: true,
+                });
+            }
+        };
+        let frame_len = header.frame_len();
+        if left < frame_len as u64 {
+            return Ok(cut_short(format!(
+                "a frame cut short ({left} of {frame_len} bytes)"
+            )));
+        }
+        if self.frame.capacity() > KEPT_FRAME_BUFFER {
+            self.frame = Vec::new();
+        }
+        self.frame.clear();
+        self.frame.extend_from_slice(&head);
+        // The file's length shows these bytes are there: the allocation is
+        // no larger than the file (and at most 1 GiB and a header).
+        self.frame.resize(frame_len, 0);
+        self.file
+            .read_exact(self.frame.get_mut(HEADER_LEN..).unwrap_or_default())
+            .await
+            .context("cannot read a frame")?;
+        Ok(Next::Frame)
+    }
+
+    /// The frame [`Reader::next`] read, decoded.
+    fn frame(&self) -> Result<FrameRef<'_>> {
+        match decode_frame(&self.frame, &self.limits) {
+            Ok(Decoded::Done(frame, _)) => Ok(frame),
+            // `next` read a whole frame whose header it checked.
+            Ok(Decoded::NeedMore(_)) => anyhow::bail!("internal error: a frame cut short"),
+            Err(error) => Err(error).context("internal error: a frame that does not decode"),
+        }
+    }
+
+    /// Moves past the frame [`Reader::next`] read.
+    fn advance(&mut self) {
+        self.pos += self.frame.len() as u64;
+        self.index += 1;
+    }
+
+    /// Sets the file's read position back to `pos`, dropping the buffer.
+    async fn seek_to_pos(&mut self) -> Result<()> {
+        self.file
+            .seek(SeekFrom::Start(self.pos))
+            .await
+            .context("cannot seek in the file")?;
+        Ok(())
+    }
+
+    /// After the file shrank below `pos`: walks the frame headers from the
+    /// start to the last frame boundary within `len`, and goes on from there.
+    async fn rewalk(&mut self, len: u64) -> Result<()> {
+        self.pos = 0;
+        self.index = 0;
+        self.seek_to_pos().await?;
+        let mut head = [0u8; HEADER_LEN];
+        while len - self.pos >= HEADER_LEN as u64 {
+            self.file
+                .read_exact(&mut head)
+                .await
+                .context("cannot read a frame header")?;
+            let Ok(Decoded::Done(header, _)) = decode_header(&head, &self.limits) else {
+                break;
+            };
+            if len - self.pos < header.frame_len() as u64 {
+                break;
+            }
+            self.file
+                .seek(SeekFrom::Current(i64::from(header.body_size)))
+                .await
+                .context("cannot seek in the file")?;
+            self.pos += header.frame_len() as u64;
+            self.index += 1;
+        }
+        self.seek_to_pos().await
+    }
+}
+
+fn cut_short(reason: String) -> Next {
+    Next::Tail {
+        reason,
+        unreadable: false,
+    }
+}
+
+/// Where the frames go.
+struct Output {
+    stdout: std::io::BufWriter<std::io::Stdout>,
+    json: bool,
+    preview: usize,
+}
+
+/// One frame as a JSON line.
+#[derive(Serialize)]
+struct JsonFrame<'a> {
+    index: u64,
+    offset: u64,
+    version: u32,
+    crc_size: usize,
+    len: usize,
+    crc_ok: bool,
+    crc_stored: u32,
+    crc_computed: u32,
+    /// `"utf-8"` when the payload is valid UTF-8 (and `payload` is that
+    /// text), `"hex"` otherwise (and `payload` is lowercase hex).
+    encoding: &'static str,
+    payload: Cow<'a, str>,
+}
+
+impl Output {
+    fn frame(&mut self, index: u64, offset: u64, frame: &FrameRef<'_>) -> Result<()> {
+        let version = u32::from(frame.header.version);
+        let crc_size = frame.header.crc_size.len();
+        let len = frame.payload.len();
+        if self.json {
+            let (encoding, payload) = match std::str::from_utf8(frame.payload) {
+                Ok(text) => ("utf-8", Cow::Borrowed(text)),
+                Err(_) => ("hex", Cow::Owned(hex(frame.payload))),
+            };
+            let line = JsonFrame {
+                index,
+                offset,
+                version,
+                crc_size,
+                len,
+                crc_ok: frame.crc_ok(),
+                crc_stored: frame.received_crc,
+                crc_computed: frame.computed_crc,
+                encoding,
+                payload,
+            };
+            serde_json::to_writer(&mut self.stdout, &line).context("cannot write stdout")?;
+            writeln!(self.stdout).context("cannot write stdout")?;
+            return Ok(());
+        }
+        let crc = if frame.crc_ok() {
+            "ok".to_owned()
+        } else {
+            format!(
+                "BAD (stored {:#x}, computed {:#x})",
+                frame.received_crc, frame.computed_crc
+            )
+        };
+        write!(
+            self.stdout,
+            "{index} offset={offset} version={version} crc_size={crc_size} len={len} crc={crc}"
+        )
+        .context("cannot write stdout")?;
+        if self.preview > 0 {
+            let shown = frame.payload.get(..self.preview).unwrap_or(frame.payload);
+            let more = if shown.len() < len { "..." } else { "" };
+            write!(self.stdout, " \"{}\"{more}", shown.escape_ascii())
+                .context("cannot write stdout")?;
+        }
+        writeln!(self.stdout).context("cannot write stdout")
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        self.stdout.flush().context("cannot write stdout")
+    }
+}
+
+/// Lowercase hex of `bytes`.
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for &byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_is_lowercase_and_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex(&[]), "");
+    }
+}
