@@ -344,3 +344,102 @@ async fn follow_reads_on_from_the_last_frame_left_when_the_file_shrinks() {
     let status = within(child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+#[tokio::test]
+async fn follow_waits_for_a_frame_cut_short_instead_of_calling_it_torn() {
+    let first = frame(Version::V1, CrcSize::Crc8, b"first");
+    let second = frame(Version::V2, CrcSize::Crc16, b"being written");
+    let (head, rest) = second.split_at(15);
+    // The first pass reads the whole first frame and finds the second cut short.
+    let file = file_with(&[first.as_slice(), head].concat());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["read", "--follow", "--json", path(&file)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the client starts");
+    let pid = Pid::from_raw(child.id().unwrap().try_into().unwrap()).unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within(lines.next_line()).await.unwrap().unwrap();
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["payload"], "first", "{line}");
+
+    append(file.path(), rest);
+    let line = within(lines.next_line()).await.unwrap().unwrap();
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["index"], 1, "{line}");
+    assert_eq!(line["offset"], first.len(), "{line}");
+    assert_eq!(line["payload"], "being written", "{line}");
+    assert_eq!(line["crc_ok"], true, "{line}");
+
+    kill_process(pid, Signal::INT).unwrap();
+    let status = within(child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(within(lines.next_line()).await.unwrap(), None);
+    let mut stderr = String::new();
+    within(child.stderr.take().unwrap().read_to_string(&mut stderr))
+        .await
+        .unwrap();
+    assert!(!stderr.contains("torn tail"), "{stderr}");
+    assert!(
+        stderr.contains("summary: frames=2 ok=2 bad_crc=0 torn_bytes=0"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn frames_larger_than_the_read_buffer_are_read_whole() {
+    // 1 MiB payloads, four times the read buffer, with a small frame between.
+    let big: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut bytes = frame(Version::V2, CrcSize::Crc32, &big);
+    bytes.extend_from_slice(&frame(Version::V1, CrcSize::Crc8, b"small"));
+    bytes.extend_from_slice(&frame(Version::V1, CrcSize::Crc32, &big));
+    let file = file_with(&bytes);
+    let run = client(&["read", "--preview", "2", path(&file)], None).await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    let big_frame = 12 + (1 << 20) + 4;
+    assert_eq!(
+        lines,
+        [
+            "0 offset=0 version=2 crc_size=4 len=1048576 crc=ok \"\\x00\\x01\"...".to_owned(),
+            format!("1 offset={big_frame} version=1 crc_size=1 len=5 crc=ok \"sm\"..."),
+            format!(
+                "2 offset={} version=1 crc_size=4 len=1048576 crc=ok \"\\x00\\x01\"...",
+                big_frame + 18
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_header_announcing_a_huge_body_is_a_tail_not_an_allocation() {
+    let whole = frame(Version::V2, CrcSize::Crc8, b"whole");
+    let header = |body_size: u32| -> Vec<u8> {
+        [2, body_size, 4]
+            .iter()
+            .flat_map(|v: &u32| v.to_be_bytes())
+            .collect()
+    };
+    let cases = [
+        // The largest body a sink can hold (1 GiB), 8 bytes of it present.
+        (1 << 30, "a frame cut short (20 of 1073741836 bytes)"),
+        (
+            (1 << 30) + 1,
+            "a header that cannot start a frame: frame too large",
+        ),
+    ];
+    for (body_size, reason) in cases {
+        let bytes = [whole.clone(), header(body_size), vec![7; 8]].concat();
+        let file = file_with(&bytes);
+        let run = client(&["read", path(&file)], None).await;
+        assert_eq!(run.code, Some(3), "{run:?}");
+        let note = format!(
+            "torn tail: 20 bytes at offset {} after the last complete frame: {reason}",
+            whole.len()
+        );
+        assert!(run.stderr.contains(&note), "{run:?}");
+    }
+}
