@@ -137,7 +137,7 @@ async fn follow(state: &mut State, path: &Path) -> Result<Infallible> {
         match state.read_available(len).await {
             Ok(Some(tail)) if tail.unreadable && noted != Some(tail.offset) => {
                 eprintln!(
-                    "note: the bytes at offset {} cannot start a frame: {}; \
+                    "note: the bytes at offset {} are not a frame ({}); \
                      waiting for the file to change",
                     tail.offset, tail.reason
                 );
@@ -430,8 +430,9 @@ impl Output {
         let crc = if frame.crc_ok() {
             "ok".to_owned()
         } else {
+            let width = 2 + 2 * crc_size;
             format!(
-                "BAD (stored {:#x}, computed {:#x})",
+                "BAD (stored {:#0width$x}, computed {:#0width$x})",
                 frame.received_crc, frame.computed_crc
             )
         };

@@ -150,6 +150,7 @@ async fn a_bad_crc_is_reported_and_exits_3() {
     let mut bytes = frame(Version::V1, CrcSize::Crc8, b"first");
     let second = bytes.len();
     let mut bad = frame(Version::V2, CrcSize::Crc32, b"second");
+    let crc = u32::from_be_bytes(bad[bad.len() - 4..].try_into().unwrap());
     *bad.last_mut().unwrap() ^= 0x01;
     bytes.extend_from_slice(&bad);
     bytes.extend_from_slice(&frame(Version::V1, CrcSize::Crc16, b"third"));
@@ -159,12 +160,12 @@ async fn a_bad_crc_is_reported_and_exits_3() {
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{run:?}");
     assert!(lines[0].contains(" crc=ok "), "{run:?}");
-    assert!(
-        lines[1].starts_with(&format!(
-            "1 offset={second} version=2 crc_size=4 len=6 crc=BAD (stored 0x"
-        )),
-        "{run:?}"
+    let expected = format!(
+        "1 offset={second} version=2 crc_size=4 len=6 \
+         crc=BAD (stored {:#010x}, computed {crc:#010x}) \"second\"",
+        crc ^ 1
     );
+    assert_eq!(lines[1], expected, "{run:?}");
     assert!(lines[2].starts_with("2 offset=") && lines[2].contains(" crc=ok "));
     assert!(
         run.stderr
@@ -442,4 +443,44 @@ async fn a_header_announcing_a_huge_body_is_a_tail_not_an_allocation() {
         );
         assert!(run.stderr.contains(&note), "{run:?}");
     }
+}
+
+#[tokio::test]
+async fn follow_notes_bytes_that_cannot_start_a_frame_and_ctrl_c_exits_3_after_a_bad_crc() {
+    let mut bad = frame(Version::V2, CrcSize::Crc8, b"bad");
+    *bad.last_mut().unwrap() ^= 0x01;
+    let file = file_with(&[bad.clone(), vec![0; 16]].concat());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["read", "--follow", path(&file)])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the client starts");
+    let pid = Pid::from_raw(child.id().unwrap().try_into().unwrap()).unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut notes = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = within(lines.next_line()).await.unwrap().unwrap();
+    assert!(
+        line.starts_with("0 offset=0 version=2 crc_size=1 len=3 crc=BAD"),
+        "{line}"
+    );
+    let note = within(notes.next_line()).await.unwrap().unwrap();
+    let expected = format!(
+        "note: the bytes at offset {} are not a frame (a header that cannot start a frame: \
+         unsupported version 0",
+        bad.len()
+    );
+    assert!(note.starts_with(&expected), "{note}");
+    assert!(
+        note.ends_with("); waiting for the file to change"),
+        "{note}"
+    );
+
+    kill_process(pid, Signal::INT).unwrap();
+    let status = within(child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    let summary = within(notes.next_line()).await.unwrap().unwrap();
+    assert_eq!(summary, "summary: frames=1 ok=0 bad_crc=1 torn_bytes=0");
 }
