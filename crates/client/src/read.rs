@@ -85,24 +85,11 @@ pub(crate) async fn run(args: ReadArgs) -> Result<Outcome> {
         },
         counts: Counts::default(),
     };
-    if args.follow {
-        // `biased`: the Ctrl-C handler is installed before the first read.
-        tokio::select! {
-            biased;
-            signal = tokio::signal::ctrl_c() => signal.context("cannot listen for Ctrl-C")?,
-            result = follow(&mut state, &args.file) => match result? {},
-        }
-        state.out.flush()?;
-    } else {
-        let len = state.reader.len(&args.file).await?;
-        if let Some(tail) = state.read_available(len).await? {
-            state.counts.torn_bytes = tail.bytes;
-            eprintln!(
-                "torn tail: {} bytes at offset {} after the last complete frame: {}",
-                tail.bytes, tail.offset, tail.reason
-            );
-        }
-        state.out.flush()?;
+    match read(&mut state, &args).await {
+        Ok(()) => {}
+        // A reader that has seen enough (`client read FILE | head`).
+        Err(error) if is_io(&error, std::io::ErrorKind::BrokenPipe) => {}
+        Err(error) => return Err(error),
     }
     let counts = &state.counts;
     eprintln!(
@@ -114,6 +101,28 @@ pub(crate) async fn run(args: ReadArgs) -> Result<Outcome> {
     } else {
         Outcome::Damaged
     })
+}
+
+/// Reads the file: once, or with `--follow` until Ctrl-C.
+async fn read(state: &mut State, args: &ReadArgs) -> Result<()> {
+    if args.follow {
+        // `biased`: the Ctrl-C handler is installed before the first read.
+        tokio::select! {
+            biased;
+            signal = tokio::signal::ctrl_c() => signal.context("cannot listen for Ctrl-C")?,
+            result = follow(state, &args.file) => match result? {},
+        }
+    } else {
+        let len = state.reader.len(&args.file).await?;
+        if let Some(tail) = state.read_available(len).await? {
+            state.counts.torn_bytes = tail.bytes;
+            eprintln!(
+                "torn tail: {} bytes at offset {} after the last complete frame: {}",
+                tail.bytes, tail.offset, tail.reason
+            );
+        }
+    }
+    state.out.flush()
 }
 
 /// `--follow`: reads what is there, then waits for more, until cancelled.
@@ -145,7 +154,7 @@ async fn follow(state: &mut State, path: &Path) -> Result<Infallible> {
             }
             Ok(_) => {}
             // The file shrank while being read: the next round sees it.
-            Err(error) if is_eof(&error) => {}
+            Err(error) if is_io(&error, std::io::ErrorKind::UnexpectedEof) => {}
             Err(error) => return Err(error),
         }
         state.out.flush()?;
@@ -156,10 +165,17 @@ async fn follow(state: &mut State, path: &Path) -> Result<Infallible> {
     }
 }
 
-fn is_eof(error: &anyhow::Error) -> bool {
+/// Whether `error` is an I/O error of this kind (or serde_json's wrapping one).
+fn is_io(error: &anyhow::Error, kind: std::io::ErrorKind) -> bool {
     error
         .downcast_ref::<std::io::Error>()
-        .is_some_and(|error| error.kind() == std::io::ErrorKind::UnexpectedEof)
+        .map(std::io::Error::kind)
+        .or_else(|| {
+            error
+                .downcast_ref::<serde_json::Error>()
+                .and_then(serde_json::Error::io_error_kind)
+        })
+        == Some(kind)
 }
 
 /// What one run has seen.

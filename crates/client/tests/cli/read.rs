@@ -292,9 +292,15 @@ async fn follow_prints_frames_as_they_complete_and_exits_0_on_ctrl_c() {
 
 #[tokio::test]
 async fn follow_reads_on_from_the_last_frame_left_when_the_file_shrinks() {
-    let first = frame(Version::V2, CrcSize::Crc8, b"kept");
+    // Two frames kept (the walk back over them steps through the read
+    // buffer), one rolled back.
+    let kept = [
+        frame(Version::V2, CrcSize::Crc8, b"kept"),
+        frame(Version::V1, CrcSize::Crc32, b"kept too"),
+    ]
+    .concat();
     let second = frame(Version::V2, CrcSize::Crc8, b"rolled back");
-    let file = file_with(&[first.clone(), second.clone()].concat());
+    let file = file_with(&[kept.clone(), second.clone()].concat());
     let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
         .args(["read", "--follow", path(&file)])
         .stdin(Stdio::null())
@@ -306,26 +312,26 @@ async fn follow_reads_on_from_the_last_frame_left_when_the_file_shrinks() {
     let pid = Pid::from_raw(child.id().unwrap().try_into().unwrap()).unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut notes = BufReader::new(child.stderr.take().unwrap()).lines();
-    for index in 0..2 {
+    for index in 0..3 {
         let line = within(lines.next_line()).await.unwrap().unwrap();
         assert!(line.starts_with(&format!("{index} offset=")), "{line}");
     }
 
-    // As a sink rolling back a failed write: cut to the end of the first frame.
+    // As a sink rolling back a failed write: cut to the end of the kept frames.
     std::fs::OpenOptions::new()
         .write(true)
         .open(file.path())
         .unwrap()
-        .set_len(first.len() as u64)
+        .set_len(kept.len() as u64)
         .unwrap();
     let note = within(notes.next_line()).await.unwrap().unwrap();
     let shrank = format!(
         "note: the file shrank to {} bytes, below offset {} already read",
-        first.len(),
-        first.len() + second.len()
+        kept.len(),
+        kept.len() + second.len()
     );
     assert!(note.starts_with(&shrank), "{note}");
-    let from = format!("reading on from frame 1 at offset {}", first.len());
+    let from = format!("reading on from frame 2 at offset {}", kept.len());
     assert!(note.ends_with(&from), "{note}");
 
     append(
@@ -336,8 +342,8 @@ async fn follow_reads_on_from_the_last_frame_left_when_the_file_shrinks() {
     assert_eq!(
         line,
         format!(
-            "1 offset={} version=1 crc_size=4 len=9 crc=ok \"rewritten\"",
-            first.len()
+            "2 offset={} version=1 crc_size=4 len=9 crc=ok \"rewritten\"",
+            kept.len()
         )
     );
 
@@ -483,4 +489,39 @@ async fn follow_notes_bytes_that_cannot_start_a_frame_and_ctrl_c_exits_3_after_a
     assert_eq!(status.code(), Some(3), "{status:?}");
     let summary = within(notes.next_line()).await.unwrap().unwrap();
     assert_eq!(summary, "summary: frames=1 ok=0 bad_crc=1 torn_bytes=0");
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_early_is_not_an_error() {
+    let mut bytes = Vec::new();
+    for i in 0..20_000u32 {
+        encode_frame(
+            Version::V2,
+            CrcSize::Crc8,
+            format!("frame {i}").as_bytes(),
+            &mut bytes,
+        )
+        .unwrap();
+    }
+    let file = file_with(&bytes);
+    for format in ["--preview=32", "--json"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
+            .args(["read", format, path(&file)])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the client starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let line = within(lines.next_line()).await.unwrap().unwrap();
+        assert!(line.starts_with("0 offset=0") || line.starts_with("{\"index\":0,"));
+        // As `client read FILE | head -1` does.
+        drop(lines);
+        let output = within(child.wait_with_output()).await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{format}: {stderr}");
+        assert!(!stderr.contains("error"), "{format}: {stderr}");
+        assert!(stderr.contains("summary: frames="), "{format}: {stderr}");
+    }
 }
