@@ -485,6 +485,136 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use proto::{CrcSize, Version, encode_frame};
+
+    /// A frame as [`read_bytes`] saw it.
+    #[derive(Debug)]
+    struct Seen {
+        offset: u64,
+        frame_len: u64,
+        payload: Vec<u8>,
+        crc_ok: bool,
+    }
+
+    /// What a [`Reader`] makes of `bytes`: its frames, and the tail after
+    /// the last frame as (offset, bytes).
+    fn read_bytes(bytes: &[u8]) -> (Vec<Seen>, Option<(u64, u64)>) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut file, bytes).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut reader = Reader::new(File::open(file.path()).await.unwrap());
+            let len = reader.len(file.path()).await.unwrap();
+            let mut frames = Vec::new();
+            loop {
+                match reader.next(len).await.unwrap() {
+                    Next::Frame => {
+                        let frame = reader.frame().unwrap();
+                        frames.push(Seen {
+                            offset: reader.pos,
+                            frame_len: frame.raw.len() as u64,
+                            payload: frame.payload.to_vec(),
+                            crc_ok: frame.crc_ok(),
+                        });
+                        reader.advance();
+                    }
+                    Next::End => return (frames, None),
+                    Next::Tail { .. } => return (frames, Some((reader.pos, len - reader.pos))),
+                }
+            }
+        })
+    }
+
+    fn version_and_crc() -> impl Strategy<Value = (Version, CrcSize)> {
+        (
+            prop_oneof![Just(Version::V1), Just(Version::V2)],
+            prop_oneof![
+                Just(CrcSize::None),
+                Just(CrcSize::Crc8),
+                Just(CrcSize::Crc16),
+                Just(CrcSize::Crc32)
+            ],
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A file cut anywhere reads as the frames wholly before the cut and
+        /// a tail of exactly the bytes after them.
+        #[test]
+        fn a_cut_anywhere_leaves_the_frames_before_it(
+            frames in proptest::collection::vec(
+                (version_and_crc(), proptest::collection::vec(any::<u8>(), 0..600)),
+                0..6,
+            ),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let mut bytes = Vec::new();
+            let mut ends = Vec::new();
+            for ((version, crc_size), payload) in &frames {
+                encode_frame(*version, *crc_size, payload, &mut bytes).unwrap();
+                ends.push(bytes.len() as u64);
+            }
+            let cut = cut.index(bytes.len() + 1);
+            let (read, tail) = read_bytes(&bytes[..cut]);
+            let whole = ends.iter().filter(|&&end| end <= cut as u64).count();
+            prop_assert_eq!(read.len(), whole);
+            for (index, seen) in read.iter().enumerate() {
+                let start = if index == 0 { 0 } else { ends[index - 1] };
+                prop_assert_eq!(seen.offset, start);
+                prop_assert_eq!(&seen.payload, &frames[index].1);
+                prop_assert!(seen.crc_ok);
+            }
+            let last = if whole == 0 { 0 } else { ends[whole - 1] };
+            let expected = (cut as u64 > last).then(|| (last, cut as u64 - last));
+            prop_assert_eq!(tail, expected);
+        }
+
+        /// Any bytes at all read without an error: some frames, then
+        /// perhaps a tail, which together cover the file exactly. The bytes
+        /// are headers with small, often impossible fields, each followed by
+        /// a body of any length (too short, too long, a wrong CRC).
+        #[test]
+        fn any_bytes_read_as_frames_and_a_tail(
+            chunks in proptest::collection::vec(
+                (0u32..4, 0u32..24, 0u32..6, proptest::collection::vec(any::<u8>(), 0..30)),
+                0..8,
+            ),
+            cut in any::<proptest::sample::Index>(),
+        ) {
+            let mut bytes = Vec::new();
+            for (version, body_size, crc_size, body) in &chunks {
+                for field in [version, body_size, crc_size] {
+                    bytes.extend_from_slice(&field.to_be_bytes());
+                }
+                bytes.extend_from_slice(body);
+            }
+            bytes.truncate(cut.index(bytes.len() + 1));
+            let (read, tail) = read_bytes(&bytes);
+            let mut end = 0u64;
+            for seen in &read {
+                prop_assert_eq!(seen.offset, end);
+                prop_assert_eq!(
+                    seen.frame_len,
+                    (HEADER_LEN + seen.payload.len()) as u64 + u64::from(u32::from_be_bytes(
+                        bytes[seen.offset as usize + 8..][..4].try_into().unwrap()
+                    ))
+                );
+                end += seen.frame_len;
+            }
+            match tail {
+                Some((offset, len)) => {
+                    prop_assert_eq!(offset, end);
+                    prop_assert_eq!(offset + len, bytes.len() as u64);
+                }
+                None => prop_assert_eq!(end, bytes.len() as u64),
+            }
+        }
+    }
 
     #[test]
     fn hex_is_lowercase_and_two_digits_a_byte() {
