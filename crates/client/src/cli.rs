@@ -1,4 +1,4 @@
-//! The command line: `client send` and `client bench` (clap derive).
+//! The command line: `client send`, `client bench` and `client read` (clap derive).
 //!
 //! The option names are part of the interface: the xtask scenarios and the
 //! README call them.
@@ -25,6 +25,30 @@ pub(crate) enum Command {
     Send(SendArgs),
     /// Send many frames of one size over several connections and report the rate.
     Bench(BenchArgs),
+    /// Print the frames of a file written by the server's `file` sink,
+    /// checking every CRC. Exit status: 0 every frame intact, 1 an error,
+    /// 2 a usage error, 3 a frame with a bad CRC or a torn tail.
+    Read(ReadArgs),
+}
+
+/// `client read`.
+#[derive(Debug, Args)]
+pub(crate) struct ReadArgs {
+    /// The file a `file` sink wrote (or a `PATH.torn-OFFSET` file it kept).
+    #[arg(value_name = "FILE")]
+    pub(crate) file: PathBuf,
+    /// Print one JSON object per frame instead of a line of text; the
+    /// payload is UTF-8 text when valid, hex otherwise ("encoding" says which).
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Payload bytes shown, escaped, at the end of each text line (0: none).
+    #[arg(long, value_name = "N", default_value_t = 32, conflicts_with = "json")]
+    pub(crate) preview: usize,
+    /// After the end, wait for the file to grow and print new frames as they
+    /// complete, like `tail -f`, until Ctrl-C. A frame cut short at the end
+    /// is one still being written, not a torn tail.
+    #[arg(long)]
+    pub(crate) follow: bool,
 }
 
 /// `client send`.
@@ -242,5 +266,22 @@ mod tests {
         assert!(bench.wait_ack && bench.json);
         assert_eq!(bench.connect.timeout, Duration::from_millis(500));
         assert!(parse(&["bench", "--addr", "h:1", "--frames", "0", "--size", "1"]).is_err());
+    }
+
+    #[test]
+    fn read_parses_its_options() {
+        let Command::Read(read) = parse(&["read", "f"]).unwrap().command else {
+            panic!("expected read");
+        };
+        assert_eq!(read.file, PathBuf::from("f"));
+        assert_eq!(read.preview, 32);
+        assert!(!read.json && !read.follow);
+        let Command::Read(read) = parse(&["read", "--json", "--follow", "f"]).unwrap().command
+        else {
+            panic!("expected read");
+        };
+        assert!(read.json && read.follow);
+        assert!(parse(&["read"]).is_err());
+        assert!(parse(&["read", "--json", "--preview", "3", "f"]).is_err());
     }
 }

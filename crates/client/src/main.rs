@@ -4,11 +4,13 @@
 //! - `client send --addr HOST:PORT (MESSAGE... | --file PATH | --stdin-lines)`
 //!   sends one frame per message, file or line, optionally checking the acks;
 //! - `client bench --addr HOST:PORT --frames N --size BYTES --connections C`
-//!   measures frames per second and, with `--wait-ack`, ack latency.
+//!   measures frames per second and, with `--wait-ack`, ack latency;
+//! - `client read FILE [--json] [--follow]` prints the frames of a file the
+//!   server's `file` sink wrote, checking their CRCs.
 //!
 //! Modules: [`cli`] (the options), [`send`], [`bench`](mod@bench), [`ack`] (what the
 //! listener sends back), [`connect`] (opening connections, directly or
-//! through the `socks5` crate's client),
+//! through the `socks5` crate's client), [`read`],
 //! [`deadline`], [`histogram`] and [`output`].
 //!
 //! Left out: logging (the client reports in its summary line and its error
@@ -21,6 +23,7 @@ mod connect;
 mod deadline;
 mod histogram;
 mod output;
+mod read;
 mod send;
 
 use std::process::ExitCode;
@@ -43,12 +46,13 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Send(args) => send::run(args).await,
-            Command::Bench(args) => bench::run(args).await,
+            Command::Send(args) => send::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Read(args) => read::run(args).await.map(read::Outcome::exit_code),
         }
     });
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE

@@ -26,6 +26,8 @@ pub(crate) async fn within<T>(future: impl Future<Output = T>) -> T {
 #[derive(Debug)]
 pub(crate) struct Run {
     pub(crate) success: bool,
+    /// The exit status (`None` when a signal ended the client).
+    pub(crate) code: Option<i32>,
     pub(crate) stdout: String,
     pub(crate) stderr: String,
 }
@@ -52,6 +54,7 @@ pub(crate) async fn client(args: &[&str], stdin: Option<&[u8]>) -> Run {
         .expect("the client runs");
     Run {
         success: output.status.success(),
+        code: output.status.code(),
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
