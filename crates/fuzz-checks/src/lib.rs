@@ -9,7 +9,7 @@
 //! property shared by every pure decoder), [`proto`] (frame header, frame,
 //! ack, the `tokio_util` codecs), [`socks5`] (greeting, RFC 1929 request,
 //! request, UDP header, and the replies a client parses), [`config`]
-//! (`server`'s config loader) and [`proxy_header`] (the PROXY protocol header).
+//! (`server`'s config loader) and [`proxy_header()`] (the PROXY protocol header).
 //!
 //! Left out on purpose: anything with I/O. The decoders are pure; the config
 //! loader reads a `users_file`, which [`config`] keeps away from special files.
