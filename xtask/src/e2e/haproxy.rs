@@ -470,9 +470,32 @@ struct Balancer {
 }
 
 impl Balancer {
+    /// Starts HAProxy and waits until it shows both servers UP. The
+    /// frontend's port is picked free just before; if another process takes
+    /// it first HAProxy exits at start, and a new port is tried (three
+    /// attempts).
     fn start(binary: &Path, dir: &Path, a: SocketAddr, b: SocketAddr) -> anyhow::Result<Self> {
+        let mut attempt = 1;
+        loop {
+            match Self::start_once(binary, dir, a, b) {
+                Err(StartError::Exited(error)) if attempt < 3 => {
+                    println!("haproxy exited at start (attempt {attempt}), retrying: {error:#}");
+                    attempt += 1;
+                }
+                Err(StartError::Exited(error) | StartError::Other(error)) => return Err(error),
+                Ok(balancer) => return Ok(balancer),
+            }
+        }
+    }
+
+    fn start_once(
+        binary: &Path,
+        dir: &Path,
+        a: SocketAddr,
+        b: SocketAddr,
+    ) -> Result<Self, StartError> {
         let socket = dir.join("haproxy.sock");
-        let frontend = free_port()?;
+        let frontend = free_port().map_err(StartError::Other)?;
         let config = HAPROXY_CONFIG
             .replace("{SOCKET}", &socket.display().to_string())
             .replace("{FRONTEND}", &frontend.to_string())
@@ -480,10 +503,12 @@ impl Balancer {
             .replace("{B}", &b.to_string());
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+            .with_context(|| format!("cannot write {}", path.display()))
+            .map_err(StartError::Other)?;
         let mut cmd = Command::new(binary);
         cmd.arg("-f").arg(&path).arg("-db");
-        let proc = Proc::spawn("haproxy", &mut cmd, Stdio::null(), Stdout::Null)?;
+        let proc = Proc::spawn("haproxy", &mut cmd, Stdio::null(), Stdout::Null)
+            .map_err(StartError::Other)?;
         let mut balancer = Self {
             proc: Some(proc),
             socket,
@@ -495,12 +520,15 @@ impl Balancer {
     }
 
     /// Waits until the stats socket shows every server in `names` UP.
-    fn wait_up(&mut self, names: &[&str]) -> anyhow::Result<()> {
+    fn wait_up(&mut self, names: &[&str]) -> Result<(), StartError> {
         let deadline = Instant::now() + WAIT;
         loop {
             if self.proc.as_mut().is_none_or(Proc::has_exited) {
                 self.stop();
-                bail!("haproxy exited at start: {}", self.stderr_tail());
+                return Err(StartError::Exited(anyhow::anyhow!(
+                    "haproxy exited at start: {}",
+                    self.stderr_tail()
+                )));
             }
             let last = match self.states() {
                 Ok(states) => {
@@ -516,10 +544,10 @@ impl Balancer {
             };
             if Instant::now() >= deadline {
                 self.stop();
-                bail!(
+                return Err(StartError::Other(anyhow::anyhow!(
                     "haproxy's servers were not all UP within {WAIT:?}: {last}; stderr: {}",
                     self.stderr_tail()
-                );
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -587,6 +615,14 @@ impl Balancer {
     fn stderr_tail(&self) -> &str {
         &self.stderr
     }
+}
+
+/// Why HAProxy did not start.
+enum StartError {
+    /// It exited (the frontend's port taken, say): worth another port.
+    Exited(anyhow::Error),
+    /// Anything else.
+    Other(anyhow::Error),
 }
 
 impl Drop for Balancer {
