@@ -13,12 +13,14 @@
 //! [`hostile`] (bad peers while good ones are served), [`crash`] (a file
 //! sink of its own, killed with SIGKILL and restarted twenty times),
 //! [`fail2ban`] (contrib's filter on a server's real log), [`deploy`] (the
-//! systemd unit and the Kubernetes manifests) and [`shutdown`].
+//! systemd unit and the Kubernetes manifests), [`haproxy`] (two instances of
+//! their own behind HAProxy with the PROXY protocol) and [`shutdown`].
 
 mod crash;
 mod deploy;
 mod fail2ban;
 mod frames;
+mod haproxy;
 mod hostile;
 mod interop;
 mod proxy;
@@ -177,6 +179,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("fail2ban", fail2ban::fail2ban_filter),
     ("systemd-unit", deploy::systemd_unit),
     ("k8s-manifests", deploy::k8s_manifests),
+    ("haproxy", haproxy::haproxy),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 
