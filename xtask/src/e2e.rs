@@ -12,7 +12,8 @@
 //! through the proxy), [`proxy`] (curl, Chromium, ncat, PySocks UDP),
 //! [`hostile`] (bad peers while good ones are served), [`crash`] (a file
 //! sink of its own, killed with SIGKILL and restarted twenty times),
-//! [`fail2ban`] (contrib's filter on a server's real log), [`deploy`] (the
+//! [`fail2ban`] (contrib's filter on a server's real log), [`prometheus`]
+//! (the admin endpoint's `/metrics` through `promtool`), [`deploy`] (the
 //! systemd unit and the Kubernetes manifests) and [`shutdown`].
 
 mod crash;
@@ -21,6 +22,7 @@ mod fail2ban;
 mod frames;
 mod hostile;
 mod interop;
+mod prometheus;
 mod proxy;
 mod shutdown;
 
@@ -63,6 +65,9 @@ const OVERALL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// The server config; `{SINK}` is replaced by the file sink's path.
 const CONFIG: &str = r#"[server]
 drain_timeout = "5s"
+
+[admin]
+bind = "127.0.0.1:0"
 
 [[listener]]
 name = "frames"
@@ -175,6 +180,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("hostile-peers", hostile::hostile_peers),
     ("crash-durability", crash::crash_durability),
     ("fail2ban", fail2ban::fail2ban_filter),
+    ("prometheus-metrics", prometheus::promtool_check_metrics),
     ("systemd-unit", deploy::systemd_unit),
     ("k8s-manifests", deploy::k8s_manifests),
     ("graceful-shutdown", shutdown::graceful_shutdown),

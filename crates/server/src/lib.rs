@@ -103,7 +103,7 @@ impl Server {
                     })
                     .collect();
                 let registry = metrics::registry(entries, Arc::default());
-                info!(%addr, "admin endpoint listening: /metrics, /healthz, /readyz");
+                info!(%addr, paths = "/metrics /healthz /readyz", "admin listening");
                 Some(Admin {
                     listener,
                     addr,
