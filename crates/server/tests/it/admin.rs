@@ -334,3 +334,100 @@ async fn an_admin_address_in_use_is_a_clear_startup_error() {
         "{error}"
     );
 }
+
+/// Scrapes until `series` has `value`, or fails after `STEP` with the last scrape.
+async fn wait_for_sample(server: &Admin, series: &str, value: f64) -> String {
+    let mut last = String::new();
+    let found = tokio::time::timeout(STEP, async {
+        loop {
+            last = server.get("/metrics").await.1;
+            if sample(&last, series) == Some(value) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "{series} never reached {value}:\n{last}");
+    last
+}
+
+#[tokio::test]
+async fn metrics_count_logins_rules_and_file_sink_syncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = dir.path().join("frames.bin");
+    let listeners = format!(
+        "[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n\
+         handler = {{ type = \"file\", path = {:?}, sync = \"always\" }}\n\
+         [[listener]]\nname = \"locked\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n\
+         auth = \"password\"\nusers = [{{ username = \"alice\", password = \"s3cret\" }}]\n\
+         [[listener.rules]]\naction = \"deny\"\nports = [9]\n",
+        sink.display().to_string()
+    );
+    let server = Admin::start(&listeners).await;
+    let (frames, locked) = (server.addr("frames"), server.addr("locked"));
+    let mut direct = send(frames, &REFERENCE_FRAME).await;
+    let mut ack = [0u8; 25];
+    within(STEP, direct.read_exact(&mut ack)).await.unwrap();
+    assert_eq!(ack, ACK_OK_0);
+    drop(direct);
+    let wrong = client::connect(locked, &Address::Ip(frames), Some(("alice", "guess")), STEP).await;
+    assert!(matches!(wrong, Err(socks5::Error::AuthFailed)), "{wrong:?}");
+    let denied = SocketAddr::from(([127, 0, 0, 1], 9));
+    let refused = client::connect(
+        locked,
+        &Address::Ip(denied),
+        Some(("alice", "s3cret")),
+        STEP,
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(socks5::Error::Rejected(socks5::Reply::NotAllowed))
+        ),
+        "{refused:?}"
+    );
+
+    let socks = "listener=\"locked\",mode=\"socks5\"";
+    let crc = "listener=\"frames\",mode=\"crc-tcp\"";
+    wait_for_sample(
+        &server,
+        &format!("netkit_socks5_auth_failures_total{{{socks}}}"),
+        1.0,
+    )
+    .await;
+    let metrics = wait_for_sample(
+        &server,
+        &format!("netkit_connections_rejected_total{{{socks},reason=\"rule\"}}"),
+        1.0,
+    )
+    .await;
+    check_format(&metrics);
+    let expect = |series: String, value: f64| {
+        assert_eq!(
+            sample(&metrics, &series),
+            Some(value),
+            "{series} in\n{metrics}"
+        );
+    };
+    expect(
+        format!("netkit_socks5_handshake_failures_total{{{socks},reason=\"auth\"}}"),
+        1.0,
+    );
+    expect(
+        format!(
+            "netkit_socks5_requests_total{{{socks},command=\"connect\",reply=\"not_allowed\"}}"
+        ),
+        1.0,
+    );
+    expect(
+        format!("netkit_socks5_connect_seconds_count{{{socks}}}"),
+        0.0,
+    );
+    expect(format!("netkit_sink_sync_seconds_count{{{crc}}}"), 1.0);
+    expect(format!("netkit_frames_total{{{crc},status=\"ok\"}}"), 1.0);
+    // The user name is in the log line for fail2ban, never in a label.
+    assert!(!metrics.contains("alice"), "{metrics}");
+    server.stop().await;
+}
