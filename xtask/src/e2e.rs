@@ -13,7 +13,8 @@
 //! [`hostile`] (bad peers while good ones are served), [`crash`] (a file
 //! sink of its own, killed with SIGKILL and restarted twenty times),
 //! [`fail2ban`] (contrib's filter on a server's real log), [`prometheus`]
-//! (the admin endpoint's `/metrics` through `promtool`), [`deploy`] (the
+//! (the admin endpoint's `/metrics` through `promtool`, and scraped by a
+//! real Prometheus), [`deploy`] (the
 //! systemd unit and the Kubernetes manifests) and [`shutdown`].
 
 mod crash;
@@ -181,6 +182,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("crash-durability", crash::crash_durability),
     ("fail2ban", fail2ban::fail2ban_filter),
     ("prometheus-metrics", prometheus::promtool_check_metrics),
+    ("prometheus-scrape", prometheus::prometheus_scrape),
     ("systemd-unit", deploy::systemd_unit),
     ("k8s-manifests", deploy::k8s_manifests),
     ("graceful-shutdown", shutdown::graceful_shutdown),
