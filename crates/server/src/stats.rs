@@ -277,3 +277,25 @@ impl Drop for ActiveGuard<'_> {
         self.0.active.fetch_sub(1, Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_falls_in_the_first_bucket_whose_bound_it_does_not_exceed() {
+        let histogram = DurationHistogram::new(&[0.001, 0.01]);
+        histogram.observe(Duration::from_micros(1000)); // exactly on a bound: le="0.001"
+        histogram.observe_n(Duration::from_millis(5), 3);
+        histogram.observe(Duration::from_secs(2)); // past every bound: +Inf only
+        histogram.observe_n(Duration::from_secs(1), 0); // nothing
+        let (sum, count, buckets) = histogram.snapshot();
+        assert_eq!(count, 5);
+        assert_eq!(
+            buckets,
+            vec![(0.001, 1), (0.01, 3), (f64::INFINITY, 1)],
+            "per bucket, not cumulative"
+        );
+        assert!((sum - (0.001 + 0.015 + 2.0)).abs() < 1e-9, "{sum}");
+    }
+}
