@@ -41,7 +41,7 @@ const ACK_OK: [u8; 25] = [
 ];
 
 /// The admin endpoint's address, from the server's `admin listening` event.
-fn admin_addr(ctx: &Ctx) -> anyhow::Result<SocketAddr> {
+pub(super) fn admin_addr(ctx: &Ctx) -> anyhow::Result<SocketAddr> {
     let event = ctx
         .server
         .events()
@@ -105,7 +105,7 @@ pub(crate) fn promtool_check_metrics(ctx: &mut Ctx) -> anyhow::Result<String> {
 }
 
 /// One GET on its own connection: (status, body).
-fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+pub(super) fn get(addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
     let mut stream = TcpStream::connect_timeout(&addr, STEP)
         .with_context(|| format!("cannot connect to the admin endpoint {addr}"))?;
     stream.set_read_timeout(Some(STEP))?;
