@@ -12,9 +12,11 @@
 //! through the proxy), [`proxy`] (curl, Chromium, ncat, PySocks UDP),
 //! [`hostile`] (bad peers while good ones are served), [`crash`] (a file
 //! sink of its own, killed with SIGKILL and restarted twenty times),
-//! [`fail2ban`] (contrib's filter on a server's real log), [`deploy`] (the
-//! systemd unit and the Kubernetes manifests), [`haproxy`] (two instances of
-//! their own behind HAProxy with the PROXY protocol) and [`shutdown`].
+//! [`fail2ban`] (contrib's filter on a server's real log), [`prometheus`]
+//! (the admin endpoint's `/metrics` through `promtool`, and scraped by a
+//! real Prometheus), [`deploy`] (the systemd unit and the Kubernetes
+//! manifests), [`haproxy`] (two instances of their own behind HAProxy with
+//! the PROXY protocol) and [`shutdown`].
 
 mod crash;
 mod deploy;
@@ -23,6 +25,7 @@ mod frames;
 mod haproxy;
 mod hostile;
 mod interop;
+mod prometheus;
 mod proxy;
 mod shutdown;
 
@@ -65,6 +68,9 @@ const OVERALL_TIMEOUT: Duration = Duration::from_secs(20 * 60);
 /// The server config; `{SINK}` is replaced by the file sink's path.
 const CONFIG: &str = r#"[server]
 drain_timeout = "5s"
+
+[admin]
+bind = "127.0.0.1:0"
 
 [[listener]]
 name = "frames"
@@ -177,6 +183,8 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("hostile-peers", hostile::hostile_peers),
     ("crash-durability", crash::crash_durability),
     ("fail2ban", fail2ban::fail2ban_filter),
+    ("prometheus-metrics", prometheus::promtool_check_metrics),
+    ("prometheus-scrape", prometheus::prometheus_scrape),
     ("systemd-unit", deploy::systemd_unit),
     ("k8s-manifests", deploy::k8s_manifests),
     ("haproxy", haproxy::haproxy),

@@ -23,6 +23,9 @@ pub struct Config {
     /// Settings of the process as a whole.
     #[serde(default)]
     pub server: ServerSection,
+    /// The admin endpoint (`/metrics`, `/healthz`, `/readyz`); absent: off.
+    #[serde(default)]
+    pub admin: Option<crate::admin::AdminConfig>,
     /// The listeners, each in a registered mode.
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -156,6 +159,11 @@ impl Config {
         self.server.validate().context("[server]")?;
         let mut names = HashSet::new();
         let mut binds = HashSet::new();
+        if let Some(admin) = &self.admin
+            && admin.bind.port() != 0
+        {
+            binds.insert(admin.bind);
+        }
         let mut paths: HashSet<PathBuf> = HashSet::new();
         for (index, listener) in self.listeners.iter().enumerate() {
             let name = listener.name(index);
@@ -165,7 +173,7 @@ impl Config {
             }
             let bind = listener.bind();
             if bind.port() != 0 && !binds.insert(bind) {
-                bail!("{at}: bind: {bind} is already used by another listener");
+                bail!("{at}: bind: {bind} is already used by another listener or [admin]");
             }
             listener.validate().with_context(|| at.clone())?;
             if let Some(path) = listener.sink_path()
@@ -319,6 +327,8 @@ mod tests {
     fn embedded_default_is_valid_and_loopback_only() {
         let config = Config::embedded_default().unwrap();
         assert!(!config.listeners.is_empty());
+        let admin = config.admin.as_ref().expect("the default has [admin]");
+        assert!(admin.bind.ip().is_loopback(), "admin binds {}", admin.bind);
         for listener in &config.listeners {
             assert!(
                 listener.bind().ip().is_loopback(),
@@ -327,6 +337,31 @@ mod tests {
                 listener.bind()
             );
         }
+    }
+
+    #[test]
+    fn admin_is_optional_checked_and_its_address_is_not_a_listener_s() {
+        let listener = "[[listener]]\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:7000\"\n";
+        assert!(Config::parse(listener, "t").unwrap().admin.is_none());
+        let on = format!("[admin]\nbind = \"127.0.0.1:9464\"\n{listener}");
+        assert_eq!(
+            Config::parse(&on, "t").unwrap().admin.unwrap().bind,
+            "127.0.0.1:9464".parse().unwrap()
+        );
+        let message = error_of(&format!("[admin]\nbind = \"127.0.0.1:7000\"\n{listener}"));
+        assert!(
+            message.contains("127.0.0.1:7000") && message.contains("[admin]"),
+            "{message}"
+        );
+        let message = error_of(&format!(
+            "[admin]\nbind = \"127.0.0.1:1\"\npath = \"/m\"\n{listener}"
+        ));
+        assert!(message.contains("path"), "{message}");
+        let message = error_of(&format!("[admin]\nbind = \"localhost\"\n{listener}"));
+        assert!(
+            message.contains("bind") || message.contains("address"),
+            "{message}"
+        );
     }
 
     #[test]

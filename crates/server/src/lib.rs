@@ -6,11 +6,14 @@
 //! Modules: [`config`] (TOML, validated before anything binds), [`registry`]
 //! (one variant per mode), `listener` (bind, accept, connection limits),
 //! [`modes`] (`crc-tcp`, `socks5`), [`sinks`] (the file sink), [`shutdown`]
-//! (signals), [`proxy_protocol`] (whom to trust for a PROXY protocol header, and reading it).
+//! (signals), [`proxy_protocol`] (whom to trust for a PROXY protocol header, and reading it),
+//! [`admin`] (the `[admin]` HTTP endpoint) and [`metrics`] (what its `/metrics` shows).
 //! Left out on purpose: wire formats, which live in `proto`, `socks5` and `proxy-header`.
 
+pub mod admin;
 pub mod config;
 mod listener;
+pub mod metrics;
 pub mod modes;
 pub mod proxy_protocol;
 pub mod registry;
@@ -18,10 +21,14 @@ pub mod shutdown;
 pub mod sinks;
 pub mod stats;
 
+pub use admin::AdminConfig;
 pub use config::Config;
 pub use registry::MODES;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -35,6 +42,14 @@ pub struct Server {
     listeners: Vec<Bound>,
     drain_timeout: std::time::Duration,
     stats_interval: std::time::Duration,
+    admin: Option<Admin>,
+}
+
+/// The bound admin endpoint.
+struct Admin {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: Arc<admin::State>,
 }
 
 struct Bound {
@@ -46,8 +61,9 @@ struct Bound {
 }
 
 impl Server {
-    /// Builds every listener's service and binds every address; nothing is
-    /// served until [`Server::run`]. Logs `listening` with each address.
+    /// Builds every listener's service and binds every address, then the
+    /// `[admin]` one if set; nothing is served until [`Server::run`]. Logs
+    /// `listening` with each address.
     ///
     /// # Errors
     ///
@@ -75,11 +91,42 @@ impl Server {
                 addr,
             });
         }
+        let admin = match &config.admin {
+            Some(admin_config) => {
+                let (listener, addr) = admin::bind(admin_config).await?;
+                let entries = listeners
+                    .iter()
+                    .map(|b| metrics::ListenerEntry {
+                        name: b.common.name.clone(),
+                        mode: b.mode,
+                        stats: Arc::clone(&b.common.stats),
+                    })
+                    .collect();
+                let registry = metrics::registry(entries, Arc::default());
+                info!(%addr, paths = "/metrics /healthz /readyz", "admin listening");
+                Some(Admin {
+                    listener,
+                    addr,
+                    state: Arc::new(admin::State {
+                        registry,
+                        ready: false.into(),
+                    }),
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             listeners,
             drain_timeout: config.server.drain_timeout,
             stats_interval: config.server.stats_interval,
+            admin,
         })
+    }
+
+    /// The bound address of the admin endpoint, if `[admin]` is set.
+    #[must_use]
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|admin| admin.addr)
     }
 
     /// The name and bound address of each listener, in config order.
@@ -131,7 +178,22 @@ impl Server {
             ));
         }
         accept_loops.close();
+        // The admin endpoint outlives the drain, so that /readyz answers 503 during it.
+        let admin_stop = CancellationToken::new();
+        let admin = self.admin.map(|admin| {
+            admin.state.ready.store(true, Ordering::Relaxed);
+            let state = Arc::clone(&admin.state);
+            let task = tokio::spawn(admin::serve(
+                admin.listener,
+                admin.state,
+                admin_stop.clone(),
+            ));
+            (state, task)
+        });
         shutdown.cancelled().await;
+        if let Some((state, _)) = &admin {
+            state.ready.store(false, Ordering::Relaxed);
+        }
         info!(drain_timeout = ?self.drain_timeout, "shutting down: no new connections, finishing those in flight");
         accept_loops.wait().await;
         tasks.close();
@@ -152,6 +214,10 @@ impl Server {
             let _ = ticker.await;
         }
         stats.iter().for_each(|(name, mode, s)| s.log(name, mode));
+        admin_stop.cancel();
+        if let Some((_, task)) = admin {
+            let _ = task.await;
+        }
         info!("stopped");
         Ok(())
     }

@@ -166,6 +166,13 @@ pub struct SessionReport {
     pub bytes_up: u64,
     /// Bytes relayed to the client.
     pub bytes_down: u64,
+    /// CONNECT: how long opening the target took (resolving and every attempt), when it
+    /// was opened.
+    pub connect_time: Option<Duration>,
+    /// UDP ASSOCIATE: datagrams relayed from the client.
+    pub datagrams_up: u64,
+    /// UDP ASSOCIATE: datagrams relayed to the client.
+    pub datagrams_down: u64,
     /// From the start of [`serve`] to its end.
     pub duration: Duration,
     /// Why the session ended, if not normally.
@@ -199,6 +206,9 @@ pub async fn serve(
             reply: None,
             bytes_up: 0,
             bytes_down: 0,
+            connect_time: None,
+            datagrams_up: 0,
+            datagrams_down: 0,
             duration: Duration::ZERO,
             error: None,
         },

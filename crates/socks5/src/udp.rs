@@ -86,10 +86,14 @@ pub(crate) async fn associate(session: &mut Session<'_>, requested: &Address) ->
         options: session.options,
         up: 0,
         down: 0,
+        datagrams_up: 0,
+        datagrams_down: 0,
     };
     let result = association.run(&mut session.stream).await;
     session.report.bytes_up += association.up;
     session.report.bytes_down += association.down;
+    session.report.datagrams_up += association.datagrams_up;
+    session.report.datagrams_down += association.datagrams_down;
     result
 }
 
@@ -127,6 +131,8 @@ struct Association<'a> {
     options: &'a ServerOptions,
     up: u64,
     down: u64,
+    datagrams_up: u64,
+    datagrams_down: u64,
 }
 
 /// The socket for targets the relay socket cannot reach.
@@ -303,6 +309,7 @@ impl Association<'_> {
         match sent {
             Ok(_) => {
                 self.up += payload.len() as u64;
+                self.datagrams_up += 1;
                 if self.targets.len() >= MAX_TARGETS && !self.targets.contains(&target) {
                     self.targets.clear();
                 }
@@ -376,6 +383,7 @@ impl Association<'_> {
         match self.socket.send_to(packet, client).await {
             Ok(_) => {
                 self.down += payload_len as u64;
+                self.datagrams_down += 1;
                 true
             }
             Err(error) => {

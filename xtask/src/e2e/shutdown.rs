@@ -1,6 +1,7 @@
 //! Scenario `graceful-shutdown`: SIGTERM while frames and a download are in flight. The server
 //! must exit 0 within its drain timeout, and every frame it acked ok must be
-//! in the file sink.
+//! in the file sink. Meanwhile the admin endpoint's `/readyz` is polled: 200
+//! before SIGTERM, and 503 while the server drains a running download.
 
 use std::{
     collections::HashSet,
@@ -92,7 +93,24 @@ pub(crate) fn graceful_shutdown(ctx: &mut Ctx) -> anyhow::Result<String> {
     thread::sleep(Duration::from_millis(300));
     let acked_at_stop = acked.load(Ordering::Relaxed);
     let downloading = !download.has_exited();
+    let admin = super::prometheus::admin_addr(ctx)?;
+    let ready_before = super::prometheus::get(admin, "/readyz")?.0;
+    // Polls /readyz until the endpoint is gone; returns every status it saw, in order.
+    let poller = thread::spawn(move || {
+        let mut seen: Vec<u16> = Vec::new();
+        let until = Instant::now() + DRAIN_TIMEOUT + Duration::from_secs(10);
+        while Instant::now() < until {
+            match super::prometheus::get(admin, "/readyz") {
+                Ok((status, _)) if seen.last() != Some(&status) => seen.push(status),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        seen
+    });
     let stopped = ctx.server.stop(DRAIN_TIMEOUT + Duration::from_secs(5));
+    let readiness = poller.join().unwrap_or_default();
     ctx.stopped = true;
     stop.store(true, Ordering::SeqCst);
     let reports: Vec<SenderReport> = senders
@@ -112,6 +130,16 @@ pub(crate) fn graceful_shutdown(ctx: &mut Ctx) -> anyhow::Result<String> {
     if took > allowed {
         failures.push(format!(
             "the server took {took:.2?} to exit, more than its drain timeout ({DRAIN_TIMEOUT:?}) plus 1 s"
+        ));
+    }
+    if ready_before != 200 {
+        failures.push(format!(
+            "/readyz answered {ready_before} before SIGTERM, not 200"
+        ));
+    }
+    if downloading && !readiness.contains(&503) {
+        failures.push(format!(
+            "/readyz never answered 503 while the server drained a download (saw {readiness:?})"
         ));
     }
     for wanted in ["shutting down", "stopped"] {
@@ -190,7 +218,7 @@ pub(crate) fn graceful_shutdown(ctx: &mut Ctx) -> anyhow::Result<String> {
         (Ok(done), None) => format!("curl exited {}", done.status),
     };
     Ok(format!(
-        "exit 0 after {took:.2?}; {acked_ok} acked frames all in the file ({} frames stored, \
+        "exit 0 after {took:.2?}; /readyz {ready_before} then {readiness:?} until gone; {acked_ok} acked frames all in the file ({} frames stored, \
          {acked_at_stop} acked at SIGTERM; download running at SIGTERM: {downloading}); {bench}; {download}; \
          sent {}",
         parsed.frames.len(),

@@ -39,7 +39,7 @@ use crate::{
     proxy_protocol::{ProxyProtocol, ProxySettings},
     registry::Common,
     sinks::file::{FileSink, SyncPolicy},
-    stats::ListenerStats,
+    stats::{FRAME_STATUSES, ListenerStats},
 };
 
 /// The `[[listener]]` keys of `mode = "crc-tcp"`.
@@ -348,7 +348,12 @@ impl CrcTcp {
                 path,
                 sync,
                 sync_interval,
-            } => Handler::File(FileSink::open(path, *sync, *sync_interval)?),
+            } => Handler::File(FileSink::open_timed(
+                path,
+                *sync,
+                *sync_interval,
+                Arc::clone(&stats.sink_sync),
+            )?),
             HandlerConfig::Discard => Handler::Discard,
         };
         Ok(Self {
@@ -428,6 +433,12 @@ impl CrcTcp {
                 timeout(self.write_timeout, stream.write_all(&conn.out))
                     .await
                     .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
+                if self.ack {
+                    // Every frame of the batch was completed by the last read.
+                    self.stats
+                        .frame_ack
+                        .observe_n(last_read.elapsed(), conn.seq - seq_before);
+                }
                 conn.out.clear();
                 if conn.out.capacity() > BASE_LEN {
                     // Echoes of a large frame: do not keep their room.
@@ -552,6 +563,7 @@ impl CrcTcp {
         };
         conn.buf.bytes.advance(used);
         let ok_before = conn.frames_ok;
+        let mut by_status = [0u64; FRAME_STATUSES.len()];
         for (offset, &crc_ok) in verdicts.iter().enumerate() {
             let status = match (crc_ok, handler_ok) {
                 (false, _) => AckStatus::CrcMismatch,
@@ -560,6 +572,9 @@ impl CrcTcp {
             };
             if status == AckStatus::Ok {
                 conn.frames_ok += 1;
+            }
+            if let Some(count) = by_status.get_mut(usize::from(u8::from(status))) {
+                *count += 1;
             }
             if self.ack {
                 encode_ack(
@@ -578,6 +593,17 @@ impl CrcTcp {
             &self.stats.frames_rejected,
             verdicts.len() as u64 - batch_ok + u64::from(fatal.is_some()),
         );
+        if let Some(count) = fatal
+            .as_ref()
+            .and_then(|error| by_status.get_mut(usize::from(u8::from(error.ack_status()))))
+        {
+            *count += 1;
+        }
+        for (counter, count) in self.stats.frames.iter().zip(by_status) {
+            if count > 0 {
+                ListenerStats::add(counter, count);
+            }
+        }
         if let Some(error) = &fatal
             && self.ack
         {

@@ -21,7 +21,7 @@ use crate::{
     config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
     proxy_protocol::{ProxyProtocol, ProxySettings},
     registry::Common,
-    stats::ListenerStats,
+    stats::{ListenerStats, SOCKS5_REPLIES},
 };
 
 /// The `[[listener]]` keys of `mode = "socks5"`.
@@ -484,6 +484,7 @@ impl Socks5 {
         let duration_ms = u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX);
         ListenerStats::add(&self.stats.bytes_in, report.bytes_up);
         ListenerStats::add(&self.stats.bytes_out, report.bytes_down);
+        count(&self.stats, &report);
         let Some(command) = report.command else {
             if let Some(error) = &report.error {
                 debug!(client = %report.client, %error, duration_ms, "session ended before a request");
@@ -521,6 +522,71 @@ impl Socks5 {
             error,
             "session"
         );
+    }
+}
+
+/// Adds one finished session to the listener's socks5 metrics.
+fn count(stats: &ListenerStats, report: &socks5::SessionReport) {
+    let socks = &stats.socks5;
+    if matches!(report.error, Some(socks5::Error::AuthFailed)) {
+        ListenerStats::add(&socks.auth_failures, 1);
+    }
+    if matches!(
+        report.error,
+        Some(socks5::Error::Denied { .. } | socks5::Error::ClientDenied { .. })
+    ) {
+        ListenerStats::add(&stats.rule_refused, 1);
+    }
+    let Some(command) = report.command else {
+        if let Some(error) = &report.error {
+            let reason = handshake_failure(error);
+            if let Some(counter) = socks.handshake_failures.get(reason) {
+                ListenerStats::add(counter, 1);
+            }
+        }
+        return;
+    };
+    let command = match command {
+        socks5::Command::Connect => 0,
+        socks5::Command::Bind => 1,
+        socks5::Command::UdpAssociate => 2,
+    };
+    // Reply codes 0 to 8 index themselves; no reply is the last column.
+    let reply = report.reply.map_or(SOCKS5_REPLIES.len() - 1, |reply| {
+        usize::from(u8::from(reply))
+    });
+    if let Some(counter) = socks
+        .requests
+        .get(command)
+        .and_then(|replies| replies.get(reply))
+    {
+        ListenerStats::add(counter, 1);
+    }
+    if let Some(connect) = report.connect_time {
+        socks.connect.observe(connect);
+    }
+    socks.session.observe(report.duration);
+    ListenerStats::add(&socks.datagrams_up, report.datagrams_up);
+    ListenerStats::add(&socks.datagrams_down, report.datagrams_down);
+}
+
+/// The [`crate::stats::HANDSHAKE_FAILURES`] index of an error that ended a
+/// session before its request.
+fn handshake_failure(error: &socks5::Error) -> usize {
+    use socks5::Error as E;
+    match error {
+        E::Version(_)
+        | E::NotSocks5 { .. }
+        | E::AuthVersion(_)
+        | E::Command(_)
+        | E::AddressType(_)
+        | E::EmptyDomain => 0,
+        E::NoAcceptableMethod => 1,
+        E::AuthFailed => 2,
+        E::Timeout { .. } => 3,
+        E::Closed { .. } | E::Io(_) => 4,
+        E::Cancelled { .. } => 5,
+        _ => 6,
     }
 }
 

@@ -43,6 +43,8 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::stats::DurationHistogram;
+
 /// When written frames are synced to the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -94,6 +96,8 @@ struct Counters {
     dir_syncs: AtomicU64,
     /// Bytes cut from a torn tail on open.
     repaired_bytes: AtomicU64,
+    /// How long each sync after writes took.
+    sync_seconds: Arc<DurationHistogram>,
 }
 
 /// A handle to the thread that owns the file.
@@ -125,9 +129,26 @@ impl FileSink {
     /// another sink (another listener, another process) holds its lock; the
     /// message names the file.
     pub fn open(path: &Path, policy: SyncPolicy, sync_interval: Duration) -> anyhow::Result<Self> {
+        Self::open_timed(path, policy, sync_interval, Arc::default())
+    }
+
+    /// [`FileSink::open`], timing each sync after writes into `sync_seconds`.
+    ///
+    /// # Errors
+    ///
+    /// As [`FileSink::open`].
+    pub fn open_timed(
+        path: &Path,
+        policy: SyncPolicy,
+        sync_interval: Duration,
+        sync_seconds: Arc<DurationHistogram>,
+    ) -> anyhow::Result<Self> {
         let shown = path.display();
         let (mut file, created) = open_file(path)?;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            sync_seconds,
+            ..Counters::default()
+        });
         let regular = file
             .metadata()
             .with_context(|| format!("cannot stat file sink {shown}"))?
@@ -529,7 +550,10 @@ impl<S: Storage> Owner<S> {
     }
 
     fn interval_sync(&mut self) {
-        if let Err(reason) = self.file.sync_data() {
+        let started = Instant::now();
+        let synced = self.file.sync_data();
+        self.counters.sync_seconds.observe(started.elapsed());
+        if let Err(reason) = synced {
             error!(path = %self.path, %reason, "file sink sync failed");
         }
         self.counters.syncs.fetch_add(1, Ordering::Relaxed);
@@ -566,7 +590,9 @@ impl<S: Storage> Owner<S> {
         let written: u64 = slices.iter().map(|slice| slice.len() as u64).sum();
         let mut outcome = write_all_vectored(&mut self.file, &mut slices);
         if outcome.is_ok() && self.policy == SyncPolicy::Always {
+            let started = Instant::now();
             outcome = self.file.sync_data();
+            self.counters.sync_seconds.observe(started.elapsed());
             self.counters.syncs.fetch_add(1, Ordering::Relaxed);
         }
         match outcome {

@@ -317,3 +317,27 @@ fn proxy_protocol_needs_its_trusted_networks_and_a_bounded_deadline() {
         }
     }
 }
+
+#[test]
+fn check_config_validates_the_admin_table() {
+    let listener = "[[listener]]\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:51314\"\n";
+    let (ok, stderr) = check(&format!("[admin]\nbind = \"127.0.0.1:9464\"\n{listener}"));
+    assert!(ok, "{stderr}");
+    let (ok, stderr) = check(&format!("[admin]\nbind = \"127.0.0.1:51314\"\n{listener}"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("127.0.0.1:51314") && stderr.contains("[admin]"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check(&format!(
+        "[admin]\nbind = \"127.0.0.1:9464\"\nport = 1\n{listener}"
+    ));
+    assert!(!ok);
+    assert!(
+        stderr.contains("listeners.toml:3") && stderr.contains("port"),
+        "{stderr}"
+    );
+    let (ok, stderr) = check(&format!("[admin]\n{listener}"));
+    assert!(!ok);
+    assert!(stderr.contains("bind"), "{stderr}");
+}

@@ -36,8 +36,12 @@ impl Session<'_> {
             "connect",
             open(self.client_ip, destination, self.options, &own),
         );
+        let connecting = std::time::Instant::now();
         let mut target = match opened.await {
-            Ok(target) => target,
+            Ok(target) => {
+                self.report.connect_time = Some(connecting.elapsed());
+                target
+            }
             Err(error @ Error::Cancelled { .. }) => return Err(error),
             Err(error) => return Err(self.fail(error).await),
         };

@@ -38,6 +38,15 @@ async fn connects_to_an_ipv4_target_and_relays_both_ways() {
     assert_eq!(report.destination, Some(Address::Ip(echo)));
     assert_eq!(report.reply, Some(Reply::Succeeded));
     assert_eq!((report.bytes_up, report.bytes_down), (4, 4));
+    let connect = report
+        .connect_time
+        .expect("CONNECT reports its connect time");
+    assert!(
+        connect <= report.duration,
+        "{connect:?} > {:?}",
+        report.duration
+    );
+    assert_eq!((report.datagrams_up, report.datagrams_down), (0, 0));
     assert!(report.error.is_none(), "{:?}", report.error);
 }
 

@@ -125,6 +125,8 @@ async fn client_relays_to_ip_and_domain_targets() {
     let report = proxy.report().await;
     assert_eq!(report.command, Some(Command::UdpAssociate));
     assert_eq!((report.bytes_up, report.bytes_down), (10, 10));
+    assert_eq!((report.datagrams_up, report.datagrams_down), (2, 2));
+    assert_eq!(report.connect_time, None, "only CONNECT opens a target");
     assert!(report.error.is_none(), "{:?}", report.error);
 }
 
