@@ -37,7 +37,7 @@ impl ChildGuard {
 
     /// Kills the child (its group, for a group) if it is still running, and
     /// reaps it. Does nothing for a child that has already exited.
-    pub fn kill(&mut self) {
+    pub fn kill_and_reap(&mut self) {
         if matches!(self.child.try_wait(), Ok(None)) {
             let pid = Pid::from_child(&self.child);
             let _ = if self.group {
@@ -66,7 +66,7 @@ impl DerefMut for ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        self.kill();
+        self.kill_and_reap();
     }
 }
 
