@@ -242,7 +242,8 @@ fn a_handshake_completes_while_bulk_tunnels_hold_the_worker() {
     let stop = Arc::new(AtomicBool::new(false));
     // The proxy on a runtime with a single worker, in its own thread.
     let (address_tx, address_rx) = std::sync::mpsc::channel();
-    let proxy_stop = Arc::clone(&stop);
+    // The proxy runs until told to stop (a message, not a polled flag).
+    let (proxy_stop, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
     let proxy_thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -251,9 +252,8 @@ fn a_handshake_completes_while_bulk_tunnels_hold_the_worker() {
         runtime.block_on(async move {
             let proxy = Proxy::start(options()).await;
             address_tx.send(proxy.address).expect("send address");
-            while !proxy_stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // An error is the sender dropped: the test is over either way.
+            let _ = proxy_stopped.await;
         });
     });
     let proxy = address_rx.recv_timeout(LIMIT).expect("the proxy started");
@@ -315,6 +315,7 @@ fn a_handshake_completes_while_bulk_tunnels_hold_the_worker() {
     drop(echo);
     stream.flush().expect("flush");
     stop.store(true, Ordering::Relaxed);
+    let _ = proxy_stop.send(());
     let moved: u64 = threads
         .into_iter()
         .map(|thread| thread.join().expect("bulk thread"))
