@@ -551,6 +551,7 @@ impl Balancer {
                     self.stderr_tail()
                 )));
             }
+            // The pace of a bounded poll on HAProxy's own state, not a guess.
             std::thread::sleep(Duration::from_millis(50));
         }
     }
