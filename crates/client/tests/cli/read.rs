@@ -5,12 +5,33 @@ use std::{io::Write, path::Path};
 
 use proto::{CrcSize, Version, encode_frame};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines},
+    process::{Child, ChildStdout},
+};
 
 use crate::support::{client, interrupt, spawn_client, within};
 
 const VERSIONS: [Version; 2] = [Version::V1, Version::V2];
 const CRC_SIZES: [CrcSize; 4] = [CrcSize::None, CrcSize::Crc8, CrcSize::Crc16, CrcSize::Crc32];
+
+/// Sends Ctrl-C to a `read --follow` that has printed every frame: it must
+/// exit 0, end its stdout, report no torn tail and log `summary`.
+async fn ctrl_c_exits_0_with(
+    child: &mut Child,
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    summary: &str,
+) {
+    let status = interrupt(child).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(within(lines.next_line()).await.unwrap(), None);
+    let mut stderr = String::new();
+    within(child.stderr.take().unwrap().read_to_string(&mut stderr))
+        .await
+        .unwrap();
+    assert!(!stderr.contains("torn tail"), "{stderr}");
+    assert!(stderr.contains(summary), "{stderr}");
+}
 
 /// One frame as the test wrote it.
 struct Written {
@@ -263,18 +284,12 @@ async fn follow_prints_frames_as_they_complete_and_exits_0_on_ctrl_c() {
         format!("2 offset={offset} version=1 crc_size=2 len=20 crc=ok \"third, in two writes\"")
     );
 
-    let status = interrupt(&mut child).await;
-    assert_eq!(status.code(), Some(0), "{status:?}");
-    assert_eq!(within(lines.next_line()).await.unwrap(), None);
-    let mut stderr = String::new();
-    within(child.stderr.take().unwrap().read_to_string(&mut stderr))
-        .await
-        .unwrap();
-    assert!(!stderr.contains("torn tail"), "{stderr}");
-    assert!(
-        stderr.contains("summary: frames=3 ok=3 bad_crc=0 torn_bytes=0"),
-        "{stderr}"
-    );
+    ctrl_c_exits_0_with(
+        &mut child,
+        &mut lines,
+        "summary: frames=3 ok=3 bad_crc=0 torn_bytes=0",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -351,18 +366,12 @@ async fn follow_waits_for_a_frame_cut_short_instead_of_calling_it_torn() {
     assert_eq!(line["payload"], "being written", "{line}");
     assert_eq!(line["crc_ok"], true, "{line}");
 
-    let status = interrupt(&mut child).await;
-    assert_eq!(status.code(), Some(0), "{status:?}");
-    assert_eq!(within(lines.next_line()).await.unwrap(), None);
-    let mut stderr = String::new();
-    within(child.stderr.take().unwrap().read_to_string(&mut stderr))
-        .await
-        .unwrap();
-    assert!(!stderr.contains("torn tail"), "{stderr}");
-    assert!(
-        stderr.contains("summary: frames=2 ok=2 bad_crc=0 torn_bytes=0"),
-        "{stderr}"
-    );
+    ctrl_c_exits_0_with(
+        &mut child,
+        &mut lines,
+        "summary: frames=2 ok=2 bad_crc=0 torn_bytes=0",
+    )
+    .await;
 }
 
 #[tokio::test]
