@@ -135,9 +135,14 @@ pub(crate) async fn echo_server(bind: &str) -> SocketAddr {
     address
 }
 
-/// A UDP echo server; returns its address.
+/// A UDP echo server on 127.0.0.1; returns its address.
 pub(crate) async fn udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP echo");
+    udp_echo_on("127.0.0.1:0").await
+}
+
+/// A UDP echo server on `bind`; returns its address.
+pub(crate) async fn udp_echo_on(bind: &str) -> SocketAddr {
+    let socket = UdpSocket::bind(bind).await.expect("bind UDP echo");
     let address = socket.local_addr().expect("UDP echo address");
     tokio::spawn(async move {
         let mut buf = vec![0; 65536];
@@ -148,12 +153,6 @@ pub(crate) async fn udp_echo() -> SocketAddr {
         }
     });
     address
-}
-
-/// An address where nothing listens (a listener bound and dropped).
-pub(crate) async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("address")
 }
 
 /// Whether this machine has ::1.
