@@ -6,7 +6,8 @@
 //! - [`ChildGuard`]: a child process killed (and reaped) when the guard drops,
 //!   so a failing test never leaves a server running;
 //! - [`wait_exit`] and [`wait_until`]: waits on a real condition, always
-//!   bounded by a timeout;
+//!   bounded by a timeout, and `within` (feature `tokio`): an await bounded
+//!   by a timeout;
 //! - [`stderr_lines`] and [`wait_listening`]: the server binary's log lines,
 //!   read on a thread, and its JSON `listening` event;
 //! - [`free_loopback_port`]: a loopback address nothing listens on;
@@ -21,4 +22,6 @@ mod wait;
 pub use child::ChildGuard;
 pub use lines::{stderr_lines, wait_listening};
 pub use rng::SplitMix64;
+#[cfg(feature = "tokio")]
+pub use wait::within;
 pub use wait::{free_loopback_port, wait_exit, wait_until};

@@ -44,6 +44,15 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> io::Result<Option<Exit
     }
 }
 
+/// Awaits `fut`, failing the test (a panic) if it takes longer than `limit`.
+#[cfg(feature = "tokio")]
+pub async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(value) => value,
+        Err(_) => panic!("no result within {limit:?}"),
+    }
+}
+
 /// A loopback address with a port nothing listens on right now (bound to
 /// port 0 and released). Another process may take it before the caller
 /// binds it; use it only for programs that cannot be told to bind port 0
@@ -82,6 +91,17 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test]
+    async fn within_returns_the_value_or_fails_at_the_limit() {
+        assert_eq!(within(Duration::from_secs(5), async { 7 }).await, 7);
+        let late = tokio::spawn(within(
+            Duration::from_millis(10),
+            std::future::pending::<()>(),
+        ));
+        assert!(late.await.unwrap_err().is_panic());
     }
 
     #[test]

@@ -23,9 +23,7 @@ pub(crate) const LIMIT: Duration = Duration::from_secs(30);
 
 /// Awaits `future` for at most [`LIMIT`].
 pub(crate) async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(LIMIT, future)
-        .await
-        .expect("a test step took too long")
+    testkit::within(LIMIT, future).await
 }
 
 /// How the client exited and what it printed.

@@ -1,6 +1,5 @@
 //! The test server, peers (TCP and UDP echo), raw SOCKS helpers and the `within` timeout.
 
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -15,13 +14,7 @@ use tokio_util::sync::CancellationToken;
 /// The default bound on a network await in these tests.
 pub(crate) const LIMIT: Duration = Duration::from_secs(10);
 
-/// Awaits `fut`, failing the test if it takes longer than `limit`.
-pub(crate) async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(value) => value,
-        Err(_) => panic!("no result within {limit:?}"),
-    }
-}
+pub(crate) use testkit::within;
 
 /// Names the test resolver knows: `echo.test` is 127.0.0.1, `v6.test` is ::1,
 /// `both.test` is 127.0.0.2 then 127.0.0.1, `slow.test` never answers; anything else does
