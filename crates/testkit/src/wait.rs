@@ -2,7 +2,7 @@
 
 use std::{
     io,
-    net::{Ipv4Addr, SocketAddr, TcpListener},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     process::{Child, ExitStatus},
     thread,
     time::{Duration, Instant},
@@ -57,8 +57,24 @@ pub async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = T
 /// port 0 and released). Another process may take it before the caller
 /// binds it; use it only for programs that cannot be told to bind port 0
 /// and report the port.
+///
+/// A child process forked by another thread while the port was bound holds
+/// the listening socket until it execs, so this returns only once a connect
+/// there is refused (an error if that takes over 5 s).
 pub fn free_loopback_port() -> io::Result<SocketAddr> {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()
+    let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
+    let refused = || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionRefused)
+    };
+    if wait_until(Duration::from_secs(5), refused) {
+        Ok(addr)
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{addr} still accepts connections after it was released"),
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -105,9 +121,16 @@ mod tests {
     }
 
     #[test]
-    fn a_free_port_is_on_loopback_and_bindable() {
+    fn a_free_port_is_on_loopback_and_nothing_listens_there() {
         let addr = free_loopback_port().unwrap();
         assert!(addr.ip().is_loopback() && addr.port() != 0);
-        TcpListener::bind(addr).unwrap();
+        // Not a bind: on a busy machine an outgoing connection may take the
+        // port as its own ephemeral port, which is no listener. The other
+        // tests here fork children at the same time.
+        let connected = TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+        assert_eq!(
+            connected.map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::ConnectionRefused)
+        );
     }
 }
