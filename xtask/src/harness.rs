@@ -15,7 +15,7 @@ use std::{
     io::{BufRead, BufReader, Write},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
+    process::{Command, ExitStatus, Stdio},
     sync::{Arc, Condvar, Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
@@ -24,6 +24,7 @@ use std::{
 use anyhow::{Context, bail};
 use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
+use testkit::{ChildGuard, wait_exit};
 
 use crate::process::{Proc, Stdout};
 
@@ -209,7 +210,7 @@ pub(crate) struct ServerSpec<'a> {
 /// A running `server` child; killed on drop if still running.
 #[derive(Debug)]
 pub(crate) struct Server {
-    child: Child,
+    child: ChildGuard,
     events: Arc<Events>,
     addrs: HashMap<String, SocketAddr>,
     log_path: PathBuf,
@@ -254,7 +255,7 @@ impl Server {
             sink.close();
         });
         let mut server = Self {
-            child,
+            child: ChildGuard::new(child),
             events,
             addrs: HashMap::new(),
             log_path,
@@ -332,25 +333,12 @@ impl Server {
         }
         let sent = Instant::now();
         kill_process(Pid::from_child(&self.child), Signal::TERM).context("cannot send SIGTERM")?;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok((status, sent.elapsed()));
-            }
-            if sent.elapsed() >= timeout {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
+        match wait_exit(&mut self.child, timeout)? {
+            Some(status) => Ok((status, sent.elapsed())),
+            None => {
+                self.child.kill_and_reap();
                 bail!("the server did not exit within {timeout:?} of SIGTERM; killed");
             }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
         }
     }
 }

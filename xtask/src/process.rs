@@ -11,14 +11,14 @@ use std::{
     io::Read,
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
-    process::{Child, ChildStdout, Command, ExitStatus, Stdio},
+    process::{ChildStdout, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
-use rustix::process::{Pid, Signal, kill_process, kill_process_group};
+use testkit::{ChildGuard, wait_exit};
 
 /// The most output kept per stream (the tail).
 const OUTPUT_CAP: usize = 1 << 20;
@@ -53,8 +53,8 @@ pub(crate) enum Stdout {
 #[derive(Debug)]
 pub(crate) struct Proc {
     name: String,
-    child: Child,
-    group: bool,
+    /// Killed (its group, for a group) when dropped.
+    child: ChildGuard,
     stdout: Option<Receiver<Vec<u8>>>,
     stderr: Option<Receiver<Vec<u8>>>,
     started: Instant,
@@ -134,8 +134,11 @@ impl Proc {
         };
         Ok(Self {
             name: name.to_owned(),
-            child,
-            group,
+            child: if group {
+                ChildGuard::group(child)
+            } else {
+                ChildGuard::new(child)
+            },
             stdout,
             stderr,
             started: Instant::now(),
@@ -155,16 +158,7 @@ impl Proc {
     /// Waits up to `timeout` for the child to exit. On timeout it is killed
     /// and the error says so, with the tail of its stderr.
     pub(crate) fn wait(mut self, timeout: Duration) -> anyhow::Result<Finished> {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait()? {
-                break Some(status);
-            }
-            if Instant::now() >= deadline {
-                break None;
-            }
-            thread::sleep(Duration::from_millis(10));
-        };
+        let status = wait_exit(&mut self.child, timeout)?;
         let elapsed = self.started.elapsed();
         let Some(status) = status else {
             self.kill();
@@ -187,21 +181,7 @@ impl Proc {
 
     /// Kills the child (its group, for a group) if it is still running, and reaps it.
     pub(crate) fn kill(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let pid = Pid::from_child(&self.child);
-            let _ = if self.group {
-                kill_process_group(pid, Signal::KILL)
-            } else {
-                kill_process(pid, Signal::KILL)
-            };
-            let _ = self.child.wait();
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
+        self.child.kill_and_reap();
     }
 }
 
@@ -212,29 +192,15 @@ pub(crate) fn run_inherited(
     cmd: &mut Command,
     timeout: Duration,
 ) -> anyhow::Result<ExitStatus> {
-    struct KillOnDrop(Child);
-    impl Drop for KillOnDrop {
-        fn drop(&mut self) {
-            if matches!(self.0.try_wait(), Ok(None)) {
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-    }
     let child = cmd
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
-    let mut child = KillOnDrop(child);
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.0.try_wait()? {
-            return Ok(status);
-        }
-        if started.elapsed() > timeout {
-            bail!("{name} did not finish within {timeout:?}; killed");
-        }
-        thread::sleep(Duration::from_millis(50));
+    let mut child = ChildGuard::new(child);
+    match wait_exit(&mut child, timeout)? {
+        Some(status) => Ok(status),
+        // Dropping the guard kills the child.
+        None => bail!("{name} did not finish within {timeout:?}; killed"),
     }
 }
 

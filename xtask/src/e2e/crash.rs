@@ -29,6 +29,7 @@ use proto::{
     decode_frame, encode_frame,
 };
 use rustix::process::{Pid, Signal, kill_process};
+use testkit::{SplitMix64, wait_until};
 
 use super::Ctx;
 use crate::harness::{self, Server, ServerSpec, message};
@@ -57,23 +58,6 @@ ack = true
 handler = { type = "file", path = {SINK}, sync = "always" }
 "#;
 
-/// splitmix64: deterministic sizes, contents and kill points.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
 /// The first payload byte of the frames of connection `conn` in round
 /// `round`, so that every frame names its stream.
 fn stream_id(round: u64, conn: usize) -> u8 {
@@ -83,9 +67,9 @@ fn stream_id(round: u64, conn: usize) -> u8 {
 /// Frame `index` of connection `conn` in round `round`: a seeded payload of
 /// 1 B – 64 KiB whose first byte is [`stream_id`].
 fn frame(seed: u64, round: u64, conn: usize, index: u64) -> anyhow::Result<Vec<u8>> {
-    let mut rng = Rng(seed ^ (round << 48) ^ ((conn as u64) << 40) ^ index);
+    let mut rng = SplitMix64::new(seed ^ (round << 48) ^ ((conn as u64) << 40) ^ index);
     let len = 1 + rng.below(MAX_PAYLOAD) as usize;
-    let mut payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+    let mut payload: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
     if let Some(first) = payload.first_mut() {
         *first = stream_id(round, conn);
     }
@@ -135,7 +119,7 @@ pub(crate) fn crash_durability(ctx: &mut Ctx) -> anyhow::Result<String> {
             },
         )
     };
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     // Indexed by stream_id.
     let mut streams: Vec<Stream> = Vec::new();
     let mut figures = Figures::default();
@@ -331,13 +315,9 @@ fn crash_round(
             return Err(error);
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !trigger.fired.load(Ordering::SeqCst)
-        && Instant::now() < deadline
-        && !conns.iter().any(|c| c.reader.is_finished())
-    {
-        thread::sleep(Duration::from_millis(1));
-    }
+    wait_until(Duration::from_secs(10), || {
+        trigger.fired.load(Ordering::SeqCst) || conns.iter().any(|c| c.reader.is_finished())
+    });
     let reached = trigger.total.load(Ordering::SeqCst);
     trigger.fire();
     let mut streams = Vec::with_capacity(CONNS);

@@ -18,7 +18,7 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     thread,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -27,6 +27,7 @@ use std::{
 use anyhow::{Context, bail};
 use rustix::process::{Pid, Signal, kill_process};
 use socket2::{Domain, Socket, Type};
+use testkit::ChildGuard;
 
 use super::Ctx;
 use crate::process::{self, Proc, Stdout};
@@ -261,7 +262,8 @@ fn login(source: Ipv4Addr, server: SocketAddr, user: &str, password: &str) -> an
 
 /// A server whose stderr goes, line by line, to a file and to us.
 struct LoggedServer {
-    child: Child,
+    /// Killed when dropped.
+    child: ChildGuard,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
     copier: Option<thread::JoinHandle<()>>,
@@ -293,7 +295,7 @@ impl LoggedServer {
             let _ = file.flush();
         });
         Ok(Self {
-            child,
+            child: ChildGuard::new(child),
             lines,
             seen: Vec::new(),
             copier: Some(copier),
@@ -365,14 +367,5 @@ impl LoggedServer {
             let _ = copier.join();
         }
         Ok(())
-    }
-}
-
-impl Drop for LoggedServer {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 }

@@ -22,7 +22,7 @@
 use std::{
     collections::HashMap,
     io::{ErrorKind, Read, Write},
-    net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream},
     os::unix::net::UnixStream,
     path::Path,
     process::{Command, Stdio},
@@ -495,7 +495,9 @@ impl Balancer {
         b: SocketAddr,
     ) -> Result<Self, StartError> {
         let socket = dir.join("haproxy.sock");
-        let frontend = free_port().map_err(StartError::Other)?;
+        let frontend = testkit::free_loopback_port()
+            .context("cannot bind a loopback port for HAProxy")
+            .map_err(StartError::Other)?;
         let config = HAPROXY_CONFIG
             .replace("{SOCKET}", &socket.display().to_string())
             .replace("{FRONTEND}", &frontend.to_string())
@@ -549,6 +551,7 @@ impl Balancer {
                     self.stderr_tail()
                 )));
             }
+            // The pace of a bounded poll on HAProxy's own state, not a guess.
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -629,11 +632,4 @@ impl Drop for Balancer {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// A loopback address with a port nothing listens on right now.
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .context("cannot bind a loopback port for HAProxy")?;
-    Ok(listener.local_addr()?)
 }

@@ -222,6 +222,8 @@ pub(crate) fn prometheus_scrape(ctx: &mut Ctx) -> anyhow::Result<String> {
         }
         send_frame(ctx.addr(LOG))?;
         frames += 1;
+        // The pace of the poll (bounded by `deadline`): one frame and one
+        // query per quarter second while Prometheus scrapes on its own clock.
         std::thread::sleep(Duration::from_millis(250));
         let Some(now) = query(&series)? else { continue };
         match first {

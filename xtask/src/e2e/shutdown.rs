@@ -18,6 +18,7 @@ use std::{
 
 use anyhow::{Context, bail};
 use proto::{AckStatus, CrcSize, Decoded, HEADER_LEN, Version, decode_ack, encode_frame};
+use testkit::wait_until;
 
 use super::{Ctx, DRAIN_TIMEOUT, FRAMES, PROXY, arg, frames::split_frames};
 use crate::{
@@ -84,16 +85,25 @@ pub(crate) fn graceful_shutdown(ctx: &mut Ctx) -> anyhow::Result<String> {
     let body = download.take_stdout().context("no stdout pipe")?;
     let checker = thread::spawn(move || Verifier::new(Pattern::new(BIG_SEED)).consume(body));
 
-    let waited = Instant::now();
-    while acked.load(Ordering::Relaxed) < ACKED_BEFORE_STOP
-        && waited.elapsed() < Duration::from_secs(5)
-    {
-        thread::sleep(Duration::from_millis(20));
+    wait_until(Duration::from_secs(5), || {
+        acked.load(Ordering::Relaxed) >= ACKED_BEFORE_STOP
+    });
+    // The download is under way once the proxy holds its tunnel (the
+    // `downloading` check below then sees it running at SIGTERM).
+    let admin = super::prometheus::admin_addr(ctx)?;
+    let tunnel = format!("netkit_connections_active{{listener=\"{PROXY}\",mode=\"socks5\"}} ");
+    let tunnelling = wait_until(Duration::from_secs(5), || {
+        super::prometheus::get(admin, "/metrics").is_ok_and(|(_, body)| {
+            body.lines()
+                .filter_map(|line| line.strip_prefix(&tunnel)?.parse::<f64>().ok())
+                .any(|active| active >= 1.0)
+        })
+    });
+    if !tunnelling {
+        bail!("curl's tunnel through the proxy was not active within 5 s");
     }
-    thread::sleep(Duration::from_millis(300));
     let acked_at_stop = acked.load(Ordering::Relaxed);
     let downloading = !download.has_exited();
-    let admin = super::prometheus::admin_addr(ctx)?;
     let ready_before = super::prometheus::get(admin, "/readyz")?.0;
     // Polls /readyz until the endpoint is gone; returns every status it saw, in order.
     let poller = thread::spawn(move || {
@@ -105,6 +115,8 @@ pub(crate) fn graceful_shutdown(ctx: &mut Ctx) -> anyhow::Result<String> {
                 Ok(_) => {}
                 Err(_) => break,
             }
+            // The sampling pace of the poll (bounded by `until`), not a
+            // synchronisation: every status change is recorded.
             thread::sleep(Duration::from_millis(20));
         }
         seen

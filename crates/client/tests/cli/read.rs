@@ -1,20 +1,37 @@
 //! `client read`: files in the `file` sink's format (frames as received, one
 //! after the other).
 
-use std::{io::Write, path::Path, process::Stdio};
+use std::{io::Write, path::Path};
 
 use proto::{CrcSize, Version, encode_frame};
-use rustix::process::{Pid, Signal, kill_process};
 use serde_json::Value;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
-    process::Command,
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines},
+    process::{Child, ChildStdout},
 };
 
-use crate::support::{client, within};
+use crate::support::{client, interrupt, spawn_client, within};
 
 const VERSIONS: [Version; 2] = [Version::V1, Version::V2];
 const CRC_SIZES: [CrcSize; 4] = [CrcSize::None, CrcSize::Crc8, CrcSize::Crc16, CrcSize::Crc32];
+
+/// Sends Ctrl-C to a `read --follow` that has printed every frame: it must
+/// exit 0, end its stdout, report no torn tail and log `summary`.
+async fn ctrl_c_exits_0_with(
+    child: &mut Child,
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    summary: &str,
+) {
+    let status = interrupt(child).await;
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(within(lines.next_line()).await.unwrap(), None);
+    let mut stderr = String::new();
+    within(child.stderr.take().unwrap().read_to_string(&mut stderr))
+        .await
+        .unwrap();
+    assert!(!stderr.contains("torn tail"), "{stderr}");
+    assert!(stderr.contains(summary), "{stderr}");
+}
 
 /// One frame as the test wrote it.
 struct Written {
@@ -236,15 +253,7 @@ async fn a_missing_file_exits_1_and_bad_usage_2() {
 async fn follow_prints_frames_as_they_complete_and_exits_0_on_ctrl_c() {
     let first = frame(Version::V1, CrcSize::Crc8, b"first");
     let file = file_with(&first);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
-        .args(["read", "--follow", path(&file)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the client starts");
-    let pid = Pid::from_raw(child.id().unwrap().try_into().unwrap()).unwrap();
+    let mut child = spawn_client(&["read", "--follow", path(&file)]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut next_line = async || within(lines.next_line()).await.unwrap().unwrap();
 
@@ -275,19 +284,12 @@ async fn follow_prints_frames_as_they_complete_and_exits_0_on_ctrl_c() {
         format!("2 offset={offset} version=1 crc_size=2 len=20 crc=ok \"third, in two writes\"")
     );
 
-    kill_process(pid, Signal::INT).unwrap();
-    let status = within(child.wait()).await.unwrap();
-    assert_eq!(status.code(), Some(0), "{status:?}");
-    assert_eq!(within(lines.next_line()).await.unwrap(), None);
-    let mut stderr = String::new();
-    within(child.stderr.take().unwrap().read_to_string(&mut stderr))
-        .await
-        .unwrap();
-    assert!(!stderr.contains("torn tail"), "{stderr}");
-    assert!(
-        stderr.contains("summary: frames=3 ok=3 bad_crc=0 torn_bytes=0"),
-        "{stderr}"
-    );
+    ctrl_c_exits_0_with(
+        &mut child,
+        &mut lines,
+        "summary: frames=3 ok=3 bad_crc=0 torn_bytes=0",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -301,15 +303,7 @@ async fn follow_reads_on_from_the_last_frame_left_when_the_file_shrinks() {
     .concat();
     let second = frame(Version::V2, CrcSize::Crc8, b"rolled back");
     let file = file_with(&[kept.clone(), second.clone()].concat());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
-        .args(["read", "--follow", path(&file)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the client starts");
-    let pid = Pid::from_raw(child.id().unwrap().try_into().unwrap()).unwrap();
+    let mut child = spawn_client(&["read", "--follow", path(&file)]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut notes = BufReader::new(child.stderr.take().unwrap()).lines();
     for index in 0..3 {
@@ -347,8 +341,7 @@ async fn follow_reads_on_from_the_last_frame_left_when_the_file_shrinks() {
         )
     );
 
-    kill_process(pid, Signal::INT).unwrap();
-    let status = within(child.wait()).await.unwrap();
+    let status = interrupt(&mut child).await;
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
@@ -359,15 +352,7 @@ async fn follow_waits_for_a_frame_cut_short_instead_of_calling_it_torn() {
     let (head, rest) = second.split_at(15);
     // The first pass reads the whole first frame and finds the second cut short.
     let file = file_with(&[first.as_slice(), head].concat());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
-        .args(["read", "--follow", "--json", path(&file)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the client starts");
-    let pid = Pid::from_raw(child.id().unwrap().try_into().unwrap()).unwrap();
+    let mut child = spawn_client(&["read", "--follow", "--json", path(&file)]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = within(lines.next_line()).await.unwrap().unwrap();
     let line: Value = serde_json::from_str(&line).unwrap();
@@ -381,19 +366,12 @@ async fn follow_waits_for_a_frame_cut_short_instead_of_calling_it_torn() {
     assert_eq!(line["payload"], "being written", "{line}");
     assert_eq!(line["crc_ok"], true, "{line}");
 
-    kill_process(pid, Signal::INT).unwrap();
-    let status = within(child.wait()).await.unwrap();
-    assert_eq!(status.code(), Some(0), "{status:?}");
-    assert_eq!(within(lines.next_line()).await.unwrap(), None);
-    let mut stderr = String::new();
-    within(child.stderr.take().unwrap().read_to_string(&mut stderr))
-        .await
-        .unwrap();
-    assert!(!stderr.contains("torn tail"), "{stderr}");
-    assert!(
-        stderr.contains("summary: frames=2 ok=2 bad_crc=0 torn_bytes=0"),
-        "{stderr}"
-    );
+    ctrl_c_exits_0_with(
+        &mut child,
+        &mut lines,
+        "summary: frames=2 ok=2 bad_crc=0 torn_bytes=0",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -456,15 +434,7 @@ async fn follow_notes_bytes_that_cannot_start_a_frame_and_ctrl_c_exits_3_after_a
     let mut bad = frame(Version::V2, CrcSize::Crc8, b"bad");
     *bad.last_mut().unwrap() ^= 0x01;
     let file = file_with(&[bad.clone(), vec![0; 16]].concat());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
-        .args(["read", "--follow", path(&file)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the client starts");
-    let pid = Pid::from_raw(child.id().unwrap().try_into().unwrap()).unwrap();
+    let mut child = spawn_client(&["read", "--follow", path(&file)]);
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut notes = BufReader::new(child.stderr.take().unwrap()).lines();
     let line = within(lines.next_line()).await.unwrap().unwrap();
@@ -484,8 +454,7 @@ async fn follow_notes_bytes_that_cannot_start_a_frame_and_ctrl_c_exits_3_after_a
         "{note}"
     );
 
-    kill_process(pid, Signal::INT).unwrap();
-    let status = within(child.wait()).await.unwrap();
+    let status = interrupt(&mut child).await;
     assert_eq!(status.code(), Some(3), "{status:?}");
     let summary = within(notes.next_line()).await.unwrap().unwrap();
     assert_eq!(summary, "summary: frames=1 ok=0 bad_crc=1 torn_bytes=0");
@@ -505,14 +474,7 @@ async fn a_reader_that_stops_early_is_not_an_error() {
     }
     let file = file_with(&bytes);
     for format in ["--preview=32", "--json"] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_client"))
-            .args(["read", format, path(&file)])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the client starts");
+        let mut child = spawn_client(&["read", format, path(&file)]);
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let line = within(lines.next_line()).await.unwrap().unwrap();
         assert!(line.starts_with("0 offset=0") || line.starts_with("{\"index\":0,"));

@@ -255,9 +255,8 @@ async fn acks_nobody_waits_for_do_not_stall_the_writer() {
 
 #[tokio::test]
 async fn reports_a_refused_connection() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
+    // Nothing listens there.
+    let addr = testkit::free_loopback_port().unwrap();
     let run = client(&["send", "--addr", &addr.to_string(), "a"], None).await;
     assert!(!run.success, "{run:?}");
     assert!(

@@ -1,13 +1,19 @@
 //! The peers and helpers the tests share.
 
-use std::{future::Future, net::SocketAddr, process::Stdio, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    process::{ExitStatus, Stdio},
+    time::Duration,
+};
 
 use futures_util::StreamExt;
 use proto::{Ack, AckStatus, Frame, FrameCodec, Limits, encode_ack};
+use rustix::process::{Pid, Signal, kill_process};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    process::Command,
+    process::{Child, Command},
     task::JoinHandle,
 };
 use tokio_util::codec::FramedRead;
@@ -17,9 +23,7 @@ pub(crate) const LIMIT: Duration = Duration::from_secs(30);
 
 /// Awaits `future` for at most [`LIMIT`].
 pub(crate) async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(LIMIT, future)
-        .await
-        .expect("a test step took too long")
+    testkit::within(LIMIT, future).await
 }
 
 /// How the client exited and what it printed.
@@ -30,6 +34,28 @@ pub(crate) struct Run {
     pub(crate) code: Option<i32>,
     pub(crate) stdout: String,
     pub(crate) stderr: String,
+}
+
+/// Starts the client with `args`: stdin empty, stdout and stderr piped, killed
+/// if the test drops it.
+pub(crate) fn spawn_client(args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the client starts")
+}
+
+/// Sends SIGINT (the user's Ctrl-C) to a running `child` and waits, bounded by
+/// [`LIMIT`], for its exit status.
+pub(crate) async fn interrupt(child: &mut Child) -> ExitStatus {
+    let pid = child.id().expect("the client is still running");
+    let pid = Pid::from_raw(pid.try_into().expect("a PID fits")).expect("a PID is not 0");
+    kill_process(pid, Signal::INT).expect("SIGINT is sent");
+    within(child.wait()).await.expect("the client is reaped")
 }
 
 /// Runs the client with `args`, feeding it `stdin` (empty when `None`).

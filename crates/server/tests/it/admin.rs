@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::common::{ACK_OK_0, REFERENCE_FRAME, STEP, read_to_close, send, within};
 
 /// An in-process server with `[admin]` on an ephemeral port.
-struct Admin {
+pub(crate) struct Admin {
     admin: SocketAddr,
     addrs: Vec<(String, SocketAddr)>,
     shutdown: CancellationToken,
@@ -23,7 +23,7 @@ struct Admin {
 }
 
 impl Admin {
-    async fn start(listeners: &str) -> Self {
+    pub(crate) async fn start(listeners: &str) -> Self {
         let text = format!("[admin]\nbind = \"127.0.0.1:0\"\n{listeners}");
         let config = Config::parse(&text, "test config").expect("test config is valid");
         let server = Server::bind(&config).await.expect("server binds");
@@ -39,7 +39,7 @@ impl Admin {
         }
     }
 
-    fn addr(&self, name: &str) -> SocketAddr {
+    pub(crate) fn addr(&self, name: &str) -> SocketAddr {
         self.addrs
             .iter()
             .find(|(n, _)| n == name)
@@ -51,7 +51,7 @@ impl Admin {
         request(self.admin, "GET", path).await
     }
 
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         within(STEP, self.task)
             .await
@@ -336,7 +336,7 @@ async fn an_admin_address_in_use_is_a_clear_startup_error() {
 }
 
 /// Scrapes until `series` has `value`, or fails after `STEP` with the last scrape.
-async fn wait_for_sample(server: &Admin, series: &str, value: f64) -> String {
+pub(crate) async fn wait_for_sample(server: &Admin, series: &str, value: f64) -> String {
     let mut last = String::new();
     let found = tokio::time::timeout(STEP, async {
         loop {

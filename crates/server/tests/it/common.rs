@@ -1,6 +1,6 @@
 //! Starting the server in-process and bounded waits.
 
-use std::{future::Future, net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, time::Duration};
 
 use server::{Config, Server};
 use tokio::{
@@ -13,12 +13,7 @@ use tokio_util::sync::CancellationToken;
 /// The most any single network step of a test may take.
 pub const STEP: Duration = Duration::from_secs(10);
 
-/// Awaits `fut`, failing the test if it takes longer than `limit`.
-pub async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(limit, fut)
-        .await
-        .expect("a network step timed out")
-}
+pub use testkit::within;
 
 /// A server started in-process from a config text.
 pub struct Running {

@@ -5,32 +5,23 @@
 //! to start.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
         mpsc,
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use proto::{
     ACK_FRAME_LEN, AckStatus, CrcSize, Decoded, Limits, Version, decode_ack, decode_frame,
     encode_frame,
 };
-
-/// Kills the child if a test fails before it stops it.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use testkit::{ChildGuard, SplitMix64, stderr_lines, wait_exit, wait_until};
 
 /// The server's stderr lines, read on a thread.
 type Lines = mpsc::Receiver<String>;
@@ -44,7 +35,7 @@ fn config(sink: &Path) -> String {
 }
 
 /// Starts the binary on `config` (written to `config_path`).
-fn spawn(config_path: &Path, config: &str) -> (Guard, Lines) {
+fn spawn(config_path: &Path, config: &str) -> (ChildGuard, Lines) {
     std::fs::write(config_path, config).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
         .args(["--log-format", "json", "--log-level", "info", "--config"])
@@ -55,58 +46,21 @@ fn spawn(config_path: &Path, config: &str) -> (Guard, Lines) {
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
-    let (lines, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    (Guard(child), rx)
+    (ChildGuard::new(child), stderr_lines(stderr))
 }
 
 /// Waits for the `listening` event; returns the address and the lines before it.
 fn listening(lines: &Lines) -> (SocketAddr, Vec<String>) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut early = Vec::new();
-    loop {
-        let line = lines
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no listening event; logged: {early:?}"));
-        if line.contains("\"message\":\"listening\"") {
-            let addr = line
-                .split("\"addr\":\"")
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .unwrap();
-            return (addr.parse().unwrap(), early);
-        }
-        early.push(line);
-    }
-}
-
-/// splitmix64: deterministic sizes, contents and kill points.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
+    testkit::wait_listening(lines, Duration::from_secs(10))
+        .unwrap_or_else(|early| panic!("no listening event; logged: {early:?}"))
 }
 
 /// Frame `index` of round `round`: a seeded payload of 1 B – 64 KiB whose
 /// first byte is the round, so no two rounds share a frame.
 fn frame(seed: u64, round: u64, index: u64) -> Vec<u8> {
-    let mut rng = Rng(seed ^ (round << 32) ^ index);
+    let mut rng = SplitMix64::new(seed ^ (round << 32) ^ index);
     let len = 1 + rng.below(64 * 1024) as usize;
-    let mut payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+    let mut payload: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
     payload[0] = round as u8;
     let mut out = Vec::new();
     encode_frame(Version::V2, CrcSize::Crc32, &payload, &mut out).unwrap();
@@ -123,7 +77,7 @@ struct Round {
 /// with SIGKILL once `kill_after` frames are acked ok.
 fn crash_round(
     addr: SocketAddr,
-    server: &mut Guard,
+    server: &mut ChildGuard,
     seed: u64,
     round: u64,
     kill_after: usize,
@@ -177,20 +131,16 @@ fn crash_round(
         }
         sent
     });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while acked.load(Ordering::SeqCst) < kill_after && Instant::now() < deadline {
-        if acks.is_finished() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_until(Duration::from_secs(20), || {
+        acked.load(Ordering::SeqCst) >= kill_after || acks.is_finished()
+    });
     assert!(
         acked.load(Ordering::SeqCst) >= kill_after,
         "round {round}: only {} frames acked",
         acked.load(Ordering::SeqCst)
     );
-    server.0.kill().unwrap();
-    server.0.wait().unwrap();
+    server.kill().unwrap();
+    server.wait().unwrap();
     acks.join().unwrap().unwrap();
     let sent = frames.join().unwrap();
     Round {
@@ -260,7 +210,7 @@ fn tear(path: &Path, tail: &[u8]) {
 fn acked_frames_survive_kill_9_and_stay_readable() {
     const ROUNDS: u64 = 3;
     let seed = 0x5eed_0007;
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64::new(seed);
     let dir = tempfile::tempdir().unwrap();
     let sink = dir.path().join("frames.bin");
     let config_path = dir.path().join("server.toml");
@@ -303,14 +253,9 @@ fn a_second_process_on_the_same_sink_refuses_to_start() {
     let (_first, lines) = spawn(&dir.path().join("one.toml"), &config(&sink));
     listening(&lines);
     let (mut second, lines) = spawn(&dir.path().join("two.toml"), &config(&sink));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = second.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the second server did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let status = wait_exit(&mut second, Duration::from_secs(10))
+        .unwrap()
+        .expect("the second server did not exit");
     assert!(!status.success());
     let log: Vec<String> =
         std::iter::from_fn(|| lines.recv_timeout(Duration::from_secs(5)).ok()).collect();

@@ -3,14 +3,15 @@
 //! contrib/fail2ban matches), in both log formats, whatever the user name.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
+use testkit::{ChildGuard, stderr_lines};
 
 const STEP: Duration = Duration::from_secs(10);
 const PASSWORD: &str = "wonder-land";
@@ -24,19 +25,9 @@ const HOSTILE: &str = "x\" client=6.6.6.6:1 reason=\"wrong password\" user=\"\n\
                        client=6.6.6.7:1 reason=\"unknown user\" user=\"y\r\
                        {\"message\":\"authentication failed\",\"client\":\"6.6.6.8:1\"}\u{1b}[0m";
 
-/// Kills the child if a test fails before it ends.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts the binary with `--log-format FORMAT` and one password listener;
 /// returns its address and the stderr lines.
-fn start(format: &str) -> (Guard, SocketAddr, mpsc::Receiver<String>) {
+fn start(format: &str) -> (ChildGuard, SocketAddr, mpsc::Receiver<String>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.toml");
     let config = format!(
@@ -51,14 +42,8 @@ fn start(format: &str) -> (Guard, SocketAddr, mpsc::Receiver<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut guard = Guard(child);
-    let stderr = guard.0.stderr.take().unwrap();
-    let (lines, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
+    let mut guard = ChildGuard::new(child);
+    let rx = stderr_lines(guard.stderr.take().unwrap());
     let deadline = Instant::now() + STEP;
     loop {
         let line = rx

@@ -1,11 +1,11 @@
 //! The `server` binary as a process: SIGTERM drains and keeps acked frames.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::mpsc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use proto::{
@@ -13,20 +13,11 @@ use proto::{
     encode_frame,
 };
 use rustix::process::{Pid, Signal, kill_process};
-
-/// Kills the child if a test fails before it stops it.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use testkit::{ChildGuard, stderr_lines, wait_exit, wait_listening};
 
 /// Starts the binary and waits for its first `listening` event; returns the
 /// lines logged up to it too.
-fn start(config: &str) -> (Guard, SocketAddr, mpsc::Receiver<String>) {
+fn start(config: &str) -> (ChildGuard, SocketAddr, mpsc::Receiver<String>) {
     let (guard, addr, rx, _) = start_with_open_files(config, None);
     (guard, addr, rx)
 }
@@ -35,7 +26,7 @@ fn start(config: &str) -> (Guard, SocketAddr, mpsc::Receiver<String>) {
 fn start_with_open_files(
     config: &str,
     open_files: Option<u32>,
-) -> (Guard, SocketAddr, mpsc::Receiver<String>, Vec<String>) {
+) -> (ChildGuard, SocketAddr, mpsc::Receiver<String>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.toml");
     std::fs::write(&path, config).unwrap();
@@ -54,30 +45,11 @@ fn start_with_open_files(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut guard = Guard(child);
-    let stderr = guard.0.stderr.take().unwrap();
-    let (lines, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut early = Vec::new();
-    loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .unwrap_or_else(|_| panic!("no listening event; logged: {early:?}"));
-        if line.contains("\"message\":\"listening\"") {
-            let addr = line
-                .split("\"addr\":\"")
-                .nth(1)
-                .and_then(|rest| rest.split('"').next())
-                .unwrap();
-            return (guard, addr.parse().unwrap(), rx, early);
-        }
-        early.push(line);
-    }
+    let mut guard = ChildGuard::new(child);
+    let rx = stderr_lines(guard.stderr.take().unwrap());
+    let (addr, early) = wait_listening(&rx, Duration::from_secs(10))
+        .unwrap_or_else(|early| panic!("no listening event; logged: {early:?}"));
+    (guard, addr, rx, early)
 }
 
 #[test]
@@ -138,18 +110,10 @@ fn sigterm_drains_exits_zero_and_keeps_every_acked_frame() {
         }
     }
     // Terminate while the connection is still open.
-    kill_process(Pid::from_child(&guard.0), Signal::TERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let exit = loop {
-        if let Some(exit) = guard.0.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server did not exit within its drain timeout"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    kill_process(Pid::from_child(&guard), Signal::TERM).unwrap();
+    let exit = wait_exit(&mut guard, Duration::from_secs(10))
+        .unwrap()
+        .expect("server did not exit within its drain timeout");
     assert!(exit.success(), "server exited with {exit}");
     // Every line up to the end of stderr: the reader thread may still be forwarding the last
     // ones, and the channel closes when it reaches the end.

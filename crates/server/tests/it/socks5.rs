@@ -6,7 +6,10 @@ use std::{net::SocketAddr, time::Duration};
 use socks5::{Address, Error, Reply, client};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{ACK_OK_0, REFERENCE_FRAME, Running, STEP, within};
+use crate::{
+    admin::{Admin, wait_for_sample},
+    common::{ACK_OK_0, REFERENCE_FRAME, Running, STEP, within},
+};
 
 const FRAMES: &str =
     "[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n";
@@ -146,12 +149,18 @@ async fn a_disabled_command_gets_reply_7() {
 
 #[tokio::test]
 async fn shutdown_ends_sessions_still_in_their_handshake() {
-    let server = Running::start(&proxy("handshake_timeout = \"60s\"")).await;
+    let server = Admin::start(&proxy("handshake_timeout = \"60s\"")).await;
     let mut silent = within(STEP, tokio::net::TcpStream::connect(server.addr("proxy")))
         .await
         .unwrap();
     within(STEP, silent.write_all(&[5])).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The server has accepted the connection: its session is in the handshake.
+    wait_for_sample(
+        &server,
+        "netkit_connections_active{listener=\"proxy\",mode=\"socks5\"}",
+        1.0,
+    )
+    .await;
     // Stop returns well before the handshake timeout: the session was ended.
     within(Duration::from_secs(5), server.stop()).await;
     let mut rest = Vec::new();

@@ -1,6 +1,5 @@
 //! The test server, peers (TCP and UDP echo), raw SOCKS helpers and the `within` timeout.
 
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -15,13 +14,7 @@ use tokio_util::sync::CancellationToken;
 /// The default bound on a network await in these tests.
 pub(crate) const LIMIT: Duration = Duration::from_secs(10);
 
-/// Awaits `fut`, failing the test if it takes longer than `limit`.
-pub(crate) async fn within<T>(limit: Duration, fut: impl Future<Output = T>) -> T {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(value) => value,
-        Err(_) => panic!("no result within {limit:?}"),
-    }
-}
+pub(crate) use testkit::within;
 
 /// Names the test resolver knows: `echo.test` is 127.0.0.1, `v6.test` is ::1,
 /// `both.test` is 127.0.0.2 then 127.0.0.1, `slow.test` never answers; anything else does
@@ -135,9 +128,14 @@ pub(crate) async fn echo_server(bind: &str) -> SocketAddr {
     address
 }
 
-/// A UDP echo server; returns its address.
+/// A UDP echo server on 127.0.0.1; returns its address.
 pub(crate) async fn udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP echo");
+    udp_echo_on("127.0.0.1:0").await
+}
+
+/// A UDP echo server on `bind`; returns its address.
+pub(crate) async fn udp_echo_on(bind: &str) -> SocketAddr {
+    let socket = UdpSocket::bind(bind).await.expect("bind UDP echo");
     let address = socket.local_addr().expect("UDP echo address");
     tokio::spawn(async move {
         let mut buf = vec![0; 65536];
@@ -148,12 +146,6 @@ pub(crate) async fn udp_echo() -> SocketAddr {
         }
     });
     address
-}
-
-/// An address where nothing listens (a listener bound and dropped).
-pub(crate) async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("address")
 }
 
 /// Whether this machine has ::1.

@@ -7,8 +7,7 @@ use socks5::{Action, DomainPattern, Error, Reply, Rule, Rules, ServerOptions};
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::{
-    LIMIT, Proxy, assert_closed, closed_port, connect_v4, echo_server, greeted, options,
-    read_reply_v4, within,
+    LIMIT, Proxy, assert_closed, connect_v4, echo_server, greeted, options, read_reply_v4, within,
 };
 
 /// Sends `request` after a no-auth greeting; asserts the reply code, the unspecified BND and
@@ -37,7 +36,8 @@ fn connect_domain(name: &str, port: u16) -> Vec<u8> {
 
 #[tokio::test]
 async fn refused_connection_gets_0x05() {
-    let closed = closed_port().await;
+    // Nothing listens there.
+    let closed = testkit::free_loopback_port().expect("a free port");
     let report = expect_failure(options(), &connect_v4(closed), 0x05).await;
     assert!(
         matches!(report.error, Some(Error::Connect { .. })),

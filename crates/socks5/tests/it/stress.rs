@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use testkit::SplitMix64;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -25,33 +26,9 @@ const STALL: Duration = Duration::from_secs(8);
 /// Burst sizes, uniformly drawn.
 const BURST_LEN: std::ops::RangeInclusive<usize> = 1..=3 << 20;
 
-/// A small deterministic generator (SplitMix64), so every burst's bytes can be recomputed.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, range: std::ops::RangeInclusive<usize>) -> usize {
-        let span = (range.end() - range.start() + 1) as u64;
-        range.start() + (self.next() % span) as usize
-    }
-}
-
-/// Deterministic content of `len` bytes for `seed`.
+/// Deterministic content of `len` bytes for `seed`, so every burst's bytes can be recomputed.
 fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut rng = SplitMix(seed);
-    let mut data = Vec::with_capacity(len + 8);
-    while data.len() < len {
-        data.extend_from_slice(&rng.next().to_le_bytes());
-    }
-    data.truncate(len);
-    data
+    SplitMix64::new(seed).bytes(len)
 }
 
 /// Keeps one core busy until dropped.
@@ -140,19 +117,19 @@ async fn tunnel(
     if reply != 0 {
         return Err(format!("CONNECT refused with {reply}"));
     }
-    let mut rng = SplitMix(index as u64);
+    let mut rng = SplitMix64::new(index as u64);
     let mut back = Vec::new();
     for burst in 0..BURSTS {
         if Instant::now() >= end {
             return Ok(burst);
         }
         let seed = ((index as u64) << 32) | burst as u64;
-        let len = rng.below(BURST_LEN);
+        let len = rng.in_range(BURST_LEN);
         // Most answers are short; every fourth is bulk too.
         let back_len = if burst % 4 == 3 {
-            rng.below(BURST_LEN)
+            rng.in_range(BURST_LEN)
         } else {
-            rng.below(0..=64)
+            rng.in_range(0..=64)
         };
         let mut message = Vec::with_capacity(24 + len);
         for word in [seed, len as u64, back_len as u64] {
@@ -265,7 +242,8 @@ fn a_handshake_completes_while_bulk_tunnels_hold_the_worker() {
     let stop = Arc::new(AtomicBool::new(false));
     // The proxy on a runtime with a single worker, in its own thread.
     let (address_tx, address_rx) = std::sync::mpsc::channel();
-    let proxy_stop = Arc::clone(&stop);
+    // The proxy runs until told to stop (a message, not a polled flag).
+    let (proxy_stop, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
     let proxy_thread = std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -274,9 +252,8 @@ fn a_handshake_completes_while_bulk_tunnels_hold_the_worker() {
         runtime.block_on(async move {
             let proxy = Proxy::start(options()).await;
             address_tx.send(proxy.address).expect("send address");
-            while !proxy_stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            // An error is the sender dropped: the test is over either way.
+            let _ = proxy_stopped.await;
         });
     });
     let proxy = address_rx.recv_timeout(LIMIT).expect("the proxy started");
@@ -338,6 +315,7 @@ fn a_handshake_completes_while_bulk_tunnels_hold_the_worker() {
     drop(echo);
     stream.flush().expect("flush");
     stop.store(true, Ordering::Relaxed);
+    let _ = proxy_stop.send(());
     let moved: u64 = threads
         .into_iter()
         .map(|thread| thread.join().expect("bulk thread"))

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 
 use crate::harness::{
     LIMIT, Proxy, greeted, has_ipv6_loopback, options, read_exactly, read_reply_v4, udp_echo,
-    within,
+    udp_echo_on, within,
 };
 
 /// A UDP echo that answers `[n] + payload`, n counting the datagrams it has seen, so a test can
@@ -228,21 +228,6 @@ async fn drops_datagrams_to_denied_destinations() {
         datagram(0, allowed, b"\x01yes"),
         "only the allowed target answered"
     );
-}
-
-/// A UDP echo on `bind`; returns its address.
-async fn udp_echo_on(bind: &str) -> SocketAddr {
-    let socket = UdpSocket::bind(bind).await.expect("bind UDP echo");
-    let address = socket.local_addr().expect("UDP echo address");
-    tokio::spawn(async move {
-        let mut buf = vec![0; 65536];
-        while let Ok((len, from)) = socket.recv_from(&mut buf).await {
-            let _ = socket
-                .send_to(buf.get(..len).unwrap_or_default(), from)
-                .await;
-        }
-    });
-    address
 }
 
 /// A datagram with FRAG 0 for `target` of either family (ATYP 1 or 4).
