@@ -171,4 +171,18 @@ mod tests {
         let late = read_msg_exact(&mut server, "reply", deadline, decode_method_selection).await;
         assert!(matches!(late, Err(Error::Timeout { stage: "reply", .. })));
     }
+
+    /// An embedder may pass any `Duration`: a deadline that cannot be represented is decades
+    /// away, not a panic (`Instant + Duration::MAX` overflows).
+    #[test]
+    fn a_deadline_too_far_to_represent_saturates() {
+        let now = Instant::now();
+        let deadline = Deadline::after(Duration::MAX);
+        assert!(deadline.at > now + Duration::from_secs(365 * 24 * 3600));
+        assert!(later(now, Duration::MAX) > now);
+        assert_eq!(
+            later(now, Duration::from_secs(1)),
+            now + Duration::from_secs(1)
+        );
+    }
 }
