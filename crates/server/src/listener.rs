@@ -157,18 +157,10 @@ pub(crate) async fn accept_loop(
                 // The per-IP limit applies to the header's client, in the task.
                 None
             }
-            None => match &per_ip {
-                Some(per_ip) => match per_ip.take(peer.ip()) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        // Closed before a byte is read or written, the permit
-                        // goes back at once.
-                        drop(stream);
-                        refuse_per_ip(&common.stats, &logs, &name, peer.ip(), per_ip.limit);
-                        continue;
-                    }
-                },
-                None => None,
+            None => match admit(per_ip.as_ref(), peer.ip(), &common.stats, &logs, &name) {
+                Ok(slot) => slot,
+                // Closed before a byte is read or written, the permit goes back at once.
+                Err(Refused) => continue,
             },
         };
         let service = service.clone();
@@ -214,15 +206,8 @@ pub(crate) async fn accept_loop(
                     return;
                 }
             };
-            let _slot = match &per_ip {
-                Some(per_ip) => match per_ip.take(client.ip()) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        refuse_per_ip(&stats, &logs, &name, client.ip(), per_ip.limit);
-                        return;
-                    }
-                },
-                None => None,
+            let Ok(_slot) = admit(per_ip.as_ref(), client.ip(), &stats, &logs, &name) else {
+                return;
             };
             let span = info_span!("conn", listener = %name, mode, peer = %client, proxy = %peer);
             serve(service, stream, client, stop).instrument(span).await;
@@ -235,6 +220,30 @@ pub(crate) async fn accept_loop(
 async fn serve(service: Service, stream: TcpStream, client: SocketAddr, stop: CancellationToken) {
     debug!("accepted");
     service.handle(stream, client, stop).await;
+}
+
+/// A connection refused by `max_connections_per_ip`.
+struct Refused;
+
+/// Takes a slot of `ip` under `max_connections_per_ip` (none is needed without a limit), or
+/// counts and logs the refusal.
+fn admit(
+    per_ip: Option<&Arc<PerIp>>,
+    ip: IpAddr,
+    stats: &ListenerStats,
+    logs: &Logs,
+    listener: &str,
+) -> Result<Option<PerIpSlot>, Refused> {
+    let Some(per_ip) = per_ip else {
+        return Ok(None);
+    };
+    match per_ip.take(ip) {
+        Some(slot) => Ok(Some(slot)),
+        None => {
+            refuse_per_ip(stats, logs, listener, ip, per_ip.limit);
+            Err(Refused)
+        }
+    }
 }
 
 /// Counts and (rate-limited) logs a connection refused by `max_connections_per_ip`.
