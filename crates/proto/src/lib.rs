@@ -9,6 +9,8 @@
 //!   "CRC over the hex text" computed without building the hex string;
 //! - [`frame`]: whole frames, pure [`decode_frame`] and [`encode_frame`];
 //! - [`ack`]: the acknowledgement frame and its [`AckStatus`];
+//! - [`session`]: the optional first frame that names a client's stream, so
+//!   a frame sent again on a new connection keeps its identity;
 //! - [`codec`]: a `tokio_util::codec` adapter over the pure functions.
 //!
 //! Left out on purpose: sockets, files, configuration. Decoders are sans-IO:
@@ -30,6 +32,7 @@ pub mod crc;
 mod error;
 pub mod frame;
 pub mod header;
+pub mod session;
 
 pub use ack::{ACK_FRAME_LEN, Ack, AckStatus, decode_ack, encode_ack};
 pub use codec::{AckCodec, CodecError, FrameCodec, Outgoing};
@@ -37,6 +40,7 @@ pub use crc::{CrcSize, checksum};
 pub use error::{AckError, HeaderError};
 pub use frame::{Frame, FrameRef, decode_frame, encode_frame};
 pub use header::{DEFAULT_MAX_BODY_SIZE, HEADER_LEN, Header, Limits, Version, decode_header};
+pub use session::{SESSION_FRAME_LEN, Session, SessionError, decode_session, encode_session};
 
 /// The outcome of a pure decoder that borrows its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
