@@ -16,7 +16,9 @@
 //! (the admin endpoint's `/metrics` through `promtool`, and scraped by a
 //! real Prometheus), [`deploy`] (the systemd unit and the Kubernetes
 //! manifests), [`haproxy`] (two instances of their own behind HAProxy with
-//! the PROXY protocol) and [`shutdown`].
+//! the PROXY protocol), [`jetstream`] (a 3-node NATS JetStream cluster
+//! behind two collectors behind HAProxy, a node and a collector killed
+//! during the run; and the same with file sinks) and [`shutdown`].
 
 mod crash;
 mod deploy;
@@ -25,6 +27,7 @@ mod frames;
 mod haproxy;
 mod hostile;
 mod interop;
+mod jetstream;
 mod prometheus;
 mod proxy;
 mod shutdown;
@@ -188,6 +191,8 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("systemd-unit", deploy::systemd_unit),
     ("k8s-manifests", deploy::k8s_manifests),
     ("haproxy", haproxy::haproxy),
+    ("jetstream-cluster", jetstream::jetstream_cluster),
+    ("collectors-file-sink", jetstream::file_sink_limit),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 

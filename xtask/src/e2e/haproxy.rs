@@ -76,7 +76,8 @@ rules = [{ action = "deny", clients = ["127.0.0.3/32"] }]
 "#;
 
 /// The HAProxy config: `{SOCKET}`, `{FRONTEND}`, `{A}` and `{B}` are
-/// replaced by the stats socket's path and the three addresses.
+/// replaced by the stats socket's path and the three addresses, `{OPTIONS}`
+/// by the servers' options (`send-proxy-v2` here).
 const HAPROXY_CONFIG: &str = "global
     stats socket {SOCKET} mode 600 level admin
 
@@ -94,8 +95,8 @@ frontend socks
 
 backend netkit
     balance roundrobin
-    server a {A} send-proxy-v2 check inter 200ms fall 2 rise 1
-    server b {B} send-proxy-v2 check inter 200ms fall 2 rise 1
+    server a {A} {OPTIONS} check inter 200ms fall 2 rise 1
+    server b {B} {OPTIONS} check inter 200ms fall 2 rise 1
 ";
 
 /// The scenario: see the module docs.
@@ -128,7 +129,13 @@ pub(crate) fn haproxy(ctx: &mut Ctx) -> anyhow::Result<String> {
     }
     let [a, b] =
         <[Server; 2]>::try_from(servers).map_err(|_| anyhow::anyhow!("expected two instances"))?;
-    let mut balancer = Balancer::start(&haproxy, &base, a.addr(LISTENER), b.addr(LISTENER))?;
+    let mut balancer = Balancer::start(
+        &haproxy,
+        &base,
+        a.addr(LISTENER),
+        b.addr(LISTENER),
+        "send-proxy-v2",
+    )?;
     let mut run = Run {
         ctx,
         a,
@@ -462,7 +469,7 @@ fn client_ip(event: &Value) -> Option<IpAddr> {
 }
 
 /// HAProxy as our child; killed by its PID when stopped or dropped.
-struct Balancer {
+pub(super) struct Balancer {
     proc: Option<Proc>,
     socket: std::path::PathBuf,
     frontend: SocketAddr,
@@ -474,10 +481,16 @@ impl Balancer {
     /// frontend's port is picked free just before; if another process takes
     /// it first HAProxy exits at start, and a new port is tried (three
     /// attempts).
-    fn start(binary: &Path, dir: &Path, a: SocketAddr, b: SocketAddr) -> anyhow::Result<Self> {
+    pub(super) fn start(
+        binary: &Path,
+        dir: &Path,
+        a: SocketAddr,
+        b: SocketAddr,
+        options: &str,
+    ) -> anyhow::Result<Self> {
         let mut attempt = 1;
         loop {
-            match Self::start_once(binary, dir, a, b) {
+            match Self::start_once(binary, dir, a, b, options) {
                 Err(StartError::Exited(error)) if attempt < 3 => {
                     println!("haproxy exited at start (attempt {attempt}), retrying: {error:#}");
                     attempt += 1;
@@ -493,6 +506,7 @@ impl Balancer {
         dir: &Path,
         a: SocketAddr,
         b: SocketAddr,
+        options: &str,
     ) -> Result<Self, StartError> {
         let socket = dir.join("haproxy.sock");
         let frontend = testkit::free_loopback_port()
@@ -502,7 +516,8 @@ impl Balancer {
             .replace("{SOCKET}", &socket.display().to_string())
             .replace("{FRONTEND}", &frontend.to_string())
             .replace("{A}", &a.to_string())
-            .replace("{B}", &b.to_string());
+            .replace("{B}", &b.to_string())
+            .replace("{OPTIONS}", options);
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config)
             .with_context(|| format!("cannot write {}", path.display()))
@@ -606,7 +621,12 @@ impl Balancer {
     }
 
     /// Kills HAProxy by its PID (once) and keeps its stderr.
-    fn stop(&mut self) {
+    /// Where HAProxy listens.
+    pub(super) fn frontend(&self) -> SocketAddr {
+        self.frontend
+    }
+
+    pub(super) fn stop(&mut self) {
         if let Some(mut proc) = self.proc.take() {
             proc.kill();
             if let Ok(done) = proc.wait(Duration::from_secs(5)) {
@@ -615,7 +635,7 @@ impl Balancer {
         }
     }
 
-    fn stderr_tail(&self) -> &str {
+    pub(super) fn stderr_tail(&self) -> &str {
         &self.stderr
     }
 }
