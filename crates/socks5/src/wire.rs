@@ -17,6 +17,7 @@ mod address;
 mod codes;
 mod command;
 mod negotiation;
+pub mod protocol;
 pub mod socks4;
 
 pub use address::{Address, decode_address, encode_address};

@@ -546,16 +546,10 @@ mod tests {
         let ok = with(&head, &[&user_255, &[0]]);
         assert_eq!(
             decode(&ok).expect("valid"),
-            Decoded::Done(
-                request(Command::Connect, v4("10.0.0.1:80"), &user_255),
-                264
-            )
+            Decoded::Done(request(Command::Connect, v4("10.0.0.1:80"), &user_255), 264)
         );
         // 255 bytes and no NUL yet: one more byte may still end it.
-        assert_eq!(
-            decode(&with(&head, &[&user_255])),
-            Ok(Decoded::NeedMore(1))
-        );
+        assert_eq!(decode(&with(&head, &[&user_255])), Ok(Decoded::NeedMore(1)));
         assert_eq!(
             decode(&with(&head, &[&user_256])),
             Err(Socks4Error::UserIdTooLong)
@@ -599,7 +593,10 @@ mod tests {
     #[test]
     fn missing_nuls_need_more_and_never_too_much() {
         // SOCKS4: the user id's NUL is missing.
-        assert_eq!(decode(&[4, 1, 0, 80, 10, 0, 0, 1]), Ok(Decoded::NeedMore(1)));
+        assert_eq!(
+            decode(&[4, 1, 0, 80, 10, 0, 0, 1]),
+            Ok(Decoded::NeedMore(1))
+        );
         assert_eq!(
             decode(&[4, 1, 0, 80, 10, 0, 0, 1, b'a', b'b']),
             Ok(Decoded::NeedMore(1))
@@ -722,7 +719,8 @@ mod tests {
                 .prop_filter("not a SOCKS4a marker", |(ip, _)| ip[..3] != [0, 0, 0]
                     || ip[3] == 0)
                 .prop_map(|(ip, port)| Address::Ip(SocketAddr::from((ip, port)))),
-            ("[a-z0-9.-]{1,255}", any::<u16>()).prop_map(|(name, port)| Address::Domain(name, port)),
+            ("[a-z0-9.-]{1,255}", any::<u16>())
+                .prop_map(|(name, port)| Address::Domain(name, port)),
         ]
     }
 
