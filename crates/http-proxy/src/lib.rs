@@ -65,6 +65,15 @@
 //! - Retrying a request on a fresh origin connection when a kept one was closed under it: the
 //!   client gets 502 and may retry.
 //! - An idle timeout on tunnels, and splice(2): the relay is `copy_bidirectional` for now.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::indexing_slicing,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic
+    )
+)]
 
 mod auth;
 mod counted;

@@ -17,7 +17,9 @@ pub const MIN_HEADER_LEN: usize = 8192;
 #[non_exhaustive]
 pub struct ProxyOptions {
     /// The whole request head (request line and headers) must arrive within this, for every
-    /// request on a connection, or the connection is closed without an answer. Default 10 s.
+    /// request on a connection, or the connection is closed without an answer. The clock runs
+    /// from the moment the proxy waits for a head, so it also bounds how long a kept-alive
+    /// connection may sit idle between requests. Default 10 s.
     pub header_read_timeout: Duration,
     /// The most bytes hyper buffers while reading a request head; a larger head is answered
     /// 431 and the connection closed. At least [`MIN_HEADER_LEN`]. Default 16 KiB.

@@ -660,3 +660,23 @@ async fn stop_ends_an_idle_kept_alive_connection() {
     assert_eq!(report.requests, 1);
     assert_closed(&mut client).await;
 }
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_header_read_timeout() {
+    let (origin, _) = start_origin().await;
+    let dialer = Arc::new(LoopbackDialer::default());
+    let mut options = ProxyOptions::default();
+    options.header_read_timeout = Duration::from_millis(300);
+    let (proxy, mut reports) = start_proxy(HttpProxy::new(options, dialer)).await;
+    let mut client = TcpStream::connect(proxy).await.expect("connect");
+    send(
+        &mut client,
+        format!("GET http://{origin}/ HTTP/1.1\r\nHost: {origin}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(read_answer(&mut client).await.status, 200);
+    // No next request: the wait for its head is bounded like any other.
+    assert_closed(&mut client).await;
+    let report = next_report(&mut reports).await;
+    assert_eq!(report.requests, 1);
+}
