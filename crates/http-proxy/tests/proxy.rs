@@ -680,3 +680,78 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_header_read_timeout()
     let report = next_report(&mut reports).await;
     assert_eq!(report.requests, 1);
 }
+
+/// A log sink for the current thread's subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("not poisoned")
+            .extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A failed login logs the SOCKS5 door's one warn line (the format contrib/fail2ban
+/// matches), with the reason, and never the password; a request without credentials logs no
+/// warning (browsers always ask first without).
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_login_logs_the_fail2ban_line() {
+    let log = Captured::default();
+    let sink = log.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(move || sink.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dialer = Arc::new(LoopbackDialer::default());
+    let policy = socks5::AuthPolicy::password([("alice".to_owned(), "secret".to_owned())], vec![]);
+    let proxy = open_proxy(dialer).with_auth(Arc::new(policy));
+    let (proxy, _reports) = start_proxy(proxy).await;
+    let mut client = TcpStream::connect(proxy).await.expect("connect");
+    let local = client.local_addr().expect("bound");
+    for credentials in [
+        String::new(),
+        format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            basic("alice", "hunter2")
+        ),
+        format!(
+            "Proxy-Authorization: Basic {}\r\n",
+            basic("bob\" x=\"1", "pw")
+        ),
+    ] {
+        send(
+            &mut client,
+            format!("CONNECT a.test:443 HTTP/1.1\r\n{credentials}\r\n"),
+        )
+        .await;
+        assert_eq!(read_answer(&mut client).await.status, 407);
+    }
+    let text = String::from_utf8(log.0.lock().expect("not poisoned").clone()).expect("UTF-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains(&format!(
+            "authentication failed client={local} reason=\"wrong password\" user=\"alice\""
+        )),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains(&format!(
+            "authentication failed client={local} reason=\"unknown user\" user=\"bob\\\" x=\\\"1\""
+        )),
+        "{text}"
+    );
+    assert!(lines.iter().all(|line| line.contains(" WARN ")), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
