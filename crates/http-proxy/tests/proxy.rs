@@ -755,3 +755,56 @@ async fn a_failed_login_logs_the_fail2ban_line() {
     assert!(lines.iter().all(|line| line.contains(" WARN ")), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
 }
+
+/// Many tunnels at once, each with its own random sizes and contents, written and read
+/// concurrently: every byte comes back in order. Bounded in count (24 tunnels, at most 256 KiB
+/// each) and time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tunnels_relay_every_byte() {
+    let echo = start_echo().await;
+    let dialer = Arc::new(LoopbackDialer::default());
+    let (proxy, mut reports) = start_proxy(open_proxy(dialer)).await;
+    let mut rng = testkit::SplitMix64::new(0x4854_5450);
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..24 {
+        let len = rng.in_range(1..=256 * 1024);
+        let payload = rng.bytes(len);
+        let chunk = rng.in_range(1..=16 * 1024);
+        clients.spawn(async move {
+            let mut client = TcpStream::connect(proxy).await.expect("connect");
+            send(&mut client, format!("CONNECT {echo} HTTP/1.1\r\n\r\n")).await;
+            assert_eq!(read_answer(&mut client).await.status, 200);
+            let (mut read, mut write) = client.into_split();
+            let sent = payload.clone();
+            let writer = tokio::spawn(async move {
+                for part in sent.chunks(chunk) {
+                    write.write_all(part).await.expect("write");
+                }
+                write
+            });
+            let mut back = vec![0; payload.len()];
+            read.read_exact(&mut back).await.expect("echo");
+            assert!(back == payload, "bytes differ");
+            drop(writer.await.expect("writer"));
+            payload.len()
+        });
+    }
+    let relayed = within(Duration::from_secs(60), async {
+        let mut total = 0;
+        while let Some(done) = clients.join_next().await {
+            total += done.expect("a client");
+        }
+        total
+    })
+    .await;
+    let mut reported = 0;
+    for _ in 0..24 {
+        let report = next_report(&mut reports).await;
+        assert!(report.error.is_none(), "{report:?}");
+        reported += report.bytes_in;
+    }
+    assert!(
+        reported >= u64::try_from(relayed).expect("fits"),
+        "{reported} < {relayed}"
+    );
+}
