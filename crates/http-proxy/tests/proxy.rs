@@ -262,6 +262,9 @@ async fn connect_tunnels_to_an_echo_server() {
     .await;
     let answer = read_answer(&mut client).await;
     assert_eq!(answer.status, 200, "{answer:?}");
+    // RFC 9110 §9.3.6: no Content-Length or Transfer-Encoding in a 2xx to CONNECT.
+    assert!(answer.header("content-length").is_none(), "{answer:?}");
+    assert!(answer.header("transfer-encoding").is_none(), "{answer:?}");
     let mut echoed = [0; 5];
     within(LIMIT, client.read_exact(&mut echoed))
         .await
