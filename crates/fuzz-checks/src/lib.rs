@@ -8,7 +8,8 @@
 //! failure). Modules: [`prefix`] (the "a prefix decides no differently"
 //! property shared by every pure decoder), [`proto`] (frame header, frame,
 //! ack, the `tokio_util` codecs), [`socks5`] (greeting, RFC 1929 request,
-//! request, UDP header, and the replies a client parses), [`config`]
+//! request, UDP header, and the replies a client parses), [`socks4`] (the
+//! SOCKS4/4a request and reply), [`config`]
 //! (`server`'s config loader) and [`proxy_header()`] (the PROXY protocol header).
 //!
 //! Left out on purpose: anything with I/O. The decoders are pure; the config
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod prefix;
 pub mod proto;
+pub mod socks4;
 pub mod socks5;
 
 /// A fuzz target's check: panics when a property fails.
@@ -34,6 +36,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("socks5_request", socks5::request),
     ("socks5_udp_header", socks5::udp_header),
     ("socks5_client_replies", socks5::client_replies),
+    ("socks4_request", socks4::request),
     ("config", config::parse),
     ("proxy_header", proxy_header),
 ];

@@ -17,6 +17,8 @@ mod address;
 mod codes;
 mod command;
 mod negotiation;
+pub mod protocol;
+pub mod socks4;
 
 pub use address::{Address, decode_address, encode_address};
 pub use codes::{Command, Method, Reply};
