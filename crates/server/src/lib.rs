@@ -69,19 +69,18 @@ impl Server {
     ///
     /// When a listener cannot be built or bound; the message names it.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        let proxies: Vec<SocketAddr> = config
-            .listeners
-            .iter()
-            .filter_map(registry::ListenerConfig::proxy_bind)
-            .collect();
-        for (index, listener_config) in config.listeners.iter().enumerate() {
-            let (common, service) = listener_config.build(index, &proxies)?;
+        let ready = config.ready()?;
+        let mut listeners = Vec::with_capacity(ready.len());
+        let mut sinks = Vec::new();
+        for prepared in ready.iter() {
+            let common = prepared.common.clone();
+            let service = prepared.build(&sinks)?;
+            sinks.extend(service.sink());
             let listener = listener::bind(&common)?;
             let addr = listener
                 .local_addr()
                 .with_context(|| format!("listener {}: no local address", common.name))?;
-            let mode = listener_config.mode();
+            let mode = prepared.mode;
             info!(listener = %common.name, mode, %addr, max_connections = common.max_connections, "listening");
             listeners.push(Bound {
                 common,
@@ -208,7 +207,7 @@ impl Server {
             );
         }
         for service in services {
-            service.finish().await;
+            service.finish(&[]).await;
         }
         if let Some(ticker) = ticker {
             let _ = ticker.await;

@@ -133,12 +133,17 @@ impl ListenerConfig {
         }
     }
 
-    /// Checks the mode's own settings.
+    /// Validates the listener and turns it into its ready-to-run settings: every check of the
+    /// mode's keys, the `users_file` read, the rules built and every default applied. It is
+    /// the one step behind `--check-config`, the start and a reload: what it accepts runs.
+    ///
+    /// `proxies` are the bind addresses of every proxy listener of the config, which a
+    /// proxy listener refuses to connect to (a loop through two listeners is still a loop).
     ///
     /// # Errors
     ///
     /// An error naming the key at fault.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn prepare(&self, index: usize, proxies: &[SocketAddr]) -> anyhow::Result<Prepared> {
         match self.max_connections_per_ip() {
             Some(0) => {
                 return Err(invalid(
@@ -157,37 +162,63 @@ impl ListenerConfig {
         }
         let (mode, from, timeout) = self.proxy_protocol();
         ProxySettings::validate(mode, from, timeout)?;
-        match self {
-            Self::CrcTcp(c) => c.validate(),
-            Self::Socks5(c) => c.validate(),
-        }
+        let name = self.name(index);
+        let stats = Arc::new(ListenerStats::default());
+        let (common, settings) = match self {
+            Self::CrcTcp(c) => {
+                c.validate()?;
+                (c.common(name, stats), ModeSettings::CrcTcp(c.clone()))
+            }
+            Self::Socks5(c) => {
+                let options = c.prepare(proxies)?;
+                (c.common(name, stats), ModeSettings::Socks5(options))
+            }
+        };
+        Ok(Prepared {
+            common,
+            mode: self.mode(),
+            settings,
+        })
     }
+}
 
-    /// Builds the running service: opens files, builds options, and
-    /// returns the settings common to every listener.
+/// One listener, validated and ready to run: what [`ListenerConfig::prepare`] makes of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    /// What every mode has (with fresh counters; a reload that keeps the listener keeps
+    /// its counters instead).
+    pub(crate) common: Common,
+    /// The mode's registered name.
+    pub(crate) mode: &'static str,
+    /// The mode's own settings.
+    pub(crate) settings: ModeSettings,
+}
+
+/// The ready-to-run settings of each mode.
+#[derive(Debug, Clone)]
+pub(crate) enum ModeSettings {
+    /// The checked keys (the file sink is opened when the listener starts).
+    CrcTcp(crc_tcp::CrcTcpConfig),
+    /// The session options, users and rules included.
+    Socks5(socks5::Socks5Options),
+}
+
+impl Prepared {
+    /// Builds the running service; opens a file sink, unless `sinks` has one running for
+    /// the same file, which it then shares.
     ///
     /// # Errors
     ///
     /// When a resource the mode needs cannot be had (a sink's file, say).
-    ///
-    /// `proxies` are the bind addresses of every proxy listener of the config, which a
-    /// proxy listener refuses to connect to (a loop through two listeners is still a loop).
-    pub(crate) fn build(
-        &self,
-        index: usize,
-        proxies: &[SocketAddr],
-    ) -> anyhow::Result<(Common, Service)> {
-        let name = self.name(index);
-        let stats = Arc::new(ListenerStats::default());
-        Ok(match self {
-            Self::CrcTcp(c) => (
-                c.common(name, Arc::clone(&stats)),
-                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats)?)),
-            ),
-            Self::Socks5(c) => (
-                c.common(name, Arc::clone(&stats))?,
-                Service::Socks5(Arc::new(socks5::Socks5::new(c, stats, proxies)?)),
-            ),
+    pub(crate) fn build(&self, sinks: &crc_tcp::Sinks) -> anyhow::Result<Service> {
+        let stats = Arc::clone(&self.common.stats);
+        Ok(match &self.settings {
+            ModeSettings::CrcTcp(c) => {
+                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats, sinks)?))
+            }
+            ModeSettings::Socks5(options) => {
+                Service::Socks5(Arc::new(socks5::Socks5::new(options.clone(), stats)))
+            }
         })
     }
 }
@@ -214,11 +245,20 @@ impl Service {
     }
 
     /// Waits for the mode's background work (a file sink's final sync) after
-    /// every connection has ended.
-    pub(crate) async fn finish(self) {
+    /// every connection has ended. A file sink that `keep` (the sinks of the services
+    /// still running) holds stays open.
+    pub(crate) async fn finish(self, keep: &crc_tcp::Sinks) {
         match self {
-            Self::CrcTcp(service) => service.finish().await,
+            Self::CrcTcp(service) => service.finish(keep).await,
             Self::Socks5(_) => {}
+        }
+    }
+
+    /// The file sink of this service, if it has one.
+    pub(crate) fn sink(&self) -> Option<Arc<crate::sinks::file::FileSink>> {
+        match self {
+            Self::CrcTcp(service) => service.sink(),
+            Self::Socks5(_) => None,
         }
     }
 }

@@ -286,6 +286,10 @@ impl CrcTcpConfig {
     }
 }
 
+/// The file sinks running, which a listener (re)started by a reload shares instead of
+/// opening its file again.
+pub(crate) type Sinks = [Arc<FileSink>];
+
 /// A running `crc-tcp` listener, shared by its connections.
 #[derive(Debug)]
 pub struct CrcTcp {
@@ -304,7 +308,7 @@ pub struct CrcTcp {
 enum Handler {
     Log { level: Level, preview_len: usize },
     Echo,
-    File(FileSink),
+    File(Arc<FileSink>),
     Discard,
 }
 
@@ -331,7 +335,14 @@ impl CrcTcp {
     /// # Errors
     ///
     /// When the sink's file cannot be opened.
-    pub fn new(config: &CrcTcpConfig, stats: Arc<ListenerStats>) -> anyhow::Result<Self> {
+    /// A file sink already running for the same file (in `sinks`) is shared, not opened a
+    /// second time (its exclusive lock would refuse that): it keeps the `sync` and
+    /// `sync_interval` it was opened with, and says so when they differ.
+    pub(crate) fn new(
+        config: &CrcTcpConfig,
+        stats: Arc<ListenerStats>,
+        sinks: &Sinks,
+    ) -> anyhow::Result<Self> {
         let handler = match &config.handler {
             HandlerConfig::Log { level, preview_len } => Handler::Log {
                 level: match level {
@@ -348,12 +359,24 @@ impl CrcTcp {
                 path,
                 sync,
                 sync_interval,
-            } => Handler::File(FileSink::open_timed(
-                path,
-                *sync,
-                *sync_interval,
-                Arc::clone(&stats.sink_sync),
-            )?),
+            } => match sinks.iter().find(|sink| sink.path() == path.as_path()) {
+                Some(running) => {
+                    if running.policy() != *sync || running.sync_interval() != *sync_interval {
+                        warn!(path = %path.display(), sync = ?running.policy(),
+                            sync_interval = ?running.sync_interval(),
+                            "the file sink keeps running with the sync settings it was opened \
+                             with; a change of handler.sync or handler.sync_interval applies at \
+                             the next start");
+                    }
+                    Handler::File(Arc::clone(running))
+                }
+                None => Handler::File(Arc::new(FileSink::open_timed(
+                    path,
+                    *sync,
+                    *sync_interval,
+                    Arc::clone(&stats.sink_sync),
+                )?)),
+            },
             HandlerConfig::Discard => Handler::Discard,
         };
         Ok(Self {
@@ -404,10 +427,21 @@ impl CrcTcp {
         }
     }
 
-    /// Waits for the file sink, if any, to write what it holds and sync.
-    pub(crate) async fn finish(&self) {
-        if let Handler::File(sink) = &self.handler {
+    /// Waits for the file sink, if any, to write what it holds and sync, unless `keep`
+    /// (the sinks of the services still running) holds it.
+    pub(crate) async fn finish(&self, keep: &Sinks) {
+        if let Handler::File(sink) = &self.handler
+            && !keep.iter().any(|kept| Arc::ptr_eq(kept, sink))
+        {
             sink.close().await;
+        }
+    }
+
+    /// The file sink, if the handler is one.
+    pub(crate) fn sink(&self) -> Option<Arc<FileSink>> {
+        match &self.handler {
+            Handler::File(sink) => Some(Arc::clone(sink)),
+            _ => None,
         }
     }
 
@@ -692,7 +726,7 @@ mod tests {
         ))
         .unwrap();
         config.validate().unwrap();
-        let service = Arc::new(CrcTcp::new(&config, Arc::default()).unwrap());
+        let service = Arc::new(CrcTcp::new(&config, Arc::default(), &[]).unwrap());
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(len) = send_buffer {
             socket.set_send_buffer_size(len).unwrap();

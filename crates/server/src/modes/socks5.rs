@@ -55,16 +55,16 @@ pub struct Socks5Config {
     #[serde(default)]
     pub outbound_bind: Option<IpAddr>,
     /// Greeting, authentication and request must complete within this.
-    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Outbound connects give up after this.
-    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// A tunnel or UDP association with no traffic for this long is closed.
-    #[serde(default = "five_minutes", with = "humantime_serde")]
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// BIND waits this long for the incoming connection.
-    #[serde(default = "two_minutes", with = "humantime_serde")]
+    #[serde(default = "default_bind_timeout", with = "humantime_serde")]
     pub bind_timeout: Duration,
     /// Sessions at once (default: what the open-file limit allows).
     #[serde(default)]
@@ -195,14 +195,18 @@ fn all_commands() -> Vec<CommandName> {
         CommandName::UdpAssociate,
     ]
 }
-fn ten_seconds() -> Duration {
-    Duration::from_secs(10)
+// The timeouts' defaults are the library's (`socks5::ServerOptions`), written in one place.
+fn default_handshake_timeout() -> Duration {
+    socks5::ServerOptions::default().handshake_timeout
 }
-fn five_minutes() -> Duration {
-    Duration::from_secs(300)
+fn default_connect_timeout() -> Duration {
+    socks5::ServerOptions::default().connect_timeout
 }
-fn two_minutes() -> Duration {
-    Duration::from_secs(120)
+fn default_idle_timeout() -> Duration {
+    socks5::ServerOptions::default().idle_timeout
+}
+fn default_bind_timeout() -> Duration {
+    socks5::ServerOptions::default().bind_timeout
 }
 
 /// File descriptors kept aside for listeners, sinks and the runtime.
@@ -224,8 +228,16 @@ fn connections_for_fd_limit(limit: u64) -> usize {
     usize::try_from(sessions.clamp(1, MAX_DEFAULT_CONNECTIONS)).unwrap_or(1)
 }
 
+/// The session options of a `socks5` listener, as [`Socks5Config::prepare`] builds them.
+pub type Socks5Options = socks5::ServerOptions;
+
 impl Socks5Config {
-    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+    /// Checks every key and builds the session options: the users (`users_file` read here,
+    /// once), the rules, the commands and the timeouts.
+    ///
+    /// `proxies` are the bind addresses of every proxy listener of the config, which this
+    /// listener refuses to connect to.
+    pub(crate) fn prepare(&self, proxies: &[SocketAddr]) -> anyhow::Result<Socks5Options> {
         let users = self.load_users()?;
         match self.auth {
             AuthMode::None if !users.is_empty() => {
@@ -271,8 +283,8 @@ impl Socks5Config {
                 "",
             )?;
         }
-        let open = self.is_open()?;
-        if !self.bind.ip().is_loopback() && open && !self.allow_open_proxy {
+        let rules = self.rules()?;
+        if !self.bind.ip().is_loopback() && self.is_open(&rules) && !self.allow_open_proxy {
             bail!(
                 "bind: {} is reachable from other hosts and this listener would proxy for anyone \
                  (no password and no rule that limits clients): that is an open proxy. Set auth = \"password\", \
@@ -281,21 +293,53 @@ impl Socks5Config {
                 self.bind
             );
         }
-        Ok(())
+        let auth = match self.auth {
+            AuthMode::None => socks5::AuthPolicy::none(),
+            AuthMode::Password => {
+                socks5::AuthPolicy::password(users, self.no_auth_networks.clone())
+            }
+        };
+        let has = |c| self.commands.contains(&c);
+        Ok(socks5::ServerOptions {
+            handshake_timeout: self.handshake_timeout,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            bind_timeout: self.bind_timeout,
+            commands: socks5::Commands {
+                connect: has(CommandName::Connect),
+                bind: has(CommandName::Bind),
+                udp_associate: has(CommandName::UdpAssociate),
+            },
+            auth: Arc::new(auth),
+            rules: Arc::new(rules),
+            udp_advertise: self.udp_advertise,
+            outbound_bind: self.outbound_bind,
+            // A CONNECT to this listener, or to another proxy listener of this server, would
+            // loop back into it (port 0: the port a client reached, for this listener only).
+            listen_addresses: std::iter::once(self.bind)
+                .chain(
+                    proxies
+                        .iter()
+                        .copied()
+                        .filter(|other| *other != self.bind && other.port() != 0),
+                )
+                .collect(),
+            ..socks5::ServerOptions::default()
+        })
     }
 
     /// Whether any client may use the proxy without a password: no auth (or
     /// a password with no-auth networks that together cover every IPv4 or
     /// every IPv6 address, however they are split), and rules that let a
     /// client from an unnamed network through.
-    fn is_open(&self) -> anyhow::Result<bool> {
+    fn is_open(&self, rules: &socks5::Rules) -> bool {
         let anyone_without_password = match self.auth {
             AuthMode::None => true,
             AuthMode::Password => [true, false]
                 .into_iter()
                 .any(|v4| socks5::networks_cover_family(&self.no_auth_networks, v4)),
         };
-        Ok(anyone_without_password && !self.rules()?.limits_clients())
+        anyone_without_password && !rules.limits_clients()
     }
 
     /// The access rules, in the library's terms.
@@ -377,7 +421,7 @@ impl Socks5Config {
         Ok(users)
     }
 
-    pub(crate) fn common(&self, name: String, stats: Arc<ListenerStats>) -> anyhow::Result<Common> {
+    pub(crate) fn common(&self, name: String, stats: Arc<ListenerStats>) -> Common {
         let limit = open_file_limit();
         let fits = connections_for_fd_limit(limit);
         let max_connections = match self.max_connections {
@@ -392,7 +436,7 @@ impl Socks5Config {
             }
             None => fits,
         };
-        Ok(Common {
+        Common {
             stats,
             name,
             bind: self.bind,
@@ -404,7 +448,7 @@ impl Socks5Config {
                 &self.proxy_protocol_from,
                 self.proxy_protocol_timeout,
             ),
-        })
+        }
     }
 }
 
@@ -426,51 +470,10 @@ impl std::fmt::Debug for Socks5 {
 }
 
 impl Socks5 {
-    /// Builds the session options from the config.
-    ///
-    /// # Errors
-    ///
-    /// When the users file cannot be read or a rule is invalid.
-    pub fn new(
-        config: &Socks5Config,
-        stats: Arc<ListenerStats>,
-        proxies: &[SocketAddr],
-    ) -> anyhow::Result<Self> {
-        let users = config.load_users()?;
-        let auth = match config.auth {
-            AuthMode::None => socks5::AuthPolicy::none(),
-            AuthMode::Password => {
-                socks5::AuthPolicy::password(users, config.no_auth_networks.clone())
-            }
-        };
-        let has = |c| config.commands.contains(&c);
-        let options = socks5::ServerOptions {
-            handshake_timeout: config.handshake_timeout,
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-            bind_timeout: config.bind_timeout,
-            commands: socks5::Commands {
-                connect: has(CommandName::Connect),
-                bind: has(CommandName::Bind),
-                udp_associate: has(CommandName::UdpAssociate),
-            },
-            auth: Arc::new(auth),
-            rules: Arc::new(config.rules()?),
-            udp_advertise: config.udp_advertise,
-            outbound_bind: config.outbound_bind,
-            // A CONNECT to this listener, or to another proxy listener of this server, would
-            // loop back into it (port 0: the port a client reached, for this listener only).
-            listen_addresses: std::iter::once(config.bind)
-                .chain(
-                    proxies
-                        .iter()
-                        .copied()
-                        .filter(|other| *other != config.bind && other.port() != 0),
-                )
-                .collect(),
-            ..socks5::ServerOptions::default()
-        };
-        Ok(Self { options, stats })
+    /// A running listener with the options [`Socks5Config::prepare`] built.
+    #[must_use]
+    pub fn new(options: Socks5Options, stats: Arc<ListenerStats>) -> Self {
+        Self { options, stats }
     }
 
     /// Serves one session and logs its summary.
