@@ -27,15 +27,25 @@ pub use registry::MODES;
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
+    path::PathBuf,
+    sync::{Arc, PoisonError, RwLock, atomic::Ordering},
+    time::Duration,
 };
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use crate::registry::{Common, Service};
+use crate::{
+    listener::{Generation, Stops},
+    registry::{Common, Service},
+    sinks::file::FileSink,
+};
 
 /// Every listener of a config, bound and ready to serve.
 pub struct Server {
@@ -43,6 +53,9 @@ pub struct Server {
     drain_timeout: std::time::Duration,
     stats_interval: std::time::Duration,
     admin: Option<Admin>,
+    admin_bind: Option<SocketAddr>,
+    reloads: Arc<metrics::Reloads>,
+    metric_listeners: metrics::Listeners,
 }
 
 /// The bound admin endpoint.
@@ -58,6 +71,15 @@ struct Bound {
     service: Service,
     listener: TcpListener,
     addr: SocketAddr,
+}
+
+/// Where a reload (SIGHUP) reads the config from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The `--config` file, read again on every reload.
+    File(PathBuf),
+    /// The embedded default config: a reload has nothing to re-read and changes nothing.
+    Embedded,
 }
 
 impl Server {
@@ -90,18 +112,22 @@ impl Server {
                 addr,
             });
         }
+        let reloads = Arc::<metrics::Reloads>::default();
+        let metric_listeners: metrics::Listeners = Arc::new(RwLock::new(
+            listeners
+                .iter()
+                .map(|b| metrics::ListenerEntry {
+                    name: b.common.name.clone(),
+                    mode: b.mode,
+                    stats: Arc::clone(&b.common.stats),
+                })
+                .collect(),
+        ));
         let admin = match &config.admin {
             Some(admin_config) => {
                 let (listener, addr) = admin::bind(admin_config).await?;
-                let entries = listeners
-                    .iter()
-                    .map(|b| metrics::ListenerEntry {
-                        name: b.common.name.clone(),
-                        mode: b.mode,
-                        stats: Arc::clone(&b.common.stats),
-                    })
-                    .collect();
-                let registry = metrics::registry(entries, Arc::default());
+                let registry =
+                    metrics::registry(Arc::clone(&metric_listeners), Arc::clone(&reloads));
                 info!(%addr, paths = "/metrics /healthz /readyz", "admin listening");
                 Some(Admin {
                     listener,
@@ -119,6 +145,9 @@ impl Server {
             drain_timeout: config.server.drain_timeout,
             stats_interval: config.server.stats_interval,
             admin,
+            admin_bind: config.admin.as_ref().map(|admin| admin.bind),
+            reloads,
+            metric_listeners,
         })
     }
 
@@ -137,6 +166,12 @@ impl Server {
             .collect()
     }
 
+    /// The reload counters (`netkit_config_reloads_total`).
+    #[must_use]
+    pub fn reloads(&self) -> Arc<metrics::Reloads> {
+        Arc::clone(&self.reloads)
+    }
+
     /// Serves until `shutdown` fires, then stops accepting, lets connections
     /// finish the frames in hand for up to the drain timeout, and flushes and
     /// syncs every file sink.
@@ -145,38 +180,74 @@ impl Server {
     ///
     /// Reserved for failures of the server as a whole; today it always ends `Ok`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let tasks = TaskTracker::new();
-        let accept_loops = TaskTracker::new();
-        let mut services = Vec::with_capacity(self.listeners.len());
-        let stats: Vec<_> = self
-            .listeners
-            .iter()
-            .map(|b| (b.common.name.clone(), b.mode, Arc::clone(&b.common.stats)))
-            .collect();
+        let (_none, hangups) = mpsc::channel(1);
+        self.run_reloading(shutdown, hangups, ConfigSource::Embedded)
+            .await
+    }
+
+    /// [`Server::run`], and a reload from `source` for each message on `hangups` (SIGHUP).
+    ///
+    /// A reload validates the whole new config first (as `--check-config` does) and binds
+    /// the addresses it adds; if anything fails, the running config stays, the reason is
+    /// logged at error level and `netkit_config_reloads_total{result="error"}` counts it.
+    /// Otherwise (`result="ok"`) new connections get the new settings: a listener whose
+    /// `bind` did not change keeps its socket (and its counters while its name and mode stay),
+    /// connections already open keep the settings they started with, a listener added
+    /// starts, and one removed stops accepting and drains as on SIGTERM (its connections get
+    /// up to `drain_timeout`). A file sink on the same file is shared, never opened twice.
+    ///
+    /// # Errors
+    ///
+    /// Reserved for failures of the server as a whole; today it always ends `Ok`.
+    pub async fn run_reloading(
+        self,
+        shutdown: CancellationToken,
+        mut hangups: mpsc::Receiver<()>,
+        source: ConfigSource,
+    ) -> anyhow::Result<()> {
+        let mut state = Running {
+            live: Vec::with_capacity(self.listeners.len()),
+            tasks: TaskTracker::new(),
+            background: TaskTracker::new(),
+            shutdown: shutdown.clone(),
+            sinks: Arc::default(),
+            drain_timeout: self.drain_timeout,
+            stats_interval: self.stats_interval,
+            admin_bind: self.admin_bind,
+            metric_listeners: Arc::clone(&self.metric_listeners),
+        };
+        for bound in self.listeners {
+            state.start(
+                bound.common.bind,
+                Generation::new(bound.common, bound.mode, bound.service),
+                bound.listener,
+            );
+        }
+        {
+            let mut sinks = state.sinks.lock().await;
+            for live in &state.live {
+                if let Some(sink) = live.current.borrow().service.sink() {
+                    sinks.hold(sink);
+                }
+            }
+        }
         let ticker = (!self.stats_interval.is_zero()).then(|| {
-            let (stats, interval, stop) = (stats.clone(), self.stats_interval, shutdown.clone());
+            let (listeners, interval, stop) = (
+                Arc::clone(&self.metric_listeners),
+                self.stats_interval,
+                shutdown.clone(),
+            );
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        _ = tick.tick() => stats.iter().for_each(|(name, mode, s)| s.log(name, mode)),
+                        _ = tick.tick() => log_stats(&listeners),
                     }
                 }
             })
         });
-        for bound in self.listeners {
-            services.push(bound.service.clone());
-            accept_loops.spawn(listener::accept_loop(
-                bound.listener,
-                bound.common,
-                bound.mode,
-                bound.service,
-                shutdown.child_token(),
-                tasks.clone(),
-            ));
-        }
-        accept_loops.close();
         // The admin endpoint outlives the drain, so that /readyz answers 503 during it.
         let admin_stop = CancellationToken::new();
         let admin = self.admin.map(|admin| {
@@ -189,14 +260,26 @@ impl Server {
             ));
             (state, task)
         });
-        shutdown.cancelled().await;
+        let mut hangups_open = true;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                hangup = hangups.recv(), if hangups_open => match hangup {
+                    Some(()) => state.reload(&source, &self.reloads).await,
+                    None => hangups_open = false,
+                },
+            }
+        }
         if let Some((state, _)) = &admin {
             state.ready.store(false, Ordering::Relaxed);
         }
-        info!(drain_timeout = ?self.drain_timeout, "shutting down: no new connections, finishing those in flight");
-        accept_loops.wait().await;
+        info!(drain_timeout = ?state.drain_timeout, "shutting down: no new connections, finishing those in flight");
+        for live in std::mem::take(&mut state.live) {
+            let _ = live.accept.await;
+        }
+        let tasks = &state.tasks;
         tasks.close();
-        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let deadline = tokio::time::Instant::now() + state.drain_timeout;
         if tokio::time::timeout_at(deadline, tasks.wait())
             .await
             .is_err()
@@ -206,19 +289,323 @@ impl Server {
                 "drain timeout passed; closing the remaining connections"
             );
         }
-        for service in services {
-            service.finish(&[]).await;
-        }
+        state.sinks.lock().await.close_all().await;
         if let Some(ticker) = ticker {
             let _ = ticker.await;
         }
-        stats.iter().for_each(|(name, mode, s)| s.log(name, mode));
+        log_stats(&self.metric_listeners);
         admin_stop.cancel();
         if let Some((_, task)) = admin {
             let _ = task.await;
         }
         info!("stopped");
         Ok(())
+    }
+}
+
+/// One `stats` line per listener running.
+fn log_stats(listeners: &metrics::Listeners) {
+    let listeners = listeners
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    for entry in listeners {
+        entry.stats.log(&entry.name, entry.mode);
+    }
+}
+
+/// A listener being served.
+struct Live {
+    /// Its `bind`, as configured (port 0 included).
+    bind: SocketAddr,
+    /// The settings new connections get.
+    current: watch::Sender<Arc<Generation>>,
+    stops: Stops,
+    accept: JoinHandle<()>,
+}
+
+/// The file sinks open, each with the number of generations (see [`Generation`]) using it:
+/// a reload that keeps a file shares its sink, and a sink is closed (written, synced,
+/// unlocked) once no generation uses it, or at shutdown.
+#[derive(Default)]
+struct SinkTable {
+    open: Vec<(Arc<FileSink>, usize)>,
+}
+
+impl SinkTable {
+    fn running(&self) -> Vec<Arc<FileSink>> {
+        self.open.iter().map(|(sink, _)| Arc::clone(sink)).collect()
+    }
+
+    fn hold(&mut self, sink: Arc<FileSink>) {
+        match self.open.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &sink)) {
+            Some((_, users)) => *users += 1,
+            None => self.open.push((sink, 1)),
+        }
+    }
+
+    /// One user fewer; closes the sink when it was the last.
+    async fn release(&mut self, sink: &Arc<FileSink>) {
+        let Some(index) = self.open.iter().position(|(s, _)| Arc::ptr_eq(s, sink)) else {
+            return; // closed at shutdown already
+        };
+        if let Some((_, users)) = self.open.get_mut(index) {
+            *users = users.saturating_sub(1);
+            if *users == 0 {
+                let (sink, _) = self.open.swap_remove(index);
+                sink.close().await;
+            }
+        }
+    }
+
+    async fn close_all(&mut self) {
+        for (sink, _) in std::mem::take(&mut self.open) {
+            sink.close().await;
+        }
+    }
+}
+
+/// The server while it serves: its listeners and what a reload changes.
+struct Running {
+    live: Vec<Live>,
+    /// Every connection of every listener, for the drain at shutdown.
+    tasks: TaskTracker,
+    /// Generations and listeners a reload retired, finishing in the background.
+    background: TaskTracker,
+    shutdown: CancellationToken,
+    sinks: Arc<tokio::sync::Mutex<SinkTable>>,
+    drain_timeout: Duration,
+    stats_interval: Duration,
+    admin_bind: Option<SocketAddr>,
+    metric_listeners: metrics::Listeners,
+}
+
+/// A listener of the new config and what it becomes.
+enum Plan {
+    /// It keeps the socket of `live[index]`.
+    Keep(usize),
+    /// It binds a new socket.
+    Start(TcpListener, SocketAddr),
+}
+
+impl Running {
+    /// Starts accepting on `listener` with `generation`.
+    fn start(&mut self, bind: SocketAddr, generation: Arc<Generation>, listener: TcpListener) {
+        let stops = Stops {
+            stop: self.shutdown.child_token(),
+            kill: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+        };
+        let (current, receiver) = watch::channel(generation);
+        let accept = tokio::spawn(listener::accept_loop(
+            listener,
+            receiver,
+            stops.clone(),
+            self.tasks.clone(),
+        ));
+        self.live.push(Live {
+            bind,
+            current,
+            stops,
+            accept,
+        });
+    }
+
+    /// Re-reads the config and applies it, or keeps the running one and says why.
+    async fn reload(&mut self, source: &ConfigSource, reloads: &metrics::Reloads) {
+        let path = match source {
+            ConfigSource::File(path) => path,
+            ConfigSource::Embedded => {
+                info!(
+                    "reload requested (SIGHUP), but the server runs the embedded default config: there is no file to re-read, nothing changes"
+                );
+                return;
+            }
+        };
+        info!(config = %path.display(), "reload requested (SIGHUP): reading the config");
+        let applied = match Config::load(path) {
+            Ok(config) => self.apply(&config).await,
+            Err(error) => Err(error),
+        };
+        match applied {
+            Ok(()) => {
+                reloads.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(error) => {
+                reloads.error.fetch_add(1, Ordering::Relaxed);
+                error!(
+                    error = format!("{error:#}"),
+                    "reload failed: the running config stays"
+                );
+            }
+        }
+    }
+
+    /// Applies a validated config: binds what it adds and opens its new sinks (any failure
+    /// changes nothing), then switches every listener.
+    async fn apply(&mut self, config: &Config) -> anyhow::Result<()> {
+        let ready = config.ready()?;
+        // Which running listener each new one is: the same configured `bind` (and, for port 0,
+        // the same name), so that its socket stays open and no connect is refused.
+        let mut taken = vec![false; self.live.len()];
+        let mut plans = Vec::with_capacity(ready.len());
+        for prepared in ready.iter() {
+            let common = &prepared.common;
+            let keep = self.live.iter().enumerate().position(|(index, live)| {
+                !taken.get(index).copied().unwrap_or(true)
+                    && live.bind == common.bind
+                    && (common.bind.port() != 0 || live.current.borrow().common.name == common.name)
+            });
+            plans.push(match keep {
+                Some(index) => {
+                    if let Some(taken) = taken.get_mut(index) {
+                        *taken = true;
+                    }
+                    Plan::Keep(index)
+                }
+                None => {
+                    let listener = listener::bind(common)?;
+                    let addr = listener
+                        .local_addr()
+                        .with_context(|| format!("listener {}: no local address", common.name))?;
+                    Plan::Start(listener, addr)
+                }
+            });
+        }
+        let mut generations = Vec::with_capacity(ready.len());
+        {
+            let mut sinks = self.sinks.lock().await;
+            let running = sinks.running();
+            let mut built: Vec<Service> = Vec::with_capacity(ready.len());
+            for (prepared, plan) in ready.iter().zip(&plans) {
+                let mut prepared = prepared.clone();
+                // A listener that keeps its name and mode keeps its counters.
+                if let Plan::Keep(index) = plan
+                    && let Some(live) = self.live.get(*index)
+                {
+                    let old = live.current.borrow();
+                    if old.common.name == prepared.common.name && old.mode == prepared.mode {
+                        prepared.common.stats = Arc::clone(&old.common.stats);
+                    }
+                }
+                match prepared.build(&running) {
+                    Ok(service) => {
+                        built.push(service.clone());
+                        generations.push(Generation::new(prepared.common, prepared.mode, service));
+                    }
+                    Err(error) => {
+                        // Close the sinks this attempt opened; the running ones stay.
+                        for sink in built.iter().filter_map(Service::sink) {
+                            if !running.iter().any(|r| Arc::ptr_eq(r, &sink)) {
+                                sink.close().await;
+                            }
+                        }
+                        return Err(error.context(format!("listener {}", prepared.common.name)));
+                    }
+                }
+            }
+            for sink in built.iter().filter_map(Service::sink) {
+                sinks.hold(sink);
+            }
+        }
+        // Everything is ready: switch.
+        let mut old_live: Vec<Option<Live>> = std::mem::take(&mut self.live)
+            .into_iter()
+            .map(Some)
+            .collect();
+        let (mut kept, mut started) = (0, 0);
+        for ((plan, generation), prepared) in plans.into_iter().zip(generations).zip(ready.iter()) {
+            match plan {
+                Plan::Keep(index) => {
+                    let Some(live) = old_live.get_mut(index).and_then(Option::take) else {
+                        continue;
+                    };
+                    let old = live.current.send_replace(generation);
+                    self.retire(old);
+                    self.live.push(live);
+                    kept += 1;
+                }
+                Plan::Start(listener, addr) => {
+                    info!(listener = %prepared.common.name, mode = prepared.mode, %addr,
+                        max_connections = prepared.common.max_connections, "listening");
+                    self.start(prepared.common.bind, generation, listener);
+                    started += 1;
+                }
+            }
+        }
+        let mut removed = 0;
+        for live in old_live.into_iter().flatten() {
+            self.remove(live);
+            removed += 1;
+        }
+        *self
+            .metric_listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = self
+            .live
+            .iter()
+            .map(|live| {
+                let current = live.current.borrow();
+                metrics::ListenerEntry {
+                    name: current.common.name.clone(),
+                    mode: current.mode,
+                    stats: Arc::clone(&current.common.stats),
+                }
+            })
+            .collect();
+        self.drain_timeout = config.server.drain_timeout;
+        if config.server.stats_interval != self.stats_interval {
+            warn!("[server] stats_interval changes at the next start; the running interval stays");
+        }
+        if config.admin.as_ref().map(|admin| admin.bind) != self.admin_bind {
+            warn!("[admin] changes at the next start; the running admin endpoint stays");
+        }
+        info!(
+            kept,
+            started, removed, "config reloaded: new connections get the new settings"
+        );
+        Ok(())
+    }
+
+    /// Lets a generation's connections finish on their settings, then gives back its sink.
+    fn retire(&self, generation: Arc<Generation>) {
+        let sinks = Arc::clone(&self.sinks);
+        self.background.spawn(async move {
+            generation.tasks.close();
+            generation.tasks.wait().await;
+            if let Some(sink) = generation.service.sink() {
+                sinks.lock().await.release(&sink).await;
+            }
+        });
+    }
+
+    /// Stops a listener the new config does not have: its socket closes at once, its
+    /// connections drain as on SIGTERM for up to `drain_timeout`, then end.
+    fn remove(&self, live: Live) {
+        let current = Arc::clone(&live.current.borrow());
+        let (name, mode, stats) = (
+            current.common.name.clone(),
+            current.mode,
+            Arc::clone(&current.common.stats),
+        );
+        info!(listener = %name, mode, drain_timeout = ?self.drain_timeout,
+            "listener removed: no new connections, draining those in flight");
+        live.stops.stop.cancel();
+        self.retire(current);
+        let drain = self.drain_timeout;
+        self.background.spawn(async move {
+            let _ = live.accept.await;
+            live.stops.tasks.close();
+            if tokio::time::timeout(drain, live.stops.tasks.wait())
+                .await
+                .is_err()
+            {
+                warn!(listener = %name, remaining = live.stops.tasks.len(),
+                    "drain timeout passed; closing the removed listener's remaining connections");
+                live.stops.kill.cancel();
+            }
+            stats.log(&name, mode);
+        });
     }
 }
 

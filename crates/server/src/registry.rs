@@ -244,16 +244,6 @@ impl Service {
         }
     }
 
-    /// Waits for the mode's background work (a file sink's final sync) after
-    /// every connection has ended. A file sink that `keep` (the sinks of the services
-    /// still running) holds stays open.
-    pub(crate) async fn finish(self, keep: &crc_tcp::Sinks) {
-        match self {
-            Self::CrcTcp(service) => service.finish(keep).await,
-            Self::Socks5(_) => {}
-        }
-    }
-
     /// The file sink of this service, if it has one.
     pub(crate) fn sink(&self) -> Option<Arc<crate::sinks::file::FileSink>> {
         match self {

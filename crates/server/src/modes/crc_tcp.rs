@@ -427,16 +427,6 @@ impl CrcTcp {
         }
     }
 
-    /// Waits for the file sink, if any, to write what it holds and sync, unless `keep`
-    /// (the sinks of the services still running) holds it.
-    pub(crate) async fn finish(&self, keep: &Sinks) {
-        if let Handler::File(sink) = &self.handler
-            && !keep.iter().any(|kept| Arc::ptr_eq(kept, sink))
-        {
-            sink.close().await;
-        }
-    }
-
     /// The file sink, if the handler is one.
     pub(crate) fn sink(&self) -> Option<Arc<FileSink>> {
         match &self.handler {

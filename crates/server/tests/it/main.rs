@@ -15,4 +15,5 @@ mod login_log;
 mod per_ip;
 mod process;
 mod proxy_protocol;
+mod reload;
 mod socks5;
