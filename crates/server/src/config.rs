@@ -200,6 +200,18 @@ impl Config {
                 );
             }
         }
+        // An access log written into a frame file would corrupt it.
+        for (index, listener) in prepared.iter().enumerate() {
+            if let Some(path) = &listener.common.access_log
+                && paths.contains(path)
+            {
+                bail!(
+                    "listener[{index}] ({}): access_log: {} is the file sink of a listener",
+                    listener.common.name,
+                    path.display()
+                );
+            }
+        }
         Ok(prepared)
     }
 
@@ -426,6 +438,18 @@ mod tests {
         assert!(
             message.contains("listener[0] (ingest)") && message.contains("max_frame_size"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn rejects_an_access_log_on_a_file_sink() {
+        let text = "[[listener]]\nname = \"a\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:1\"\n\
+                    handler = { type = \"file\", path = \"/tmp/f\" }\n\
+                    [[listener]]\nname = \"b\"\nmode = \"socks5\"\nbind = \"127.0.0.1:2\"\naccess_log = \"/tmp/f\"\n";
+        assert!(
+            error_of(text).contains("listener[1] (b): access_log: /tmp/f is the file sink"),
+            "{}",
+            error_of(text)
         );
     }
 

@@ -10,6 +10,7 @@
 //! [`admin`] (the `[admin]` HTTP endpoint) and [`metrics`] (what its `/metrics` shows).
 //! Left out on purpose: wire formats, which live in `proto`, `socks5` and `proxy-header`.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 mod listener;
@@ -46,6 +47,7 @@ use crate::{
     registry::{Common, Service},
     sinks::file::FileSink,
 };
+use access_log::AccessLog;
 
 /// Every listener of a config, bound and ready to serve.
 pub struct Server {
@@ -93,11 +95,12 @@ impl Server {
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
         let ready = config.ready()?;
         let mut listeners = Vec::with_capacity(ready.len());
-        let mut sinks = Vec::new();
+        let (mut sinks, mut logs) = (Vec::new(), Vec::new());
         for prepared in ready.iter() {
             let common = prepared.common.clone();
-            let service = prepared.build(&sinks)?;
+            let service = prepared.build(&sinks, &logs)?;
             sinks.extend(service.sink());
+            logs.extend(service.access_log());
             let listener = listener::bind(&common)?;
             let addr = listener
                 .local_addr()
@@ -210,7 +213,7 @@ impl Server {
             tasks: TaskTracker::new(),
             background: TaskTracker::new(),
             shutdown: shutdown.clone(),
-            sinks: Arc::default(),
+            files: Arc::default(),
             drain_timeout: self.drain_timeout,
             stats_interval: self.stats_interval,
             admin_bind: self.admin_bind,
@@ -224,11 +227,9 @@ impl Server {
             );
         }
         {
-            let mut sinks = state.sinks.lock().await;
+            let mut files = state.files.lock().await;
             for live in &state.live {
-                if let Some(sink) = live.current.borrow().service.sink() {
-                    sinks.hold(sink);
-                }
+                files.hold(&live.current.borrow().service);
             }
         }
         let ticker = (!self.stats_interval.is_zero()).then(|| {
@@ -289,7 +290,11 @@ impl Server {
                 "drain timeout passed; closing the remaining connections"
             );
         }
-        state.sinks.lock().await.close_all().await;
+        {
+            let mut files = state.files.lock().await;
+            files.sinks.close_all().await;
+            files.logs.close_all().await;
+        }
         if let Some(ticker) = ticker {
             let _ = ticker.await;
         }
@@ -324,43 +329,92 @@ struct Live {
     accept: JoinHandle<()>,
 }
 
-/// The file sinks open, each with the number of generations (see [`Generation`]) using it:
-/// a reload that keeps a file shares its sink, and a sink is closed (written, synced,
-/// unlocked) once no generation uses it, or at shutdown.
-#[derive(Default)]
-struct SinkTable {
-    open: Vec<(Arc<FileSink>, usize)>,
+/// What generations share and the last to go closes: file sinks and access logs.
+trait Shareable: Send + Sync + 'static {
+    fn shut(&self) -> impl Future<Output = ()> + Send;
 }
 
-impl SinkTable {
-    fn running(&self) -> Vec<Arc<FileSink>> {
-        self.open.iter().map(|(sink, _)| Arc::clone(sink)).collect()
+impl Shareable for FileSink {
+    fn shut(&self) -> impl Future<Output = ()> + Send {
+        self.close()
+    }
+}
+
+impl Shareable for AccessLog {
+    fn shut(&self) -> impl Future<Output = ()> + Send {
+        self.close()
+    }
+}
+
+/// The file sinks (or access logs) open, each with the number of generations (see
+/// [`Generation`]) using it: a reload that keeps a file shares it, and it is closed
+/// (written, synced, unlocked) once no generation uses it, or at shutdown.
+struct Shared<T> {
+    open: Vec<(Arc<T>, usize)>,
+}
+
+impl<T> Default for Shared<T> {
+    fn default() -> Self {
+        Self { open: Vec::new() }
+    }
+}
+
+impl<T: Shareable> Shared<T> {
+    fn running(&self) -> Vec<Arc<T>> {
+        self.open.iter().map(|(item, _)| Arc::clone(item)).collect()
     }
 
-    fn hold(&mut self, sink: Arc<FileSink>) {
-        match self.open.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &sink)) {
+    fn hold(&mut self, item: Arc<T>) {
+        match self.open.iter_mut().find(|(s, _)| Arc::ptr_eq(s, &item)) {
             Some((_, users)) => *users += 1,
-            None => self.open.push((sink, 1)),
+            None => self.open.push((item, 1)),
         }
     }
 
-    /// One user fewer; closes the sink when it was the last.
-    async fn release(&mut self, sink: &Arc<FileSink>) {
-        let Some(index) = self.open.iter().position(|(s, _)| Arc::ptr_eq(s, sink)) else {
+    /// One user fewer; closes it when that was the last.
+    async fn release(&mut self, item: &Arc<T>) {
+        let Some(index) = self.open.iter().position(|(s, _)| Arc::ptr_eq(s, item)) else {
             return; // closed at shutdown already
         };
         if let Some((_, users)) = self.open.get_mut(index) {
             *users = users.saturating_sub(1);
             if *users == 0 {
-                let (sink, _) = self.open.swap_remove(index);
-                sink.close().await;
+                let (item, _) = self.open.swap_remove(index);
+                item.shut().await;
             }
         }
     }
 
     async fn close_all(&mut self) {
-        for (sink, _) in std::mem::take(&mut self.open) {
-            sink.close().await;
+        for (item, _) in std::mem::take(&mut self.open) {
+            item.shut().await;
+        }
+    }
+}
+
+/// The file sinks and access logs open.
+#[derive(Default)]
+struct Files {
+    sinks: Shared<FileSink>,
+    logs: Shared<AccessLog>,
+}
+
+impl Files {
+    fn hold(&mut self, service: &Service) {
+        if let Some(sink) = service.sink() {
+            self.sinks.hold(sink);
+        }
+        if let Some(log) = service.access_log() {
+            self.logs.hold(log);
+        }
+    }
+
+    async fn release(&mut self, service: &Service) {
+        if let Some(sink) = service.sink() {
+            self.sinks.release(&sink).await;
+        }
+        if let Some(log) = service.access_log() {
+            self.logs.release(&log).await;
         }
     }
 }
@@ -373,7 +427,7 @@ struct Running {
     /// Generations and listeners a reload retired, finishing in the background.
     background: TaskTracker,
     shutdown: CancellationToken,
-    sinks: Arc<tokio::sync::Mutex<SinkTable>>,
+    files: Arc<tokio::sync::Mutex<Files>>,
     drain_timeout: Duration,
     stats_interval: Duration,
     admin_bind: Option<SocketAddr>,
@@ -411,8 +465,12 @@ impl Running {
         });
     }
 
-    /// Re-reads the config and applies it, or keeps the running one and says why.
+    /// Reopens the access logs (for logrotate), then re-reads the config and applies it, or
+    /// keeps the running one and says why.
     async fn reload(&mut self, source: &ConfigSource, reloads: &metrics::Reloads) {
+        for log in self.files.lock().await.logs.running() {
+            log.reopen();
+        }
         let path = match source {
             ConfigSource::File(path) => path,
             ConfigSource::Embedded => {
@@ -474,8 +532,9 @@ impl Running {
         }
         let mut generations = Vec::with_capacity(ready.len());
         {
-            let mut sinks = self.sinks.lock().await;
-            let running = sinks.running();
+            let mut files = self.files.lock().await;
+            let running = files.sinks.running();
+            let mut logs = files.logs.running();
             let mut built: Vec<Service> = Vec::with_capacity(ready.len());
             for (prepared, plan) in ready.iter().zip(&plans) {
                 let mut prepared = prepared.clone();
@@ -488,24 +547,36 @@ impl Running {
                         prepared.common.stats = Arc::clone(&old.common.stats);
                     }
                 }
-                match prepared.build(&running) {
+                match prepared.build(&running, &logs) {
                     Ok(service) => {
+                        // Two listeners of the new config may share a new access log.
+                        if let Some(log) = service.access_log()
+                            && !logs.iter().any(|l| Arc::ptr_eq(l, &log))
+                        {
+                            logs.push(log);
+                        }
                         built.push(service.clone());
                         generations.push(Generation::new(prepared.common, prepared.mode, service));
                     }
                     Err(error) => {
-                        // Close the sinks this attempt opened; the running ones stay.
+                        // Close what this attempt opened; the running ones stay.
                         for sink in built.iter().filter_map(Service::sink) {
                             if !running.iter().any(|r| Arc::ptr_eq(r, &sink)) {
                                 sink.close().await;
+                            }
+                        }
+                        let running_logs = files.logs.running();
+                        for log in logs {
+                            if !running_logs.iter().any(|r| Arc::ptr_eq(r, &log)) {
+                                log.close().await;
                             }
                         }
                         return Err(error.context(format!("listener {}", prepared.common.name)));
                     }
                 }
             }
-            for sink in built.iter().filter_map(Service::sink) {
-                sinks.hold(sink);
+            for service in &built {
+                files.hold(service);
             }
         }
         // Everything is ready: switch.
@@ -569,13 +640,11 @@ impl Running {
 
     /// Lets a generation's connections finish on their settings, then gives back its sink.
     fn retire(&self, generation: Arc<Generation>) {
-        let sinks = Arc::clone(&self.sinks);
+        let files = Arc::clone(&self.files);
         self.background.spawn(async move {
             generation.tasks.close();
             generation.tasks.wait().await;
-            if let Some(sink) = generation.service.sink() {
-                sinks.lock().await.release(&sink).await;
-            }
+            files.lock().await.release(&generation.service).await;
         });
     }
 

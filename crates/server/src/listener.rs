@@ -427,7 +427,7 @@ impl Drop for PerIpSlot {
 /// Lets one warning through per [`REFUSED_LOG_INTERVAL`], with how many
 /// events happened since the last one it let through.
 #[derive(Debug, Default)]
-struct Throttle(Mutex<ThrottleState>);
+pub(crate) struct Throttle(Mutex<ThrottleState>);
 
 #[derive(Debug, Default)]
 struct ThrottleState {
@@ -438,7 +438,7 @@ struct ThrottleState {
 impl Throttle {
     /// Notes one event; `Some(count)` when a line is due now, with the
     /// events it stands for.
-    fn note(&self) -> Option<u64> {
+    pub(crate) fn note(&self) -> Option<u64> {
         // The counts stay usable whatever panicked while holding them.
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         state.unlogged += 1;

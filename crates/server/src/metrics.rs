@@ -232,6 +232,14 @@ impl Collector for NetkitCollector {
                 )
             },
         )?;
+        self.family(
+            e,
+            "netkit_access_log_dropped",
+            "Access log lines dropped because the writer fell behind.",
+            MetricType::Counter,
+            None,
+            |m, l, labels| counter(m, &labels, load(&l.stats.access_log_dropped)),
+        )?;
         self.crc_tcp(e)?;
         self.socks5(e)?;
         let version = [("version", env!("CARGO_PKG_VERSION"))];

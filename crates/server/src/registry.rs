@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    access_log::{self, AccessLog},
     config::invalid,
     modes::{crc_tcp, socks5},
     proxy_protocol::{ProxyProtocol, ProxySettings},
@@ -55,6 +56,8 @@ pub struct Common {
     pub reuse_port: bool,
     /// The PROXY protocol settings, when it is on.
     pub proxy_protocol: Option<ProxySettings>,
+    /// The `access_log` file, if any.
+    pub access_log: Option<std::path::PathBuf>,
     /// The listener's counters, shared with its service.
     pub stats: Arc<ListenerStats>,
 }
@@ -210,15 +213,35 @@ impl Prepared {
     /// # Errors
     ///
     /// When a resource the mode needs cannot be had (a sink's file, say).
-    pub(crate) fn build(&self, sinks: &crc_tcp::Sinks) -> anyhow::Result<Service> {
+    ///
+    /// The same goes for the `access_log`: one running for the same file (in `logs`) is
+    /// shared.
+    pub(crate) fn build(
+        &self,
+        sinks: &crc_tcp::Sinks,
+        logs: &[Arc<AccessLog>],
+    ) -> anyhow::Result<Service> {
         let stats = Arc::clone(&self.common.stats);
+        let access_log = match &self.common.access_log {
+            Some(path) => Some(access_log::Sink {
+                log: match logs.iter().find(|log| log.path() == path.as_path()) {
+                    Some(running) => Arc::clone(running),
+                    None => AccessLog::open(path)?,
+                },
+                listener: Arc::from(self.common.name.as_str()),
+                stats: Arc::clone(&stats),
+            }),
+            None => None,
+        };
         Ok(match &self.settings {
             ModeSettings::CrcTcp(c) => {
-                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats, sinks)?))
+                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats, sinks, access_log)?))
             }
-            ModeSettings::Socks5(options) => {
-                Service::Socks5(Arc::new(socks5::Socks5::new(options.clone(), stats)))
-            }
+            ModeSettings::Socks5(options) => Service::Socks5(Arc::new(socks5::Socks5::new(
+                options.clone(),
+                stats,
+                access_log,
+            ))),
         })
     }
 }
@@ -241,6 +264,14 @@ impl Service {
         match self {
             Self::CrcTcp(service) => service.handle(stream, peer, stop).await,
             Self::Socks5(service) => service.handle(stream, peer, stop).await,
+        }
+    }
+
+    /// The access log of this service, if it has one.
+    pub(crate) fn access_log(&self) -> Option<Arc<AccessLog>> {
+        match self {
+            Self::CrcTcp(service) => service.access_log(),
+            Self::Socks5(service) => service.access_log(),
         }
     }
 

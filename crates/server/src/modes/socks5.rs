@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
+    access_log::{self, AccessLog},
     config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
     proxy_protocol::{ProxyProtocol, ProxySettings},
     registry::Common,
@@ -93,6 +94,9 @@ pub struct Socks5Config {
     /// Access rules, checked in order; the first that matches decides.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// A JSON line per finished session is appended to this file.
+    #[serde(default)]
+    pub access_log: Option<PathBuf>,
 }
 
 /// `auth = "none" | "password"`.
@@ -448,6 +452,7 @@ impl Socks5Config {
                 &self.proxy_protocol_from,
                 self.proxy_protocol_timeout,
             ),
+            access_log: self.access_log.clone(),
         }
     }
 }
@@ -461,6 +466,7 @@ fn read_users_file(path: &Path) -> anyhow::Result<String> {
 pub struct Socks5 {
     options: socks5::ServerOptions,
     stats: Arc<ListenerStats>,
+    access_log: Option<access_log::Sink>,
 }
 
 impl std::fmt::Debug for Socks5 {
@@ -472,8 +478,21 @@ impl std::fmt::Debug for Socks5 {
 impl Socks5 {
     /// A running listener with the options [`Socks5Config::prepare`] built.
     #[must_use]
-    pub fn new(options: Socks5Options, stats: Arc<ListenerStats>) -> Self {
-        Self { options, stats }
+    pub(crate) fn new(
+        options: Socks5Options,
+        stats: Arc<ListenerStats>,
+        access_log: Option<access_log::Sink>,
+    ) -> Self {
+        Self {
+            options,
+            stats,
+            access_log,
+        }
+    }
+
+    /// The access log, if the listener has one.
+    pub(crate) fn access_log(&self) -> Option<Arc<AccessLog>> {
+        self.access_log.as_ref().map(|sink| Arc::clone(&sink.log))
     }
 
     /// Serves one session and logs its summary.
@@ -488,6 +507,28 @@ impl Socks5 {
         ListenerStats::add(&self.stats.bytes_in, report.bytes_up);
         ListenerStats::add(&self.stats.bytes_out, report.bytes_down);
         count(&self.stats, &report);
+        if let Some(log) = &self.access_log {
+            log.write(&access_log::Socks5Entry {
+                time: access_log::now(),
+                listener: &log.listener,
+                mode: "socks5",
+                client: report.client.to_string(),
+                user: report.user.as_deref(),
+                command: report.command.map(|command| match command {
+                    socks5::Command::Connect => "connect",
+                    socks5::Command::Bind => "bind",
+                    socks5::Command::UdpAssociate => "udp-associate",
+                }),
+                destination: report.destination.as_ref().map(ToString::to_string),
+                reply: report
+                    .reply
+                    .and_then(|reply| SOCKS5_REPLIES.get(usize::from(u8::from(reply))).copied()),
+                bytes_in: report.bytes_up,
+                bytes_out: report.bytes_down,
+                duration_ms,
+                error: report.error.as_ref().map(ToString::to_string),
+            });
+        }
         let Some(command) = report.command else {
             if let Some(error) = &report.error {
                 debug!(client = %report.client, %error, duration_ms, "session ended before a request");

@@ -5,6 +5,7 @@
     reason = "test helpers are shared between the modules of one test binary"
 )]
 
+mod access_log;
 mod admin;
 mod common;
 mod config;

@@ -463,3 +463,31 @@ async fn the_embedded_config_reloads_as_a_no_op() {
     shutdown.cancel();
     within(STEP, task).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_reload_reopens_the_access_log_so_logrotate_works() {
+    let f = port();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let config = format!(
+        "{}access_log = {:?}\n",
+        frames("frames", f),
+        log.display().to_string()
+    );
+    let server = Reloading::start(&config).await;
+    let lines = |path: &PathBuf| {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    frame_to(f).await;
+    until(|| lines(&log) == 1).await;
+    let rotated = dir.path().join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    assert!(server.reload(&config).await);
+    frame_to(f).await;
+    until(|| lines(&log) == 1).await;
+    assert_eq!(lines(&rotated), 1);
+    server.stop().await;
+}
