@@ -16,7 +16,8 @@
 //! (the admin endpoint's `/metrics` through `promtool`, and scraped by a
 //! real Prometheus), [`deploy`] (the systemd unit and the Kubernetes
 //! manifests), [`haproxy`] (two instances of their own behind HAProxy with
-//! the PROXY protocol) and [`shutdown`].
+//! the PROXY protocol), [`reload`] (a server of its own reloaded three times
+//! under a 1 GiB download and a frame stream) and [`shutdown`].
 
 mod crash;
 mod deploy;
@@ -27,6 +28,7 @@ mod hostile;
 mod interop;
 mod prometheus;
 mod proxy;
+mod reload;
 mod shutdown;
 
 use std::{
@@ -188,6 +190,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("systemd-unit", deploy::systemd_unit),
     ("k8s-manifests", deploy::k8s_manifests),
     ("haproxy", haproxy::haproxy),
+    ("reload", reload::reload),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 
