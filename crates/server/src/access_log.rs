@@ -14,7 +14,7 @@ use std::{
         mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel},
     },
     thread::JoinHandle,
-    time::SystemTime,
+    time::{Duration, SystemTime},
 };
 
 use anyhow::Context;
@@ -25,6 +25,9 @@ use crate::{listener::Throttle, stats::ListenerStats};
 
 /// Lines queued for the writer at most; more are dropped, not waited for.
 pub const QUEUE_LEN: usize = 8192;
+
+/// How long closing waits for the writer to write what is queued.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An open access log: the queue to its writer thread.
 #[derive(Debug)]
@@ -108,7 +111,8 @@ impl AccessLog {
         let _ = self.queue.try_send(Message::Wake);
     }
 
-    /// Writes what is queued, flushes, and stops the writer; waits for it.
+    /// Writes what is queued, flushes, and stops the writer; waits for it, up to
+    /// [`CLOSE_TIMEOUT`] (a writer stuck on a hung disk is left behind, with a warning).
     pub async fn close(&self) {
         let queue = self.queue.clone();
         let writer = self
@@ -116,13 +120,15 @@ impl AccessLog {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
-        let _ = tokio::task::spawn_blocking(move || {
+        let closed = tokio::task::spawn_blocking(move || {
             let _ = queue.send(Message::Close);
             if let Some(writer) = writer {
                 let _ = writer.join();
             }
-        })
-        .await;
+        });
+        if tokio::time::timeout(CLOSE_TIMEOUT, closed).await.is_err() {
+            warn!(path = %self.path.display(), "the access log writer did not finish within {CLOSE_TIMEOUT:?}; lines it holds may be lost");
+        }
     }
 }
 

@@ -37,7 +37,7 @@ use anyhow::Context;
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
-    task::JoinHandle,
+    task::{JoinHandle, JoinSet},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{error, info, warn};
@@ -211,7 +211,7 @@ impl Server {
         let mut state = Running {
             live: Vec::with_capacity(self.listeners.len()),
             tasks: TaskTracker::new(),
-            background: TaskTracker::new(),
+            background: JoinSet::new(),
             shutdown: shutdown.clone(),
             files: Arc::default(),
             drain_timeout: self.drain_timeout,
@@ -275,7 +275,9 @@ impl Server {
             state.ready.store(false, Ordering::Relaxed);
         }
         info!(drain_timeout = ?state.drain_timeout, "shutting down: no new connections, finishing those in flight");
+        let mut kills = Vec::with_capacity(state.live.len());
         for live in std::mem::take(&mut state.live) {
+            kills.push(live.stops.kill.clone());
             let _ = live.accept.await;
         }
         let tasks = &state.tasks;
@@ -289,12 +291,17 @@ impl Server {
                 remaining = tasks.len(),
                 "drain timeout passed; closing the remaining connections"
             );
+            // Dropped where they stand, so none writes to a sink after it closes.
+            kills.iter().for_each(CancellationToken::cancel);
+            let _ = tokio::time::timeout(KILL_WAIT, tasks.wait()).await;
         }
         {
             let mut files = state.files.lock().await;
             files.sinks.close_all().await;
             files.logs.close_all().await;
         }
+        // Retired generations whose connections were abandoned at the drain timeout.
+        state.background.abort_all();
         if let Some(ticker) = ticker {
             let _ = ticker.await;
         }
@@ -307,6 +314,14 @@ impl Server {
         Ok(())
     }
 }
+
+/// How long shutdown waits for the connections it ended after the drain timeout to go.
+const KILL_WAIT: Duration = Duration::from_secs(1);
+
+/// The longest a reload waits for the config file (and its `users_file`) to be read: a
+/// file that never answers (a FIFO, a hung network file system) fails the reload instead
+/// of stopping the server's reloads for good.
+const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One `stats` line per listener running.
 fn log_stats(listeners: &metrics::Listeners) {
@@ -424,8 +439,9 @@ struct Running {
     live: Vec<Live>,
     /// Every connection of every listener, for the drain at shutdown.
     tasks: TaskTracker,
-    /// Generations and listeners a reload retired, finishing in the background.
-    background: TaskTracker,
+    /// Generations and listeners a reload retired, finishing in the background (aborted
+    /// at the end of shutdown).
+    background: JoinSet<()>,
     shutdown: CancellationToken,
     files: Arc<tokio::sync::Mutex<Files>>,
     drain_timeout: Duration,
@@ -481,9 +497,19 @@ impl Running {
             }
         };
         info!(config = %path.display(), "reload requested (SIGHUP): reading the config");
-        let applied = match Config::load(path) {
-            Ok(config) => self.apply(&config).await,
-            Err(error) => Err(error),
+        while self.background.try_join_next().is_some() {}
+        let read = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Config::load(&path))
+        };
+        let applied = match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Ok(Ok(Ok(config))) => self.apply(&config).await,
+            Ok(Ok(Err(error))) => Err(error),
+            Ok(Err(panicked)) => Err(anyhow::anyhow!("reading the config failed: {panicked}")),
+            Err(_) => Err(anyhow::anyhow!(
+                "{}: not read within {READ_TIMEOUT:?}",
+                path.display()
+            )),
         };
         match applied {
             Ok(()) => {
@@ -639,7 +665,7 @@ impl Running {
     }
 
     /// Lets a generation's connections finish on their settings, then gives back its sink.
-    fn retire(&self, generation: Arc<Generation>) {
+    fn retire(&mut self, generation: Arc<Generation>) {
         let files = Arc::clone(&self.files);
         self.background.spawn(async move {
             generation.tasks.close();
@@ -650,7 +676,7 @@ impl Running {
 
     /// Stops a listener the new config does not have: its socket closes at once, its
     /// connections drain as on SIGTERM for up to `drain_timeout`, then end.
-    fn remove(&self, live: Live) {
+    fn remove(&mut self, live: Live) {
         let current = Arc::clone(&live.current.borrow());
         let (name, mode, stats) = (
             current.common.name.clone(),

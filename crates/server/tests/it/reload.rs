@@ -491,3 +491,37 @@ async fn a_reload_reopens_the_access_log_so_logrotate_works() {
     assert_eq!(lines(&rotated), 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_removed_listener_s_tunnel_drains_then_is_closed_after_drain_timeout() {
+    let (f, p) = (port(), port());
+    let target = echo().await;
+    let head = "[server]\ndrain_timeout = \"300ms\"\n";
+    let server = Reloading::start(&format!("{head}{}{}", frames("frames", f), proxy(p, ""))).await;
+    let (mut tunnel, _) = client::connect(p, &Address::Ip(target), None, STEP)
+        .await
+        .unwrap();
+    assert!(
+        server
+            .reload(&format!("{head}{}", frames("frames", f)))
+            .await
+    );
+    let removed_at = std::time::Instant::now();
+    // The port closes at once; the tunnel runs on within the drain...
+    until(|| std::net::TcpStream::connect(p).is_err()).await;
+    within(STEP, tunnel.write_all(b"still here")).await.unwrap();
+    let mut echoed = [0u8; 10];
+    within(STEP, tunnel.read_exact(&mut echoed)).await.unwrap();
+    assert_eq!(&echoed, b"still here");
+    // ...and is closed once drain_timeout has passed (the echo server never closes it: a
+    // tunnel left open makes `within` fail). A reset counts as closed too.
+    let mut rest = Vec::new();
+    let _closed = within(STEP, tunnel.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        removed_at.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        removed_at.elapsed()
+    );
+    server.stop().await;
+}
