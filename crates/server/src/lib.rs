@@ -3,11 +3,15 @@
 //! (or [`run`]) starts every listener of a [`Config`] in-process, which is
 //! how the integration tests drive it.
 //!
-//! Modules: [`config`] (TOML, validated before anything binds), [`registry`]
+//! [`Server::run_reloading`] also applies a new config on each SIGHUP (see its docs).
+//!
+//! Modules: [`config`] (TOML, validated once into ready-to-run settings before anything
+//! binds: at start, by `--check-config` and on reload), [`registry`]
 //! (one variant per mode), `listener` (bind, accept, connection limits),
 //! [`modes`] (`crc-tcp`, `socks5`), [`sinks`] (the file sink), [`shutdown`]
 //! (signals), [`proxy_protocol`] (whom to trust for a PROXY protocol header, and reading it),
-//! [`admin`] (the `[admin]` HTTP endpoint) and [`metrics`] (what its `/metrics` shows).
+//! [`admin`] (the `[admin]` HTTP endpoint), [`metrics`] (what its `/metrics` shows) and
+//! [`access_log`] (the per-listener JSON lines).
 //! Left out on purpose: wire formats, which live in `proto`, `socks5` and `proxy-header`.
 
 pub mod access_log;

@@ -232,7 +232,8 @@ fn connections_for_fd_limit(limit: u64) -> usize {
     usize::try_from(sessions.clamp(1, MAX_DEFAULT_CONNECTIONS)).unwrap_or(1)
 }
 
-/// The session options of a `socks5` listener, as [`Socks5Config::prepare`] builds them.
+/// The session options of a `socks5` listener, as the validation builds them from a
+/// [`Socks5Config`].
 pub type Socks5Options = socks5::ServerOptions;
 
 impl Socks5Config {
