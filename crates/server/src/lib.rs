@@ -216,6 +216,7 @@ impl Server {
             live: Vec::with_capacity(self.listeners.len()),
             tasks: TaskTracker::new(),
             background: JoinSet::new(),
+            kills: Vec::new(),
             shutdown: shutdown.clone(),
             files: Arc::default(),
             drain_timeout: self.drain_timeout,
@@ -279,9 +280,7 @@ impl Server {
             state.ready.store(false, Ordering::Relaxed);
         }
         info!(drain_timeout = ?state.drain_timeout, "shutting down: no new connections, finishing those in flight");
-        let mut kills = Vec::with_capacity(state.live.len());
         for live in std::mem::take(&mut state.live) {
-            kills.push(live.stops.kill.clone());
             let _ = live.accept.await;
         }
         let tasks = &state.tasks;
@@ -296,7 +295,7 @@ impl Server {
                 "drain timeout passed; closing the remaining connections"
             );
             // Dropped where they stand, so none writes to a sink after it closes.
-            kills.iter().for_each(CancellationToken::cancel);
+            state.kills.iter().for_each(CancellationToken::cancel);
             let _ = tokio::time::timeout(KILL_WAIT, tasks.wait()).await;
         }
         {
@@ -446,6 +445,9 @@ struct Running {
     /// Generations and listeners a reload retired, finishing in the background (aborted
     /// at the end of shutdown).
     background: JoinSet<()>,
+    /// The `kill` of every listener whose connections may still run (those removed by a
+    /// reload included, until their drain ends).
+    kills: Vec<CancellationToken>,
     shutdown: CancellationToken,
     files: Arc<tokio::sync::Mutex<Files>>,
     drain_timeout: Duration,
@@ -470,6 +472,8 @@ impl Running {
             kill: CancellationToken::new(),
             tasks: TaskTracker::new(),
         };
+        self.kills.retain(|kill| !kill.is_cancelled());
+        self.kills.push(stops.kill.clone());
         let (current, receiver) = watch::channel(generation);
         let accept = tokio::spawn(listener::accept_loop(
             listener,
@@ -701,8 +705,9 @@ impl Running {
             {
                 warn!(listener = %name, remaining = live.stops.tasks.len(),
                     "drain timeout passed; closing the removed listener's remaining connections");
-                live.stops.kill.cancel();
             }
+            // Ends what is left (nothing, after a clean drain) and marks the listener gone.
+            live.stops.kill.cancel();
             stats.log(&name, mode);
         });
     }
