@@ -18,7 +18,9 @@
 //! manifests), [`haproxy`] (two instances of their own behind HAProxy with
 //! the PROXY protocol), [`jetstream`] (a 3-node NATS JetStream cluster
 //! behind two collectors behind HAProxy, a node and a collector killed
-//! during the run; and the same with file sinks) and [`shutdown`].
+//! during the run; and the same with file sinks), [`reload`] (a server of
+//! its own reloaded three times under a 1 GiB download and a frame stream)
+//! and [`shutdown`].
 
 mod crash;
 mod deploy;
@@ -30,6 +32,7 @@ mod interop;
 mod jetstream;
 mod prometheus;
 mod proxy;
+mod reload;
 mod shutdown;
 
 use std::{
@@ -193,6 +196,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("haproxy", haproxy::haproxy),
     ("jetstream-cluster", jetstream::jetstream_cluster),
     ("collectors-file-sink", jetstream::file_sink_limit),
+    ("reload", reload::reload),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 

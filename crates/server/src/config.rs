@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
-use crate::registry::ListenerConfig;
+use crate::registry::{ListenerConfig, Prepared};
 
 /// The config the server runs when given no `--config`: loopback only.
 pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
@@ -29,6 +29,11 @@ pub struct Config {
     /// The listeners, each in a registered mode.
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
+    /// Every listener validated and ready to run, in `listeners` order: filled by
+    /// [`Config::parse`], the one validation that `--check-config`, the start and a reload
+    /// share.
+    #[serde(skip)]
+    pub(crate) prepared: Vec<Prepared>,
 }
 
 /// The `[server]` table.
@@ -108,7 +113,7 @@ impl Config {
     ///
     /// A message that names `origin`, the listener and the key at fault.
     pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
-        let config: Self = match toml::from_str(text) {
+        let mut config: Self = match toml::from_str(text) {
             Ok(config) => config,
             Err(error) => {
                 let line = error
@@ -123,8 +128,8 @@ impl Config {
                 );
             }
         };
-        config
-            .validate()
+        config.prepared = config
+            .prepare()
             .with_context(|| format!("{origin}: invalid configuration"))?;
         Ok(config)
     }
@@ -149,8 +154,8 @@ impl Config {
         Self::parse(DEFAULT_CONFIG, "embedded default config")
     }
 
-    /// Checks every listener before any binds.
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Checks every listener before any binds and turns each into its ready-to-run settings.
+    pub(crate) fn prepare(&self) -> anyhow::Result<Vec<Prepared>> {
         if self.listeners.is_empty() {
             bail!(
                 "no [[listener]]: add at least one, e.g. mode = \"crc-tcp\", bind = \"127.0.0.1:51314\""
@@ -165,6 +170,12 @@ impl Config {
             binds.insert(admin.bind);
         }
         let mut paths: HashSet<PathBuf> = HashSet::new();
+        let proxies: Vec<_> = self
+            .listeners
+            .iter()
+            .filter_map(ListenerConfig::proxy_bind)
+            .collect();
+        let mut prepared = Vec::with_capacity(self.listeners.len());
         for (index, listener) in self.listeners.iter().enumerate() {
             let name = listener.name(index);
             let at = format!("listener[{index}] ({name})");
@@ -175,7 +186,11 @@ impl Config {
             if bind.port() != 0 && !binds.insert(bind) {
                 bail!("{at}: bind: {bind} is already used by another listener or [admin]");
             }
-            listener.validate().with_context(|| at.clone())?;
+            prepared.push(
+                listener
+                    .prepare(index, &proxies)
+                    .with_context(|| at.clone())?,
+            );
             if let Some(path) = listener.sink_path()
                 && !paths.insert(path.to_path_buf())
             {
@@ -185,7 +200,29 @@ impl Config {
                 );
             }
         }
-        Ok(())
+        // An access log written into a frame file would corrupt it.
+        for (index, listener) in prepared.iter().enumerate() {
+            if let Some(path) = &listener.common.access_log
+                && paths.contains(path)
+            {
+                bail!(
+                    "listener[{index}] ({}): access_log: {} is the file sink of a listener",
+                    listener.common.name,
+                    path.display()
+                );
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// The ready-to-run settings: those [`Config::parse`] made, or made now for a config
+    /// deserialized some other way.
+    pub(crate) fn ready(&self) -> anyhow::Result<std::borrow::Cow<'_, [Prepared]>> {
+        if self.prepared.len() == self.listeners.len() {
+            Ok(std::borrow::Cow::Borrowed(&self.prepared))
+        } else {
+            Ok(std::borrow::Cow::Owned(self.prepare()?))
+        }
     }
 }
 
@@ -401,6 +438,18 @@ mod tests {
         assert!(
             message.contains("listener[0] (ingest)") && message.contains("max_frame_size"),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn rejects_an_access_log_on_a_file_sink() {
+        let text = "[[listener]]\nname = \"a\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:1\"\n\
+                    handler = { type = \"file\", path = \"/tmp/f\" }\n\
+                    [[listener]]\nname = \"b\"\nmode = \"socks5\"\nbind = \"127.0.0.1:2\"\naccess_log = \"/tmp/f\"\n";
+        assert!(
+            error_of(text).contains("listener[1] (b): access_log: /tmp/f is the file sink"),
+            "{}",
+            error_of(text)
         );
     }
 

@@ -3,13 +3,18 @@
 //! (or [`run`]) starts every listener of a [`Config`] in-process, which is
 //! how the integration tests drive it.
 //!
-//! Modules: [`config`] (TOML, validated before anything binds), [`registry`]
-//! (one variant per mode), `listener` (bind, accept, connection limits),
+//! [`Server::run_reloading`] also applies a new config on each SIGHUP (see its docs).
+//!
+//! Modules: [`config`] (TOML, validated once into ready-to-run settings before anything
+//! binds: at start, by `--check-config` and on reload), [`registry`]
+//! (one variant per mode), `listener` (bind, accept, connection limits), `reload` (the listeners while they serve, and SIGHUP),
 //! [`modes`] (`crc-tcp`, `socks5`), [`sinks`] (the file sink), [`shutdown`]
 //! (signals), [`proxy_protocol`] (whom to trust for a PROXY protocol header, and reading it),
-//! [`admin`] (the `[admin]` HTTP endpoint) and [`metrics`] (what its `/metrics` shows).
+//! [`admin`] (the `[admin]` HTTP endpoint), [`metrics`] (what its `/metrics` shows) and
+//! [`access_log`] (the per-listener JSON lines).
 //! Left out on purpose: wire formats, which live in `proto`, `socks5` and `proxy-header`.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 mod listener;
@@ -17,6 +22,7 @@ pub mod metrics;
 pub mod modes;
 pub mod proxy_protocol;
 pub mod registry;
+mod reload;
 pub mod shutdown;
 pub mod sinks;
 pub mod stats;
@@ -27,15 +33,20 @@ pub use registry::MODES;
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
+    path::PathBuf,
+    sync::{Arc, RwLock, atomic::Ordering},
 };
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
-use crate::registry::{Common, Service};
+use crate::{
+    listener::Generation,
+    registry::{Common, Service},
+    reload::{KILL_WAIT, Running, log_stats},
+};
 
 /// Every listener of a config, bound and ready to serve.
 pub struct Server {
@@ -43,6 +54,9 @@ pub struct Server {
     drain_timeout: std::time::Duration,
     stats_interval: std::time::Duration,
     admin: Option<Admin>,
+    admin_bind: Option<SocketAddr>,
+    reloads: Arc<metrics::Reloads>,
+    metric_listeners: metrics::Listeners,
 }
 
 /// The bound admin endpoint.
@@ -60,6 +74,15 @@ struct Bound {
     addr: SocketAddr,
 }
 
+/// Where a reload (SIGHUP) reads the config from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    /// The `--config` file, read again on every reload.
+    File(PathBuf),
+    /// The embedded default config: a reload has nothing to re-read and changes nothing.
+    Embedded,
+}
+
 impl Server {
     /// Builds every listener's service and binds every address, then the
     /// `[admin]` one if set; nothing is served until [`Server::run`]. Logs
@@ -69,19 +92,19 @@ impl Server {
     ///
     /// When a listener cannot be built or bound; the message names it.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
-        let mut listeners = Vec::with_capacity(config.listeners.len());
-        let proxies: Vec<SocketAddr> = config
-            .listeners
-            .iter()
-            .filter_map(registry::ListenerConfig::proxy_bind)
-            .collect();
-        for (index, listener_config) in config.listeners.iter().enumerate() {
-            let (common, service) = listener_config.build(index, &proxies)?;
+        let ready = config.ready()?;
+        let mut listeners = Vec::with_capacity(ready.len());
+        let (mut sinks, mut logs) = (Vec::new(), Vec::new());
+        for prepared in ready.iter() {
+            let common = prepared.common.clone();
+            let service = prepared.build(&sinks, &logs)?;
+            sinks.extend(service.sink());
+            logs.extend(service.access_log());
             let listener = listener::bind(&common)?;
             let addr = listener
                 .local_addr()
                 .with_context(|| format!("listener {}: no local address", common.name))?;
-            let mode = listener_config.mode();
+            let mode = prepared.mode;
             info!(listener = %common.name, mode, %addr, max_connections = common.max_connections, "listening");
             listeners.push(Bound {
                 common,
@@ -91,18 +114,22 @@ impl Server {
                 addr,
             });
         }
+        let reloads = Arc::<metrics::Reloads>::default();
+        let metric_listeners: metrics::Listeners = Arc::new(RwLock::new(
+            listeners
+                .iter()
+                .map(|b| metrics::ListenerEntry {
+                    name: b.common.name.clone(),
+                    mode: b.mode,
+                    stats: Arc::clone(&b.common.stats),
+                })
+                .collect(),
+        ));
         let admin = match &config.admin {
             Some(admin_config) => {
                 let (listener, addr) = admin::bind(admin_config).await?;
-                let entries = listeners
-                    .iter()
-                    .map(|b| metrics::ListenerEntry {
-                        name: b.common.name.clone(),
-                        mode: b.mode,
-                        stats: Arc::clone(&b.common.stats),
-                    })
-                    .collect();
-                let registry = metrics::registry(entries, Arc::default());
+                let registry =
+                    metrics::registry(Arc::clone(&metric_listeners), Arc::clone(&reloads));
                 info!(%addr, paths = "/metrics /healthz /readyz", "admin listening");
                 Some(Admin {
                     listener,
@@ -120,6 +147,9 @@ impl Server {
             drain_timeout: config.server.drain_timeout,
             stats_interval: config.server.stats_interval,
             admin,
+            admin_bind: config.admin.as_ref().map(|admin| admin.bind),
+            reloads,
+            metric_listeners,
         })
     }
 
@@ -138,6 +168,12 @@ impl Server {
             .collect()
     }
 
+    /// The reload counters (`netkit_config_reloads_total`).
+    #[must_use]
+    pub fn reloads(&self) -> Arc<metrics::Reloads> {
+        Arc::clone(&self.reloads)
+    }
+
     /// Serves until `shutdown` fires, then stops accepting, lets connections
     /// finish the frames in hand for up to the drain timeout, and flushes and
     /// syncs every file sink.
@@ -146,38 +182,73 @@ impl Server {
     ///
     /// Reserved for failures of the server as a whole; today it always ends `Ok`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let tasks = TaskTracker::new();
-        let accept_loops = TaskTracker::new();
-        let mut services = Vec::with_capacity(self.listeners.len());
-        let stats: Vec<_> = self
-            .listeners
-            .iter()
-            .map(|b| (b.common.name.clone(), b.mode, Arc::clone(&b.common.stats)))
-            .collect();
+        let (_none, hangups) = mpsc::channel(1);
+        self.run_reloading(shutdown, hangups, ConfigSource::Embedded)
+            .await
+    }
+
+    /// [`Server::run`], and a reload from `source` for each message on `hangups` (SIGHUP).
+    ///
+    /// A reload validates the whole new config first (as `--check-config` does) and binds
+    /// the addresses it adds; if anything fails, the running config stays, the reason is
+    /// logged at error level and `netkit_config_reloads_total{result="error"}` counts it.
+    /// Otherwise (`result="ok"`) new connections get the new settings: a listener whose
+    /// `bind` did not change keeps its socket (and its counters while its name and mode stay),
+    /// connections already open keep the settings they started with, a listener added
+    /// starts, and one removed stops accepting and drains as on SIGTERM (its connections get
+    /// up to `drain_timeout`). A file sink on the same file is shared, never opened twice.
+    ///
+    /// # Errors
+    ///
+    /// Reserved for failures of the server as a whole; today it always ends `Ok`.
+    pub async fn run_reloading(
+        self,
+        shutdown: CancellationToken,
+        mut hangups: mpsc::Receiver<()>,
+        source: ConfigSource,
+    ) -> anyhow::Result<()> {
+        let mut state = Running {
+            live: Vec::with_capacity(self.listeners.len()),
+            tasks: TaskTracker::new(),
+            background: JoinSet::new(),
+            kills: Vec::new(),
+            shutdown: shutdown.clone(),
+            files: Arc::default(),
+            drain_timeout: self.drain_timeout,
+            stats_interval: self.stats_interval,
+            admin_bind: self.admin_bind,
+            metric_listeners: Arc::clone(&self.metric_listeners),
+        };
+        for bound in self.listeners {
+            state.start(
+                bound.common.bind,
+                Generation::new(bound.common, bound.mode, bound.service),
+                bound.listener,
+            );
+        }
+        {
+            let mut files = state.files.lock().await;
+            for live in &state.live {
+                files.hold(&live.current.borrow().service);
+            }
+        }
         let ticker = (!self.stats_interval.is_zero()).then(|| {
-            let (stats, interval, stop) = (stats.clone(), self.stats_interval, shutdown.clone());
+            let (listeners, interval, stop) = (
+                Arc::clone(&self.metric_listeners),
+                self.stats_interval,
+                shutdown.clone(),
+            );
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+                let mut tick =
+                    tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
                 loop {
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        _ = tick.tick() => stats.iter().for_each(|(name, mode, s)| s.log(name, mode)),
+                        _ = tick.tick() => log_stats(&listeners),
                     }
                 }
             })
         });
-        for bound in self.listeners {
-            services.push(bound.service.clone());
-            accept_loops.spawn(listener::accept_loop(
-                bound.listener,
-                bound.common,
-                bound.mode,
-                bound.service,
-                shutdown.child_token(),
-                tasks.clone(),
-            ));
-        }
-        accept_loops.close();
         // The admin endpoint outlives the drain, so that /readyz answers 503 during it.
         let admin_stop = CancellationToken::new();
         let admin = self.admin.map(|admin| {
@@ -190,14 +261,26 @@ impl Server {
             ));
             (state, task)
         });
-        shutdown.cancelled().await;
+        let mut hangups_open = true;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                hangup = hangups.recv(), if hangups_open => match hangup {
+                    Some(()) => state.reload(&source, &self.reloads).await,
+                    None => hangups_open = false,
+                },
+            }
+        }
         if let Some((state, _)) = &admin {
             state.ready.store(false, Ordering::Relaxed);
         }
-        info!(drain_timeout = ?self.drain_timeout, "shutting down: no new connections, finishing those in flight");
-        accept_loops.wait().await;
+        info!(drain_timeout = ?state.drain_timeout, "shutting down: no new connections, finishing those in flight");
+        for live in std::mem::take(&mut state.live) {
+            let _ = live.accept.await;
+        }
+        let tasks = &state.tasks;
         tasks.close();
-        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let deadline = tokio::time::Instant::now() + state.drain_timeout;
         if tokio::time::timeout_at(deadline, tasks.wait())
             .await
             .is_err()
@@ -206,14 +289,17 @@ impl Server {
                 remaining = tasks.len(),
                 "drain timeout passed; closing the remaining connections"
             );
+            // Dropped where they stand, so none writes to a sink after it closes.
+            state.kills.iter().for_each(CancellationToken::cancel);
+            let _ = tokio::time::timeout(KILL_WAIT, tasks.wait()).await;
         }
-        for service in services {
-            service.finish().await;
-        }
+        state.files.lock().await.close_all().await;
+        // Retired generations whose connections were abandoned at the drain timeout.
+        state.background.abort_all();
         if let Some(ticker) = ticker {
             let _ = ticker.await;
         }
-        stats.iter().for_each(|(name, mode, s)| s.log(name, mode));
+        log_stats(&self.metric_listeners);
         admin_stop.cancel();
         if let Some((_, task)) = admin {
             let _ = task.await;

@@ -16,7 +16,7 @@ use anyhow::Context;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{
     net::{TcpListener, TcpStream},
-    sync::Semaphore,
+    sync::{OwnedSemaphorePermit, Semaphore, watch},
     time::sleep,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -87,8 +87,51 @@ pub(crate) fn bind(common: &Common) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("listener {}: cannot register {addr}", common.name))
 }
 
-/// Accepts connections until `stop` fires, each served by `service` in a
-/// task of `tasks`.
+/// The settings a listener serves new connections with: built once per start or reload,
+/// and kept by the connections accepted under it until they end (a reload gives the
+/// listener a new one; the old one lives on in its connections).
+pub(crate) struct Generation {
+    pub(crate) common: Common,
+    pub(crate) mode: &'static str,
+    pub(crate) service: Service,
+    /// The connections served under these settings.
+    pub(crate) tasks: TaskTracker,
+    permits: Arc<Semaphore>,
+    per_ip: Option<Arc<PerIp>>,
+    proxy: Option<Arc<proxy_protocol::ProxySettings>>,
+    name: Arc<str>,
+}
+
+impl Generation {
+    pub(crate) fn new(common: Common, mode: &'static str, service: Service) -> Arc<Self> {
+        Arc::new(Self {
+            permits: Arc::new(Semaphore::new(common.max_connections)),
+            per_ip: common.max_connections_per_ip.map(PerIp::new),
+            proxy: common.proxy_protocol.clone().map(Arc::new),
+            name: Arc::from(common.name.as_str()),
+            common,
+            mode,
+            service,
+            tasks: TaskTracker::new(),
+        })
+    }
+}
+
+/// What stops a listener's connections: `stop` is the drain (as on SIGTERM: crc-tcp ends
+/// after the frames in hand, socks5 handshakes end, tunnels run on), `kill` ends every
+/// connection at once (after the drain timeout of a listener a reload removed).
+#[derive(Clone)]
+pub(crate) struct Stops {
+    pub(crate) stop: CancellationToken,
+    pub(crate) kill: CancellationToken,
+    /// Every connection of the listener, whatever its generation.
+    pub(crate) tasks: TaskTracker,
+}
+
+/// Accepts connections until `stops.stop` fires, each served by the current
+/// [`Generation`] of `current` in a task of `tasks` (and of the listener's and the
+/// generation's trackers). A reload that keeps the socket sends a new generation on
+/// `current`: the connections accepted from then on get it.
 ///
 /// Without the PROXY protocol the TCP peer is the client, and the per-IP
 /// limit is applied here, before the task starts. With it, a peer outside
@@ -97,123 +140,182 @@ pub(crate) fn bind(common: &Common) -> anyhow::Result<TcpListener> {
 /// one the per-IP limit, the span and the mode see.
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    common: Common,
-    mode: &'static str,
-    service: Service,
-    stop: CancellationToken,
+    mut current: watch::Receiver<Arc<Generation>>,
+    stops: Stops,
     tasks: TaskTracker,
 ) {
-    let permits = Arc::new(Semaphore::new(common.max_connections));
+    let stop = stops.stop.clone();
     let mut full_warned = false;
-    let per_ip = common.max_connections_per_ip.map(PerIp::new);
-    let proxy = common.proxy_protocol.clone().map(Arc::new);
     let logs = Arc::new(Logs::default());
-    let name: Arc<str> = Arc::from(common.name.as_str());
     loop {
-        let permit = match Arc::clone(&permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                if !full_warned {
-                    warn!(listener = %common.name, max_connections = common.max_connections,
-                        "connection limit reached; new connections wait in the accept queue");
-                    full_warned = true;
-                }
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    permit = Arc::clone(&permits).acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break, // the semaphore is never closed
-                    },
-                }
-            }
+        let generation = Arc::clone(&current.borrow_and_update());
+        let Some(permit) = permit(&generation, &mut full_warned, &stop, &mut current).await else {
+            break;
+        };
+        let Some(permit) = permit else {
+            continue; // a reload came while waiting for a permit
         };
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    warn!(listener = %common.name, %error, "accept failed");
+                    warn!(listener = %generation.common.name, %error, "accept failed");
                     sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             },
         };
-        if permits.available_permits() > common.max_connections / 2 {
-            full_warned = false;
-        }
-        let slot = match &proxy {
-            Some(settings) => {
-                if !settings.trusts(peer.ip()) {
-                    // Closed before a byte is read: never guess whether a header is there.
-                    drop(stream);
-                    ListenerStats::add(&common.stats.proxy_untrusted, 1);
-                    if let Some(refused) = logs.untrusted.note() {
-                        warn!(listener = %common.name, peer = %peer.ip().to_canonical(), refused,
-                            "connection refused: the peer is not in proxy_protocol_from \
-                             (refused counts every refusal since the last such line)");
-                    }
-                    continue;
-                }
-                // The per-IP limit applies to the header's client, in the task.
-                None
-            }
-            None => match admit(per_ip.as_ref(), peer.ip(), &common.stats, &logs, &name) {
-                Ok(slot) => slot,
-                // Closed before a byte is read or written, the permit goes back at once.
-                Err(Refused) => continue,
-            },
+        // A reload applied while accept waited: this connection gets the new settings.
+        let (generation, permit) = if current.has_changed().unwrap_or(false) {
+            drop(permit);
+            let generation = Arc::clone(&current.borrow_and_update());
+            let permit = tokio::select! {
+                () = stop.cancelled() => break,
+                permit = Arc::clone(&generation.permits).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break, // the semaphore is never closed
+                },
+            };
+            (generation, permit)
+        } else {
+            (generation, permit)
         };
-        let service = service.clone();
-        let stats = Arc::clone(&common.stats);
-        let stop = stop.child_token();
-        let (proxy, per_ip, logs, name) = (
-            proxy.clone(),
-            per_ip.clone(),
-            Arc::clone(&logs),
-            Arc::clone(&name),
-        );
-        tasks.spawn(async move {
-            let _permit = permit;
-            let _active = ActiveGuard::new(&stats);
-            let mut stream = stream;
-            let Some(settings) = proxy else {
-                let _slot = slot;
-                let span = info_span!("conn", listener = %name, mode, %peer);
-                serve(service, stream, peer, stop).instrument(span).await;
-                return;
-            };
-            let header_span = info_span!("proxy", listener = %name, mode, %peer);
-            let read = proxy_protocol::read_client(&mut stream, peer, &settings)
-                .instrument(header_span.clone());
-            // Shutdown does not wait for a header: nothing has been served yet.
-            let read = tokio::select! {
-                () = stop.cancelled() => return,
-                read = read => read,
-            };
-            let client = match read {
-                Ok((client, header)) => {
-                    header_span.in_scope(|| trace!(?header, "PROXY protocol header"));
-                    client
-                }
-                Err(error) => {
-                    ListenerStats::add(&stats.proxy_header_failed, 1);
-                    header_span.in_scope(|| debug!(%error, "connection closed"));
-                    if let Some(closed) = logs.bad_header.note() {
-                        warn!(listener = %name, peer = %peer.ip().to_canonical(), %error, closed,
-                            "connection closed: no valid PROXY protocol header \
-                             (closed counts every such close since the last such line)");
-                    }
-                    return;
-                }
-            };
-            let Ok(_slot) = admit(per_ip.as_ref(), client.ip(), &stats, &logs, &name) else {
-                return;
-            };
-            let span = info_span!("conn", listener = %name, mode, peer = %client, proxy = %peer);
-            serve(service, stream, client, stop).instrument(span).await;
-        });
+        serve_accepted(&generation, stream, peer, permit, &stops, &tasks, &logs);
     }
-    debug!(listener = %common.name, "stopped accepting");
+    debug!(listener = %current.borrow().common.name, "stopped accepting");
+}
+
+/// A connection permit of `generation`: `None` when the listener stops, `Some(None)` when
+/// a reload came first.
+async fn permit(
+    generation: &Generation,
+    full_warned: &mut bool,
+    stop: &CancellationToken,
+    current: &mut watch::Receiver<Arc<Generation>>,
+) -> Option<Option<OwnedSemaphorePermit>> {
+    let permits = &generation.permits;
+    let max = generation.common.max_connections;
+    if permits.available_permits() > max / 2 {
+        *full_warned = false;
+    }
+    if let Ok(permit) = Arc::clone(permits).try_acquire_owned() {
+        return Some(Some(permit));
+    }
+    if !*full_warned {
+        warn!(listener = %generation.common.name, max_connections = max,
+            "connection limit reached; new connections wait in the accept queue");
+        *full_warned = true;
+    }
+    tokio::select! {
+        () = stop.cancelled() => None,
+        changed = current.changed() => changed.ok().map(|()| None),
+        permit = Arc::clone(permits).acquire_owned() => permit.ok().map(Some),
+    }
+}
+
+/// Admits one accepted connection under `generation` and spawns its task.
+fn serve_accepted(
+    generation: &Arc<Generation>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    stops: &Stops,
+    tasks: &TaskTracker,
+    logs: &Arc<Logs>,
+) {
+    let common = &generation.common;
+    let slot = match &generation.proxy {
+        Some(settings) => {
+            if !settings.trusts(peer.ip()) {
+                // Closed before a byte is read: never guess whether a header is there.
+                drop(stream);
+                ListenerStats::add(&common.stats.proxy_untrusted, 1);
+                if let Some(refused) = logs.untrusted.note() {
+                    warn!(listener = %common.name, peer = %peer.ip().to_canonical(), refused,
+                        "connection refused: the peer is not in proxy_protocol_from \
+                         (refused counts every refusal since the last such line)");
+                }
+                return;
+            }
+            // The per-IP limit applies to the header's client, in the task.
+            None
+        }
+        None => match admit(
+            generation.per_ip.as_ref(),
+            peer.ip(),
+            &common.stats,
+            logs,
+            &generation.name,
+        ) {
+            Ok(slot) => slot,
+            // Closed before a byte is read or written, the permit goes back at once.
+            Err(Refused) => return,
+        },
+    };
+    let mode = generation.mode;
+    let service = generation.service.clone();
+    let stats = Arc::clone(&common.stats);
+    let stop = stops.stop.child_token();
+    let kill = stops.kill.clone();
+    let (proxy, per_ip, logs, name) = (
+        generation.proxy.clone(),
+        generation.per_ip.clone(),
+        Arc::clone(logs),
+        Arc::clone(&generation.name),
+    );
+    let connection = async move {
+        let _permit = permit;
+        let _active = ActiveGuard::new(&stats);
+        let mut stream = stream;
+        let Some(settings) = proxy else {
+            let _slot = slot;
+            let span = info_span!("conn", listener = %name, mode, %peer);
+            serve(service, stream, peer, stop).instrument(span).await;
+            return;
+        };
+        let header_span = info_span!("proxy", listener = %name, mode, %peer);
+        let read = proxy_protocol::read_client(&mut stream, peer, &settings)
+            .instrument(header_span.clone());
+        // Shutdown does not wait for a header: nothing has been served yet.
+        let read = tokio::select! {
+            () = stop.cancelled() => return,
+            read = read => read,
+        };
+        let client = match read {
+            Ok((client, header)) => {
+                header_span.in_scope(|| trace!(?header, "PROXY protocol header"));
+                client
+            }
+            Err(error) => {
+                ListenerStats::add(&stats.proxy_header_failed, 1);
+                header_span.in_scope(|| debug!(%error, "connection closed"));
+                if let Some(closed) = logs.bad_header.note() {
+                    warn!(listener = %name, peer = %peer.ip().to_canonical(), %error, closed,
+                        "connection closed: no valid PROXY protocol header \
+                         (closed counts every such close since the last such line)");
+                }
+                return;
+            }
+        };
+        let Ok(_slot) = admit(per_ip.as_ref(), client.ip(), &stats, &logs, &name) else {
+            return;
+        };
+        let span = info_span!("conn", listener = %name, mode, peer = %client, proxy = %peer);
+        serve(service, stream, client, stop).instrument(span).await;
+    };
+    // `kill` drops the connection (and closes its sockets) wherever it is.
+    let connection = async move {
+        tokio::select! {
+            () = kill.cancelled() => {}
+            () = connection => {}
+        }
+    };
+    tasks.spawn(
+        stops
+            .tasks
+            .track_future(generation.tasks.track_future(connection)),
+    );
 }
 
 /// Serves one connection once its client is known.
@@ -325,7 +427,7 @@ impl Drop for PerIpSlot {
 /// Lets one warning through per [`REFUSED_LOG_INTERVAL`], with how many
 /// events happened since the last one it let through.
 #[derive(Debug, Default)]
-struct Throttle(Mutex<ThrottleState>);
+pub(crate) struct Throttle(Mutex<ThrottleState>);
 
 #[derive(Debug, Default)]
 struct ThrottleState {
@@ -336,7 +438,7 @@ struct ThrottleState {
 impl Throttle {
     /// Notes one event; `Some(count)` when a line is due now, with the
     /// events it stands for.
-    fn note(&self) -> Option<u64> {
+    pub(crate) fn note(&self) -> Option<u64> {
         // The counts stay usable whatever panicked while holding them.
         let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         state.unlogged += 1;

@@ -1,11 +1,12 @@
 //! `server`: starts every listener of a TOML config (or of the embedded
-//! default), each in a registered mode, and serves until SIGINT or SIGTERM.
+//! default), each in a registered mode, and serves until SIGINT or SIGTERM; SIGHUP
+//! reloads the config file.
 
 use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use server::{Config, MODES, config::DEFAULT_CONFIG};
+use server::{Config, ConfigSource, MODES, config::DEFAULT_CONFIG};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
 use tracing_subscriber::EnvFilter;
@@ -91,9 +92,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let config = match &args.config {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded_default()?,
+    let (config, source) = match &args.config {
+        Some(path) => (Config::load(path)?, ConfigSource::File(path.clone())),
+        None => (Config::embedded_default()?, ConfigSource::Embedded),
     };
     raise_open_file_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -103,7 +104,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         server::shutdown::on_signals(shutdown.clone()).context("cannot install signal handlers")?;
-        server::run(&config, shutdown).await
+        let hangups = server::shutdown::on_hangup().context("cannot install the SIGHUP handler")?;
+        server::Server::bind(&config)
+            .await?
+            .run_reloading(shutdown, hangups, source)
+            .await
     })
 }
 

@@ -7,7 +7,7 @@
 //! client address, a user name or any other unbounded value.
 
 use std::sync::{
-    Arc,
+    Arc, PoisonError, RwLock,
     atomic::{AtomicU64, Ordering::Relaxed},
 };
 
@@ -23,8 +23,7 @@ use crate::stats::{
     SOCKS5_REPLIES,
 };
 
-/// Config reloads, by result: `netkit_config_reloads_total{result}`.
-/// Nothing reloads yet, so both stay 0 until SIGHUP reload counts here.
+/// Config reloads (SIGHUP), by result: `netkit_config_reloads_total{result}`.
 #[derive(Debug, Default)]
 pub struct Reloads {
     /// Reloads applied.
@@ -44,18 +43,44 @@ pub struct ListenerEntry {
     pub stats: Arc<ListenerStats>,
 }
 
-/// The collector behind `/metrics`.
+/// The listeners `/metrics` shows: those running now (a reload adds and removes some).
+pub type Listeners = Arc<RwLock<Vec<ListenerEntry>>>;
+
+/// The collector behind `/metrics`: reads the listeners running at scrape time.
 #[derive(Debug)]
-pub struct NetkitCollector {
+struct LiveCollector {
+    listeners: Listeners,
+    reloads: Arc<Reloads>,
+}
+
+impl Collector for LiveCollector {
+    fn encode(&self, encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
+        // A copy of a few names and pointers, so no lock is held while encoding.
+        let listeners = self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        NetkitCollector {
+            listeners,
+            reloads: Arc::clone(&self.reloads),
+        }
+        .encode(encoder)
+    }
+}
+
+/// The listeners of one scrape and the reloads, encoded.
+#[derive(Debug)]
+struct NetkitCollector {
     listeners: Vec<ListenerEntry>,
     reloads: Arc<Reloads>,
 }
 
 /// The registry `/metrics` encodes: the listeners' metrics and the process's.
 #[must_use]
-pub fn registry(listeners: Vec<ListenerEntry>, reloads: Arc<Reloads>) -> Registry {
+pub fn registry(listeners: Listeners, reloads: Arc<Reloads>) -> Registry {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(NetkitCollector { listeners, reloads }));
+    registry.register_collector(Box::new(LiveCollector { listeners, reloads }));
     registry.register_collector(Box::new(ProcessCollector));
     registry
 }
@@ -206,6 +231,14 @@ impl Collector for NetkitCollector {
                     load(&l.stats.bytes_out),
                 )
             },
+        )?;
+        self.family(
+            e,
+            "netkit_access_log_dropped",
+            "Access log lines dropped because the writer fell behind.",
+            MetricType::Counter,
+            None,
+            |m, l, labels| counter(m, &labels, load(&l.stats.access_log_dropped)),
         )?;
         self.crc_tcp(e)?;
         self.socks5(e)?;

@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    access_log::{self, AccessLog},
     config::invalid,
     modes::{crc_tcp, socks5},
     proxy_protocol::{ProxyProtocol, ProxySettings},
@@ -55,6 +56,8 @@ pub struct Common {
     pub reuse_port: bool,
     /// The PROXY protocol settings, when it is on.
     pub proxy_protocol: Option<ProxySettings>,
+    /// The `access_log` file, if any.
+    pub access_log: Option<std::path::PathBuf>,
     /// The listener's counters, shared with its service.
     pub stats: Arc<ListenerStats>,
 }
@@ -133,12 +136,17 @@ impl ListenerConfig {
         }
     }
 
-    /// Checks the mode's own settings.
+    /// Validates the listener and turns it into its ready-to-run settings: every check of the
+    /// mode's keys, the `users_file` read, the rules built and every default applied. It is
+    /// the one step behind `--check-config`, the start and a reload: what it accepts runs.
+    ///
+    /// `proxies` are the bind addresses of every proxy listener of the config, which a
+    /// proxy listener refuses to connect to (a loop through two listeners is still a loop).
     ///
     /// # Errors
     ///
     /// An error naming the key at fault.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub(crate) fn prepare(&self, index: usize, proxies: &[SocketAddr]) -> anyhow::Result<Prepared> {
         match self.max_connections_per_ip() {
             Some(0) => {
                 return Err(invalid(
@@ -157,37 +165,83 @@ impl ListenerConfig {
         }
         let (mode, from, timeout) = self.proxy_protocol();
         ProxySettings::validate(mode, from, timeout)?;
-        match self {
-            Self::CrcTcp(c) => c.validate(),
-            Self::Socks5(c) => c.validate(),
-        }
+        let name = self.name(index);
+        let stats = Arc::new(ListenerStats::default());
+        let (common, settings) = match self {
+            Self::CrcTcp(c) => {
+                c.validate()?;
+                (c.common(name, stats), ModeSettings::CrcTcp(c.clone()))
+            }
+            Self::Socks5(c) => {
+                let options = c.prepare(proxies)?;
+                (c.common(name, stats), ModeSettings::Socks5(options))
+            }
+        };
+        Ok(Prepared {
+            common,
+            mode: self.mode(),
+            settings,
+        })
     }
+}
 
-    /// Builds the running service: opens files, builds options, and
-    /// returns the settings common to every listener.
+/// One listener, validated and ready to run: what [`ListenerConfig::prepare`] makes of it.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    /// What every mode has (with fresh counters; a reload that keeps the listener keeps
+    /// its counters instead).
+    pub(crate) common: Common,
+    /// The mode's registered name.
+    pub(crate) mode: &'static str,
+    /// The mode's own settings.
+    pub(crate) settings: ModeSettings,
+}
+
+/// The ready-to-run settings of each mode.
+#[derive(Debug, Clone)]
+pub(crate) enum ModeSettings {
+    /// The checked keys (the file sink is opened when the listener starts).
+    CrcTcp(crc_tcp::CrcTcpConfig),
+    /// The session options, users and rules included.
+    Socks5(socks5::Socks5Options),
+}
+
+impl Prepared {
+    /// Builds the running service; opens a file sink, unless `sinks` has one running for
+    /// the same file, which it then shares.
     ///
     /// # Errors
     ///
     /// When a resource the mode needs cannot be had (a sink's file, say).
     ///
-    /// `proxies` are the bind addresses of every proxy listener of the config, which a
-    /// proxy listener refuses to connect to (a loop through two listeners is still a loop).
+    /// The same goes for the `access_log`: one running for the same file (in `logs`) is
+    /// shared.
     pub(crate) fn build(
         &self,
-        index: usize,
-        proxies: &[SocketAddr],
-    ) -> anyhow::Result<(Common, Service)> {
-        let name = self.name(index);
-        let stats = Arc::new(ListenerStats::default());
-        Ok(match self {
-            Self::CrcTcp(c) => (
-                c.common(name, Arc::clone(&stats)),
-                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats)?)),
-            ),
-            Self::Socks5(c) => (
-                c.common(name, Arc::clone(&stats))?,
-                Service::Socks5(Arc::new(socks5::Socks5::new(c, stats, proxies)?)),
-            ),
+        sinks: &crc_tcp::Sinks,
+        logs: &[Arc<AccessLog>],
+    ) -> anyhow::Result<Service> {
+        let stats = Arc::clone(&self.common.stats);
+        let access_log = match &self.common.access_log {
+            Some(path) => Some(access_log::Sink {
+                log: match logs.iter().find(|log| log.path() == path.as_path()) {
+                    Some(running) => Arc::clone(running),
+                    None => AccessLog::open(path)?,
+                },
+                listener: Arc::from(self.common.name.as_str()),
+                stats: Arc::clone(&stats),
+            }),
+            None => None,
+        };
+        Ok(match &self.settings {
+            ModeSettings::CrcTcp(c) => {
+                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats, sinks, access_log)?))
+            }
+            ModeSettings::Socks5(options) => Service::Socks5(Arc::new(socks5::Socks5::new(
+                options.clone(),
+                stats,
+                access_log,
+            ))),
         })
     }
 }
@@ -213,12 +267,19 @@ impl Service {
         }
     }
 
-    /// Waits for the mode's background work (a file sink's final sync) after
-    /// every connection has ended.
-    pub(crate) async fn finish(self) {
+    /// The access log of this service, if it has one.
+    pub(crate) fn access_log(&self) -> Option<Arc<AccessLog>> {
         match self {
-            Self::CrcTcp(service) => service.finish().await,
-            Self::Socks5(_) => {}
+            Self::CrcTcp(service) => service.access_log(),
+            Self::Socks5(service) => service.access_log(),
+        }
+    }
+
+    /// The file sink of this service, if it has one.
+    pub(crate) fn sink(&self) -> Option<Arc<crate::sinks::file::FileSink>> {
+        match self {
+            Self::CrcTcp(service) => service.sink(),
+            Self::Socks5(_) => None,
         }
     }
 }

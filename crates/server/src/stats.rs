@@ -54,6 +54,8 @@ pub struct ListenerStats {
     pub sink_sync: Arc<DurationHistogram>,
     /// socks5: what the sessions asked for and how they ended.
     pub socks5: Socks5Stats,
+    /// `access_log` lines dropped because the writer fell behind.
+    pub access_log_dropped: AtomicU64,
 }
 
 /// The ack status names, by status code: the `status` label of `netkit_frames_total`.

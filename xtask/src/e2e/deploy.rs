@@ -56,6 +56,13 @@ pub(crate) fn systemd_unit(ctx: &mut Ctx) -> anyhow::Result<String> {
             bail!("{UNIT} has no line starting with {key:?}");
         }
     }
+    // SIGHUP reloads: a unit that restarts on it would drop every connection instead.
+    if unit
+        .lines()
+        .any(|l| l.starts_with("RestartForceExitStatus=") && l.contains("HUP"))
+    {
+        bail!("{UNIT} restarts the server on SIGHUP, which reloads it");
+    }
     let binary = ctx.bins.server.display().to_string();
     let dir = ctx.dir.path().join("systemd");
     std::fs::create_dir_all(&dir)?;

@@ -12,7 +12,10 @@
 //!    intact, and both instances log sessions for client 127.0.0.1;
 //! 2. curl from 127.0.0.3 through HAProxy fails: an instance logs the
 //!    session with client 127.0.0.3 (the header's address, not HAProxy's
-//!    127.0.0.1) and reply 0x02, and the HTTP server sees no request;
+//!    127.0.0.1) and reply 0x02, and the HTTP server sees no request; the
+//!    instance's `access_log` has a line with client 127.0.0.3 and reply
+//!    `not_allowed`, and `netkit_connections_rejected_total{reason="rule"}`
+//!    counts it while no `/metrics` line names 127.0.0.3;
 //! 3. a connection straight to an instance from 127.0.0.2 (outside
 //!    `proxy_protocol_from`) is closed without a byte and logged as refused;
 //! 4. one instance is stopped (SIGTERM to its PID): every request sent
@@ -35,7 +38,7 @@ use socket2::{Domain, Socket, Type};
 
 use super::{Ctx, arg, proxy::fetch};
 use crate::{
-    harness::{Server, ServerSpec, message},
+    harness::{Server, ServerSpec, message, toml_path},
     peers::{Pattern, SMALL_SEED},
     process::{Proc, Stdout, require},
 };
@@ -58,11 +61,17 @@ const MAX_GAP_REQUESTS: usize = 40;
 const CURL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Each wait for HAProxy's view of its servers, and for log events.
 const WAIT: Duration = Duration::from_secs(15);
+/// Each instance's access log, in its directory.
+const ACCESS_LOG: &str = "access.log";
 /// HAProxy's backend name.
 const BACKEND: &str = "netkit";
 
+/// `{LOG}` is replaced by the instance's access log.
 const SERVER_CONFIG: &str = r#"[server]
 drain_timeout = "2s"
+
+[admin]
+bind = "127.0.0.1:0"
 
 [[listener]]
 name = "socks"
@@ -73,6 +82,7 @@ handshake_timeout = "5s"
 proxy_protocol = "v2"
 proxy_protocol_from = ["127.0.0.1/32"]
 rules = [{ action = "deny", clients = ["127.0.0.3/32"] }]
+access_log = {LOG}
 "#;
 
 /// The HAProxy config: `{SOCKET}`, `{FRONTEND}`, `{A}` and `{B}` are
@@ -109,11 +119,12 @@ pub(crate) fn haproxy(ctx: &mut Ctx) -> anyhow::Result<String> {
         let dir = base.join(name);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
+        let config = SERVER_CONFIG.replace("{LOG}", &toml_path(&dir.join(ACCESS_LOG)));
         let server = Server::start(
             &ctx.bins.server,
             &dir,
             &ServerSpec {
-                config: SERVER_CONFIG,
+                config: &config,
                 listeners: &[LISTENER],
                 log_level: "info",
                 keep: |_| true,
@@ -278,12 +289,77 @@ impl Run<'_> {
                 after - requests
             );
         }
+        let line = self.access_log_line()?;
+        let rejected = self.rule_rejections()?;
         Ok(format!(
             "curl from {DENIED} failed ({}: {}), logged as client {DENIED} with reply 0x02 \
-             (a {on_a} / b {on_b})",
+             (a {on_a} / b {on_b}); access log: client {} reply {}; \
+             netkit_connections_rejected_total{{reason=\"rule\"}} {rejected} on a and b, \
+             no client address in /metrics",
             done.status,
-            done.stderr_tail()
+            done.stderr_tail(),
+            line["client"],
+            line["reply"]
         ))
+    }
+
+    /// The access log line of the denied session, from either instance (the writer is
+    /// asynchronous: waited for).
+    fn access_log_line(&self) -> anyhow::Result<Value> {
+        let base = self.ctx.dir.path().join("haproxy");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = ["a", "b"].iter().find_map(|name| {
+                let text = std::fs::read_to_string(base.join(name).join(ACCESS_LOG)).ok()?;
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .find(|l| {
+                        l["client"]
+                            .as_str()
+                            .and_then(|c| c.parse::<SocketAddr>().ok())
+                            .is_some_and(|c| c.ip() == IpAddr::V4(DENIED))
+                    })
+            });
+            match found {
+                Some(line) if line["reply"] == "not_allowed" => return Ok(line),
+                Some(line) => bail!("the access log line of {DENIED} has the wrong reply: {line}"),
+                None if Instant::now() >= deadline => {
+                    bail!("no access log line with client {DENIED} within {WAIT:?}")
+                }
+                // Polling the files, bounded by the deadline above.
+                None => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
+    /// The rule rejections both instances count, checking that no metric names a client.
+    fn rule_rejections(&self) -> anyhow::Result<f64> {
+        let series =
+            "netkit_connections_rejected_total{listener=\"socks\",mode=\"socks5\",reason=\"rule\"}";
+        let mut total = 0.0;
+        for server in [&self.a, &self.b] {
+            let admin = server
+                .events()
+                .wait_for(0, WAIT, |e| message(e) == "admin listening")
+                .and_then(|e| {
+                    e["addr"]
+                        .as_str()
+                        .and_then(|a| a.parse::<SocketAddr>().ok())
+                })
+                .context("an instance logged no `admin listening`")?;
+            let (status, metrics) = super::prometheus::get(admin, "/metrics")?;
+            if status != 200 {
+                bail!("GET /metrics: {status}");
+            }
+            if metrics.contains(&DENIED.to_string()) {
+                bail!("/metrics names the client {DENIED}: no label may carry a client address");
+            }
+            total += super::prometheus::value(&metrics, series)?;
+        }
+        if total < 1.0 {
+            bail!("{series} is {total} on a and b together after a rule refused {DENIED}");
+        }
+        Ok(total)
     }
 
     /// Check 3.

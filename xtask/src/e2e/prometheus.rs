@@ -139,7 +139,7 @@ fn scrape(admin: SocketAddr) -> anyhow::Result<String> {
 }
 
 /// The value of the sample `series` (name and labels, exactly as exposed).
-fn value(metrics: &str, series: &str) -> anyhow::Result<f64> {
+pub(super) fn value(metrics: &str, series: &str) -> anyhow::Result<f64> {
     metrics
         .lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))

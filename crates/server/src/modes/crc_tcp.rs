@@ -35,6 +35,7 @@ use self::buffer::{BASE_LEN, Budget, MAX_BUDGET, OverBudget, ReadBuffer};
 use ipnet::IpNet;
 
 use crate::{
+    access_log::{self, AccessLog},
     config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration},
     proxy_protocol::{ProxyProtocol, ProxySettings},
     registry::Common,
@@ -101,6 +102,9 @@ pub struct CrcTcpConfig {
         with = "humantime_serde"
     )]
     pub proxy_protocol_timeout: Duration,
+    /// A JSON line per finished connection is appended to this file.
+    #[serde(default)]
+    pub access_log: Option<PathBuf>,
 }
 
 /// The `handler` table of a `crc-tcp` listener, tagged by `type`.
@@ -268,6 +272,7 @@ impl CrcTcpConfig {
                 &self.proxy_protocol_from,
                 self.proxy_protocol_timeout,
             ),
+            access_log: self.access_log.clone(),
         }
     }
 
@@ -286,6 +291,10 @@ impl CrcTcpConfig {
     }
 }
 
+/// The file sinks running, which a listener (re)started by a reload shares instead of
+/// opening its file again.
+pub(crate) type Sinks = [Arc<FileSink>];
+
 /// A running `crc-tcp` listener, shared by its connections.
 #[derive(Debug)]
 pub struct CrcTcp {
@@ -298,13 +307,14 @@ pub struct CrcTcp {
     write_timeout: Duration,
     budget: Arc<Budget>,
     stats: Arc<ListenerStats>,
+    access_log: Option<access_log::Sink>,
 }
 
 #[derive(Debug)]
 enum Handler {
     Log { level: Level, preview_len: usize },
     Echo,
-    File(FileSink),
+    File(Arc<FileSink>),
     Discard,
 }
 
@@ -331,7 +341,15 @@ impl CrcTcp {
     /// # Errors
     ///
     /// When the sink's file cannot be opened.
-    pub fn new(config: &CrcTcpConfig, stats: Arc<ListenerStats>) -> anyhow::Result<Self> {
+    /// A file sink already running for the same file (in `sinks`) is shared, not opened a
+    /// second time (its exclusive lock would refuse that): it keeps the `sync` and
+    /// `sync_interval` it was opened with, and says so when they differ.
+    pub(crate) fn new(
+        config: &CrcTcpConfig,
+        stats: Arc<ListenerStats>,
+        sinks: &Sinks,
+        access_log: Option<access_log::Sink>,
+    ) -> anyhow::Result<Self> {
         let handler = match &config.handler {
             HandlerConfig::Log { level, preview_len } => Handler::Log {
                 level: match level {
@@ -348,12 +366,24 @@ impl CrcTcp {
                 path,
                 sync,
                 sync_interval,
-            } => Handler::File(FileSink::open_timed(
-                path,
-                *sync,
-                *sync_interval,
-                Arc::clone(&stats.sink_sync),
-            )?),
+            } => match sinks.iter().find(|sink| sink.path() == path.as_path()) {
+                Some(running) => {
+                    if running.policy() != *sync || running.sync_interval() != *sync_interval {
+                        warn!(path = %path.display(), sync = ?running.policy(),
+                            sync_interval = ?running.sync_interval(),
+                            "the file sink keeps running with the sync settings it was opened \
+                             with; a change of handler.sync or handler.sync_interval applies at \
+                             the next start");
+                    }
+                    Handler::File(Arc::clone(running))
+                }
+                None => Handler::File(Arc::new(FileSink::open_timed(
+                    path,
+                    *sync,
+                    *sync_interval,
+                    Arc::clone(&stats.sink_sync),
+                )?)),
+            },
             HandlerConfig::Discard => Handler::Discard,
         };
         Ok(Self {
@@ -369,6 +399,7 @@ impl CrcTcp {
             write_timeout: config.write_timeout,
             budget: Arc::new(Budget::new(config.max_buffered_bytes())),
             stats,
+            access_log,
         })
     }
 
@@ -377,17 +408,38 @@ impl CrcTcp {
     pub(crate) async fn handle(
         &self,
         mut stream: TcpStream,
-        _peer: SocketAddr,
+        peer: SocketAddr,
         stop: CancellationToken,
     ) {
+        let started = std::time::Instant::now();
         let _ = stream.set_nodelay(true);
         let mut conn = Conn {
             buf: ReadBuffer::new(Arc::clone(&self.budget)),
             out: BytesMut::new(),
             seq: 0,
             frames_ok: 0,
+            bytes_in: 0,
+            bytes_out: 0,
         };
-        match self.serve(&mut stream, &mut conn, &stop).await {
+        let served = self.serve(&mut stream, &mut conn, &stop).await;
+        if let Some(log) = &self.access_log {
+            log.write(&access_log::CrcTcpEntry {
+                time: access_log::now(),
+                listener: &log.listener,
+                mode: "crc-tcp",
+                client: peer.to_string(),
+                frames: conn.seq,
+                frames_ok: conn.frames_ok,
+                bytes_in: conn.bytes_in,
+                bytes_out: conn.bytes_out,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                end: match &served {
+                    Ok(reason) => (*reason).to_owned(),
+                    Err(error) => error.to_string(),
+                },
+            });
+        }
+        match served {
             Ok(reason) => debug!(
                 frames = conn.seq,
                 frames_ok = conn.frames_ok,
@@ -404,10 +456,16 @@ impl CrcTcp {
         }
     }
 
-    /// Waits for the file sink, if any, to write what it holds and sync.
-    pub(crate) async fn finish(&self) {
-        if let Handler::File(sink) = &self.handler {
-            sink.close().await;
+    /// The access log, if the listener has one.
+    pub(crate) fn access_log(&self) -> Option<Arc<AccessLog>> {
+        self.access_log.as_ref().map(|sink| Arc::clone(&sink.log))
+    }
+
+    /// The file sink, if the handler is one.
+    pub(crate) fn sink(&self) -> Option<Arc<FileSink>> {
+        match &self.handler {
+            Handler::File(sink) => Some(Arc::clone(sink)),
+            _ => None,
         }
     }
 
@@ -430,6 +488,7 @@ impl CrcTcp {
             let completed = conn.seq != seq_before;
             if !conn.out.is_empty() {
                 ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
+                conn.bytes_out += conn.out.len() as u64;
                 timeout(self.write_timeout, stream.write_all(&conn.out))
                     .await
                     .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
@@ -498,6 +557,7 @@ impl CrcTcp {
                 Ok(Ok(read)) => {
                     silent = false;
                     ListenerStats::add(&self.stats.bytes_in, read as u64);
+                    conn.bytes_in += read as u64;
                 }
                 Ok(Err(error)) => return Err(error),
             }
@@ -648,6 +708,9 @@ struct Conn {
     out: BytesMut,
     seq: u64,
     frames_ok: u64,
+    /// Bytes read from the client and written to it, for the access log.
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 /// The first bytes of a payload, escaped (`\n`, `\xff`), with `…` if cut.
@@ -692,7 +755,7 @@ mod tests {
         ))
         .unwrap();
         config.validate().unwrap();
-        let service = Arc::new(CrcTcp::new(&config, Arc::default()).unwrap());
+        let service = Arc::new(CrcTcp::new(&config, Arc::default(), &[], None).unwrap());
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(len) = send_buffer {
             socket.set_send_buffer_size(len).unwrap();

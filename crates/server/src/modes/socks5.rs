@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
+    access_log::{self, AccessLog},
     config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
     proxy_protocol::{ProxyProtocol, ProxySettings},
     registry::Common,
@@ -55,16 +56,16 @@ pub struct Socks5Config {
     #[serde(default)]
     pub outbound_bind: Option<IpAddr>,
     /// Greeting, authentication and request must complete within this.
-    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    #[serde(default = "default_handshake_timeout", with = "humantime_serde")]
     pub handshake_timeout: Duration,
     /// Outbound connects give up after this.
-    #[serde(default = "ten_seconds", with = "humantime_serde")]
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// A tunnel or UDP association with no traffic for this long is closed.
-    #[serde(default = "five_minutes", with = "humantime_serde")]
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
     /// BIND waits this long for the incoming connection.
-    #[serde(default = "two_minutes", with = "humantime_serde")]
+    #[serde(default = "default_bind_timeout", with = "humantime_serde")]
     pub bind_timeout: Duration,
     /// Sessions at once (default: what the open-file limit allows).
     #[serde(default)]
@@ -93,6 +94,9 @@ pub struct Socks5Config {
     /// Access rules, checked in order; the first that matches decides.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// A JSON line per finished session is appended to this file.
+    #[serde(default)]
+    pub access_log: Option<PathBuf>,
 }
 
 /// `auth = "none" | "password"`.
@@ -195,14 +199,18 @@ fn all_commands() -> Vec<CommandName> {
         CommandName::UdpAssociate,
     ]
 }
-fn ten_seconds() -> Duration {
-    Duration::from_secs(10)
+// The timeouts' defaults are the library's (`socks5::ServerOptions`), written in one place.
+fn default_handshake_timeout() -> Duration {
+    socks5::ServerOptions::default().handshake_timeout
 }
-fn five_minutes() -> Duration {
-    Duration::from_secs(300)
+fn default_connect_timeout() -> Duration {
+    socks5::ServerOptions::default().connect_timeout
 }
-fn two_minutes() -> Duration {
-    Duration::from_secs(120)
+fn default_idle_timeout() -> Duration {
+    socks5::ServerOptions::default().idle_timeout
+}
+fn default_bind_timeout() -> Duration {
+    socks5::ServerOptions::default().bind_timeout
 }
 
 /// File descriptors kept aside for listeners, sinks and the runtime.
@@ -224,8 +232,17 @@ fn connections_for_fd_limit(limit: u64) -> usize {
     usize::try_from(sessions.clamp(1, MAX_DEFAULT_CONNECTIONS)).unwrap_or(1)
 }
 
+/// The session options of a `socks5` listener, as the validation builds them from a
+/// [`Socks5Config`].
+pub type Socks5Options = socks5::ServerOptions;
+
 impl Socks5Config {
-    pub(crate) fn validate(&self) -> anyhow::Result<()> {
+    /// Checks every key and builds the session options: the users (`users_file` read here,
+    /// once), the rules, the commands and the timeouts.
+    ///
+    /// `proxies` are the bind addresses of every proxy listener of the config, which this
+    /// listener refuses to connect to.
+    pub(crate) fn prepare(&self, proxies: &[SocketAddr]) -> anyhow::Result<Socks5Options> {
         let users = self.load_users()?;
         match self.auth {
             AuthMode::None if !users.is_empty() => {
@@ -271,8 +288,8 @@ impl Socks5Config {
                 "",
             )?;
         }
-        let open = self.is_open()?;
-        if !self.bind.ip().is_loopback() && open && !self.allow_open_proxy {
+        let rules = self.rules()?;
+        if !self.bind.ip().is_loopback() && self.is_open(&rules) && !self.allow_open_proxy {
             bail!(
                 "bind: {} is reachable from other hosts and this listener would proxy for anyone \
                  (no password and no rule that limits clients): that is an open proxy. Set auth = \"password\", \
@@ -281,21 +298,53 @@ impl Socks5Config {
                 self.bind
             );
         }
-        Ok(())
+        let auth = match self.auth {
+            AuthMode::None => socks5::AuthPolicy::none(),
+            AuthMode::Password => {
+                socks5::AuthPolicy::password(users, self.no_auth_networks.clone())
+            }
+        };
+        let has = |c| self.commands.contains(&c);
+        Ok(socks5::ServerOptions {
+            handshake_timeout: self.handshake_timeout,
+            connect_timeout: self.connect_timeout,
+            idle_timeout: self.idle_timeout,
+            bind_timeout: self.bind_timeout,
+            commands: socks5::Commands {
+                connect: has(CommandName::Connect),
+                bind: has(CommandName::Bind),
+                udp_associate: has(CommandName::UdpAssociate),
+            },
+            auth: Arc::new(auth),
+            rules: Arc::new(rules),
+            udp_advertise: self.udp_advertise,
+            outbound_bind: self.outbound_bind,
+            // A CONNECT to this listener, or to another proxy listener of this server, would
+            // loop back into it (port 0: the port a client reached, for this listener only).
+            listen_addresses: std::iter::once(self.bind)
+                .chain(
+                    proxies
+                        .iter()
+                        .copied()
+                        .filter(|other| *other != self.bind && other.port() != 0),
+                )
+                .collect(),
+            ..socks5::ServerOptions::default()
+        })
     }
 
     /// Whether any client may use the proxy without a password: no auth (or
     /// a password with no-auth networks that together cover every IPv4 or
     /// every IPv6 address, however they are split), and rules that let a
     /// client from an unnamed network through.
-    fn is_open(&self) -> anyhow::Result<bool> {
+    fn is_open(&self, rules: &socks5::Rules) -> bool {
         let anyone_without_password = match self.auth {
             AuthMode::None => true,
             AuthMode::Password => [true, false]
                 .into_iter()
                 .any(|v4| socks5::networks_cover_family(&self.no_auth_networks, v4)),
         };
-        Ok(anyone_without_password && !self.rules()?.limits_clients())
+        anyone_without_password && !rules.limits_clients()
     }
 
     /// The access rules, in the library's terms.
@@ -377,7 +426,7 @@ impl Socks5Config {
         Ok(users)
     }
 
-    pub(crate) fn common(&self, name: String, stats: Arc<ListenerStats>) -> anyhow::Result<Common> {
+    pub(crate) fn common(&self, name: String, stats: Arc<ListenerStats>) -> Common {
         let limit = open_file_limit();
         let fits = connections_for_fd_limit(limit);
         let max_connections = match self.max_connections {
@@ -392,7 +441,7 @@ impl Socks5Config {
             }
             None => fits,
         };
-        Ok(Common {
+        Common {
             stats,
             name,
             bind: self.bind,
@@ -404,7 +453,8 @@ impl Socks5Config {
                 &self.proxy_protocol_from,
                 self.proxy_protocol_timeout,
             ),
-        })
+            access_log: self.access_log.clone(),
+        }
     }
 }
 
@@ -417,6 +467,7 @@ fn read_users_file(path: &Path) -> anyhow::Result<String> {
 pub struct Socks5 {
     options: socks5::ServerOptions,
     stats: Arc<ListenerStats>,
+    access_log: Option<access_log::Sink>,
 }
 
 impl std::fmt::Debug for Socks5 {
@@ -426,51 +477,23 @@ impl std::fmt::Debug for Socks5 {
 }
 
 impl Socks5 {
-    /// Builds the session options from the config.
-    ///
-    /// # Errors
-    ///
-    /// When the users file cannot be read or a rule is invalid.
-    pub fn new(
-        config: &Socks5Config,
+    /// A running listener with the options [`Socks5Config::prepare`] built.
+    #[must_use]
+    pub(crate) fn new(
+        options: Socks5Options,
         stats: Arc<ListenerStats>,
-        proxies: &[SocketAddr],
-    ) -> anyhow::Result<Self> {
-        let users = config.load_users()?;
-        let auth = match config.auth {
-            AuthMode::None => socks5::AuthPolicy::none(),
-            AuthMode::Password => {
-                socks5::AuthPolicy::password(users, config.no_auth_networks.clone())
-            }
-        };
-        let has = |c| config.commands.contains(&c);
-        let options = socks5::ServerOptions {
-            handshake_timeout: config.handshake_timeout,
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-            bind_timeout: config.bind_timeout,
-            commands: socks5::Commands {
-                connect: has(CommandName::Connect),
-                bind: has(CommandName::Bind),
-                udp_associate: has(CommandName::UdpAssociate),
-            },
-            auth: Arc::new(auth),
-            rules: Arc::new(config.rules()?),
-            udp_advertise: config.udp_advertise,
-            outbound_bind: config.outbound_bind,
-            // A CONNECT to this listener, or to another proxy listener of this server, would
-            // loop back into it (port 0: the port a client reached, for this listener only).
-            listen_addresses: std::iter::once(config.bind)
-                .chain(
-                    proxies
-                        .iter()
-                        .copied()
-                        .filter(|other| *other != config.bind && other.port() != 0),
-                )
-                .collect(),
-            ..socks5::ServerOptions::default()
-        };
-        Ok(Self { options, stats })
+        access_log: Option<access_log::Sink>,
+    ) -> Self {
+        Self {
+            options,
+            stats,
+            access_log,
+        }
+    }
+
+    /// The access log, if the listener has one.
+    pub(crate) fn access_log(&self) -> Option<Arc<AccessLog>> {
+        self.access_log.as_ref().map(|sink| Arc::clone(&sink.log))
     }
 
     /// Serves one session and logs its summary.
@@ -485,6 +508,28 @@ impl Socks5 {
         ListenerStats::add(&self.stats.bytes_in, report.bytes_up);
         ListenerStats::add(&self.stats.bytes_out, report.bytes_down);
         count(&self.stats, &report);
+        if let Some(log) = &self.access_log {
+            log.write(&access_log::Socks5Entry {
+                time: access_log::now(),
+                listener: &log.listener,
+                mode: "socks5",
+                client: report.client.to_string(),
+                user: report.user.as_deref(),
+                command: report.command.map(|command| match command {
+                    socks5::Command::Connect => "connect",
+                    socks5::Command::Bind => "bind",
+                    socks5::Command::UdpAssociate => "udp-associate",
+                }),
+                destination: report.destination.as_ref().map(ToString::to_string),
+                reply: report
+                    .reply
+                    .and_then(|reply| SOCKS5_REPLIES.get(usize::from(u8::from(reply))).copied()),
+                bytes_in: report.bytes_up,
+                bytes_out: report.bytes_down,
+                duration_ms,
+                error: report.error.as_ref().map(ToString::to_string),
+            });
+        }
         let Some(command) = report.command else {
             if let Some(error) = &report.error {
                 debug!(client = %report.client, %error, duration_ms, "session ended before a request");

@@ -112,6 +112,8 @@ struct Counters {
 /// A handle to the thread that owns the file.
 pub struct FileSink {
     path: PathBuf,
+    policy: SyncPolicy,
+    sync_interval: Duration,
     queue: mpsc::Sender<Request>,
     closed: CancellationToken,
     finished: Mutex<Option<oneshot::Receiver<()>>>,
@@ -209,6 +211,8 @@ impl FileSink {
             .with_context(|| format!("cannot start the thread of file sink {shown}"))?;
         Ok(Self {
             path: path.to_path_buf(),
+            policy,
+            sync_interval,
             queue,
             closed,
             finished: Mutex::new(Some(finished)),
@@ -220,6 +224,18 @@ impl FileSink {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The sync policy it was opened with.
+    #[must_use]
+    pub fn policy(&self) -> SyncPolicy {
+        self.policy
+    }
+
+    /// The `sync_interval` it was opened with.
+    #[must_use]
+    pub fn sync_interval(&self) -> Duration {
+        self.sync_interval
     }
 
     /// How many times the file was synced after writes so far.

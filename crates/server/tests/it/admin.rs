@@ -64,7 +64,7 @@ const LISTENERS: &str = "[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbi
     [[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n";
 
 /// One HTTP/1.1 request on its own connection: (status, body).
-async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+pub(crate) async fn request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = within(STEP, TcpStream::connect(addr))
         .await
         .expect("connect");

@@ -5,6 +5,7 @@
     reason = "test helpers are shared between the modules of one test binary"
 )]
 
+mod access_log;
 mod admin;
 mod common;
 mod config;
@@ -15,4 +16,5 @@ mod login_log;
 mod per_ip;
 mod process;
 mod proxy_protocol;
+mod reload;
 mod socks5;

@@ -139,3 +139,73 @@ fn sigterm_drains_exits_zero_and_keeps_every_acked_frame() {
     assert_eq!(payloads.len() as u64, acked);
     assert_eq!(payloads, sent);
 }
+
+/// The next line of `logs` that contains `needle`, within 10 s.
+fn line_with(logs: &mpsc::Receiver<String>, needle: &str) -> String {
+    std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(10)).ok())
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?} within 10 s"))
+}
+
+/// One frame to a crc-tcp listener, acked ok.
+fn frame_acked(addr: SocketAddr) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    encode_frame(Version::V2, CrcSize::Crc32, b"hi", &mut bytes).unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut ack = [0u8; ACK_FRAME_LEN];
+    stream.read_exact(&mut ack).unwrap();
+    let Ok(Decoded::Done(ack, _)) = decode_ack(&ack) else {
+        panic!("bad ack")
+    };
+    assert_eq!(ack.status, AckStatus::Ok);
+}
+
+#[test]
+fn sighup_reloads_the_config_file_and_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.toml");
+    let first = "[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n";
+    std::fs::write(&path, first).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--log-format", "json", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard::new(child);
+    let logs = stderr_lines(guard.stderr.take().unwrap());
+    let (frames, _) = wait_listening(&logs, Duration::from_secs(10)).unwrap();
+    let added = testkit::free_loopback_port().unwrap();
+    std::fs::write(
+        &path,
+        format!("{first}[[listener]]\nname = \"added\"\nmode = \"crc-tcp\"\nbind = \"{added}\"\n"),
+    )
+    .unwrap();
+    let pid = Pid::from_child(&guard);
+    kill_process(pid, Signal::HUP).unwrap();
+    line_with(&logs, "config reloaded");
+    frame_acked(added);
+    frame_acked(frames);
+    // An invalid file: logged at error level, the running config stays.
+    std::fs::write(&path, "[[listener]]\nmode = \"nope\"\n").unwrap();
+    kill_process(pid, Signal::HUP).unwrap();
+    let failed = line_with(&logs, "reload failed");
+    assert!(
+        failed.contains("\"level\":\"ERROR\"") && failed.contains("nope"),
+        "{failed}"
+    );
+    frame_acked(added);
+    assert!(
+        guard.try_wait().unwrap().is_none(),
+        "SIGHUP ended the server"
+    );
+    kill_process(pid, Signal::TERM).unwrap();
+    let exit = wait_exit(&mut guard, Duration::from_secs(10))
+        .unwrap()
+        .expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit}");
+}

@@ -219,3 +219,34 @@ async fn survives_garbage_and_keeps_serving() {
         .unwrap();
     server.stop().await;
 }
+
+/// Validate once: the users_file is read by the validation (`Config::parse`, what
+/// `--check-config` runs), and the start runs what it read instead of reading it again.
+#[tokio::test]
+async fn the_users_file_is_read_once_by_the_validation_the_start_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice:s3cret\n").unwrap();
+    let config = server::Config::parse(
+        &proxy(&format!(
+            "auth = \"password\"\nusers_file = {:?}",
+            users.display().to_string()
+        )),
+        "test config",
+    )
+    .unwrap();
+    // Gone between the validation and the start: a second read would fail the start.
+    std::fs::remove_file(&users).unwrap();
+    let server = server::Server::bind(&config)
+        .await
+        .expect("the start runs the users the validation read");
+    let addrs = server.local_addrs();
+    let addr = |name: &str| addrs.iter().find(|(n, _)| n == name).unwrap().1;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(server.run(shutdown.clone()));
+    frame_through(addr("proxy"), addr("frames"), Some(("alice", "s3cret")))
+        .await
+        .unwrap();
+    shutdown.cancel();
+    within(STEP, task).await.unwrap().unwrap();
+}
