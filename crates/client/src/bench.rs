@@ -81,10 +81,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     let streams = try_join_all((0..args.connections).map(|index| {
         let dialer = &dialer;
         async move {
-            dialer
-                .connect()
+            // Connection i starts with listener i, so --servers spreads them.
+            let start = usize::try_from(index).unwrap_or(0);
+            let (_, stream) = dialer
+                .connect_from(start)
                 .await
-                .with_context(|| format!("opening connection {index}"))
+                .with_context(|| format!("opening connection {index}"))?;
+            Ok::<_, anyhow::Error>(stream)
         }
     }))
     .await?;

@@ -126,15 +126,23 @@ const MAX_CONNECTIONS: u64 = 10_000;
 /// The target, the optional SOCKS5 proxy, and the deadline of every wait.
 #[derive(Debug, Args)]
 pub(crate) struct ConnectArgs {
-    /// The listener, as HOST:PORT.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub(crate) addr: String,
+    /// The listener, as HOST:PORT (exactly one of --addr and --servers).
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "servers",
+          conflicts_with = "servers")]
+    pub(crate) addr: Option<String>,
+    /// Listeners to try in turn, as HOST:PORT,HOST:PORT,...: every
+    /// connection (and, with --resend, every reconnection) starts with the
+    /// next one after the last used and goes on to the following ones while
+    /// connecting fails. An alternative to --addr.
+    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
+    pub(crate) servers: Vec<String>,
     /// The deadline of every network wait: connect, proxy handshake, each
     /// write, each ack, the final read to EOF (humantime: 10s, 500ms, 1m).
     #[arg(long, value_name = "DURATION", default_value = "10s",
           value_parser = humantime::parse_duration)]
     pub(crate) timeout: Duration,
-    /// Connect through this SOCKS5 proxy (RFC 1928), which then connects to --addr.
+    /// Connect through this SOCKS5 proxy (RFC 1928), which then connects to
+    /// --addr (or each of --servers).
     #[arg(long, value_name = "PROXY_HOST:PORT")]
     pub(crate) socks5: Option<String>,
     /// The user name for the proxy (RFC 1929); without it, no authentication.
@@ -143,6 +151,16 @@ pub(crate) struct ConnectArgs {
     /// The password for the proxy; needs --proxy-user.
     #[arg(long, value_name = "PASS", requires = "proxy_user")]
     pub(crate) proxy_password: Option<String>,
+}
+
+impl ConnectArgs {
+    /// The listeners: `--addr`, or every address of `--servers`, in order.
+    pub(crate) fn targets(&self) -> Vec<String> {
+        match &self.addr {
+            Some(addr) => vec![addr.clone()],
+            None => self.servers.clone(),
+        }
+    }
 }
 
 /// The version and CRC size of the frames sent.
@@ -204,6 +222,27 @@ mod tests {
         assert!(parse(&["send", "--addr", "h:1", "--stdin-lines", "a"]).is_err());
         assert!(parse(&["send", "--addr", "h:1", "--file", "f", "--stdin-lines"]).is_err());
         assert!(parse(&["send", "--addr", "h:1", "--stdin-lines"]).is_ok());
+    }
+
+    #[test]
+    fn takes_exactly_one_of_addr_and_servers() {
+        assert!(parse(&["send", "a"]).is_err());
+        assert!(parse(&["send", "--addr", "h:1", "--servers", "h:2", "a"]).is_err());
+        let Command::Send(send) = parse(&["send", "--servers", "h:1,h:2", "--servers", "h:3", "a"])
+            .unwrap()
+            .command
+        else {
+            panic!("expected send");
+        };
+        assert_eq!(send.connect.targets(), ["h:1", "h:2", "h:3"]);
+        assert_eq!(send.input.messages, ["a"]);
+        let Command::Send(send) = parse(&["send", "--addr", "h:1", "a"]).unwrap().command else {
+            panic!("expected send");
+        };
+        assert_eq!(send.connect.targets(), ["h:1"]);
+        let bench = ["bench", "--frames", "1", "--size", "1"];
+        assert!(parse(&[&bench[..], &["--servers", "h:1,h:2"]].concat()).is_ok());
+        assert!(parse(&bench).is_err());
     }
 
     #[test]

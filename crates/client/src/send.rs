@@ -57,10 +57,11 @@ pub(crate) async fn run(args: SendArgs) -> Result<()> {
     }
     let dialer = Dialer::new(&args.connect).await?;
     let timeout = dialer.timeout();
-    let (mut reader, mut writer) = dialer.connect().await?.into_split();
+    let (used, stream) = dialer.connect_from(0).await?;
+    let (mut reader, mut writer) = stream.into_split();
     let writing = write_frames(&mut writer, &payloads, args.format, timeout);
     let frames = payloads.len() as u64;
-    let addr = &args.connect.addr;
+    let addr = dialer.name(used);
     let wire_len = if args.wait_ack {
         let acks = async {
             read_acks(&mut reader, frames, timeout, |_| {})
@@ -111,11 +112,12 @@ async fn read_payloads(input: &Input) -> Result<Vec<Vec<u8>>> {
 async fn send_lines(args: &SendArgs) -> Result<()> {
     let dialer = Dialer::new(&args.connect).await?;
     let timeout = dialer.timeout();
-    let (mut reader, mut writer) = dialer.connect().await?.into_split();
+    let (used, stream) = dialer.connect_from(0).await?;
+    let (mut reader, mut writer) = stream.into_split();
     let (progress, sent) = watch::channel(Sent::default());
     let stdin = BufReader::with_capacity(BATCH_LEN, tokio::io::stdin());
     let writing = write_lines(stdin, &mut writer, args.format, timeout, &progress);
-    let addr = &args.connect.addr;
+    let addr = dialer.name(used);
     let (wire_len, acked) = if args.wait_ack {
         let acks = async {
             read_acks_streaming(&mut reader, sent, timeout)
