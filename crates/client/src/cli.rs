@@ -65,6 +65,24 @@ pub(crate) struct SendArgs {
     /// exits once the listener closes after reading every frame.
     #[arg(long)]
     pub(crate) wait_ack: bool,
+    /// Survive broken connections (implies --wait-ack): start every
+    /// connection with a session frame (a random stream id, and the number of
+    /// the next frame), keep each frame until it is acked ok (at most 1024 at
+    /// once), and when a connection breaks (EOF, reset, --timeout, status 5)
+    /// connect again (the next of --servers first) and resend every frame
+    /// without an ok ack, with its old number. Status 1 (crc mismatch) gives
+    /// the frame up. Exit status: 0 every frame acked ok, 4 some given up,
+    /// 1 an error (e.g. a server that does not know session frames).
+    #[arg(long)]
+    pub(crate) resend: bool,
+    /// With --resend: open no connection after this long from the start;
+    /// the frames not acked ok by then are given up.
+    #[arg(long, value_name = "DURATION", default_value = "60s",
+          value_parser = humantime::parse_duration, requires = "resend")]
+    pub(crate) resend_deadline: Duration,
+    /// With --resend: print the summary as one JSON object on stdout.
+    #[arg(long, requires = "resend")]
+    pub(crate) json: bool,
     /// What to send.
     #[command(flatten)]
     pub(crate) input: Input,
@@ -115,6 +133,20 @@ pub(crate) struct BenchArgs {
     #[arg(long, value_name = "N", requires = "wait_ack",
           value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) window: Option<u32>,
+    /// Survive broken connections (needs --wait-ack): each connection task
+    /// is a stream with a random id, sends a session frame first on every
+    /// connection, keeps its frames until acked ok (at most --window, 1024
+    /// without it), and when a connection breaks (EOF, reset, --timeout,
+    /// status 5) connects again (the next of --servers first) and resends
+    /// every frame without an ok ack. Exit status: 0 every frame acked ok,
+    /// 4 some given up, 1 an error.
+    #[arg(long, requires = "wait_ack")]
+    pub(crate) resend: bool,
+    /// With --resend: open no connection after this long from the start;
+    /// the frames not acked ok by then are given up.
+    #[arg(long, value_name = "DURATION", default_value = "60s",
+          value_parser = humantime::parse_duration, requires = "resend")]
+    pub(crate) resend_deadline: Duration,
     /// Print one JSON object on stdout instead of the human summary.
     #[arg(long)]
     pub(crate) json: bool,
@@ -127,13 +159,17 @@ const MAX_CONNECTIONS: u64 = 10_000;
 #[derive(Debug, Args)]
 pub(crate) struct ConnectArgs {
     /// The listener, as HOST:PORT (exactly one of --addr and --servers).
-    #[arg(long, value_name = "HOST:PORT", required_unless_present = "servers",
-          conflicts_with = "servers")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        required_unless_present = "servers",
+        conflicts_with = "servers"
+    )]
     pub(crate) addr: Option<String>,
-    /// Listeners to try in turn, as HOST:PORT,HOST:PORT,...: every
-    /// connection (and, with --resend, every reconnection) starts with the
-    /// next one after the last used and goes on to the following ones while
-    /// connecting fails. An alternative to --addr.
+    /// Listeners to try in turn, as HOST:PORT,HOST:PORT,... (instead of
+    /// --addr): a connection tries them from the first (bench: connection i
+    /// from the i-th) until one takes it; with --resend, a connection after
+    /// a break starts with the one after the listener that broke.
     #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',')]
     pub(crate) servers: Vec<String>,
     /// The deadline of every network wait: connect, proxy handshake, each
@@ -243,6 +279,44 @@ mod tests {
         let bench = ["bench", "--frames", "1", "--size", "1"];
         assert!(parse(&[&bench[..], &["--servers", "h:1,h:2"]].concat()).is_ok());
         assert!(parse(&bench).is_err());
+    }
+
+    #[test]
+    fn resend_options_need_resend_and_bench_needs_wait_ack() {
+        let Command::Send(send) = parse(&["send", "--addr", "h:1", "a"]).unwrap().command else {
+            panic!("expected send");
+        };
+        assert!(!send.resend && !send.json);
+        assert_eq!(send.resend_deadline, Duration::from_secs(60));
+        let Command::Send(send) = parse(&[
+            "send",
+            "--addr",
+            "h:1",
+            "--resend",
+            "--resend-deadline",
+            "2s",
+            "--json",
+            "a",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected send");
+        };
+        assert!(send.resend && send.json);
+        assert_eq!(send.resend_deadline, Duration::from_secs(2));
+        assert!(parse(&["send", "--addr", "h:1", "--resend-deadline", "2s", "a"]).is_err());
+        assert!(parse(&["send", "--addr", "h:1", "--json", "a"]).is_err());
+        let bench = ["bench", "--addr", "h:1", "--frames", "1", "--size", "1"];
+        assert!(parse(&[&bench[..], &["--resend"]].concat()).is_err());
+        let Command::Bench(bench) = parse(&[&bench[..], &["--resend", "--wait-ack"]].concat())
+            .unwrap()
+            .command
+        else {
+            panic!("expected bench");
+        };
+        assert!(bench.resend && bench.wait_ack);
+        assert_eq!(bench.resend_deadline, Duration::from_secs(60));
     }
 
     #[test]

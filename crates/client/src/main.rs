@@ -11,10 +11,14 @@
 //! Modules: [`cli`] (the options), [`send`], [`bench`](mod@bench), [`ack`] (what the
 //! listener sends back), [`connect`] (opening connections, directly or
 //! through the `socks5` crate's client), [`read`],
-//! [`deadline`], [`histogram`] and [`output`].
+//! [`resend`], [`deadline`], [`histogram`] and [`output`].
+//!
+//! With `--resend`, `send` and `bench` survive broken connections: see
+//! [`resend`], which also fixes the exit status 4 (frames given up).
 //!
 //! Left out: logging (the client reports in its summary line and its error
-//! chain) and any retry: a failure ends the run with a non-zero exit.
+//! chain) and, without `--resend`, any retry: a failure ends the run with a
+//! non-zero exit.
 
 mod ack;
 mod bench;
@@ -24,6 +28,7 @@ mod deadline;
 mod histogram;
 mod output;
 mod read;
+mod resend;
 mod send;
 
 use std::process::ExitCode;
@@ -46,8 +51,8 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Send(args) => send::run(args).await.map(|()| ExitCode::SUCCESS),
-            Command::Bench(args) => bench::run(args).await.map(|()| ExitCode::SUCCESS),
+            Command::Send(args) => send::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
             Command::Read(args) => read::run(args).await.map(read::Outcome::exit_code),
         }
     });
