@@ -41,7 +41,7 @@ use indicatif::ProgressBar;
 use proto::{AckCodec, AckStatus, CodecError, Session, encode_frame, encode_session};
 use serde::Serialize;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Stdin},
+    io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader},
     net::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
@@ -69,7 +69,6 @@ const MIN_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// Where a stream's frames come from, already encoded.
-#[derive(Debug)]
 pub(crate) enum Source {
     /// These frames, in order.
     List(std::vec::IntoIter<Bytes>),
@@ -82,8 +81,8 @@ pub(crate) enum Source {
     },
     /// One frame per line of stdin (without "\n" or "\r\n").
     Lines {
-        /// Stdin, buffered.
-        input: BufReader<Stdin>,
+        /// Stdin (a pipe in tests), buffered.
+        input: BufReader<Box<dyn AsyncRead + Send + Unpin>>,
         /// The frames' format.
         format: FormatArgs,
         /// The line being read.
@@ -98,8 +97,13 @@ pub(crate) enum Source {
 impl Source {
     /// One frame per line of stdin.
     pub(crate) fn lines(format: FormatArgs) -> Self {
+        Self::lines_from(Box::new(tokio::io::stdin()), format)
+    }
+
+    /// One frame per line of `input`.
+    fn lines_from(input: Box<dyn AsyncRead + Send + Unpin>, format: FormatArgs) -> Self {
         Self::Lines {
-            input: BufReader::with_capacity(BATCH_LEN, tokio::io::stdin()),
+            input: BufReader::with_capacity(BATCH_LEN, input),
             format,
             line: Vec::new(),
             lines: 0,
@@ -125,13 +129,14 @@ impl Source {
                 if *done {
                     return Ok(None);
                 }
-                line.clear();
-                if input
+                // `line` is cleared only once its frame is made: a call
+                // cancelled halfway (its connection broke) leaves the part
+                // read in it, and the next call goes on from there.
+                let read = input
                     .read_until(b'\n', line)
                     .await
-                    .context("reading stdin")?
-                    == 0
-                {
+                    .context("reading stdin")?;
+                if read == 0 && line.is_empty() {
                     *done = true;
                     return Ok(None);
                 }
@@ -139,8 +144,10 @@ impl Source {
                 let text = line.strip_suffix(b"\n").unwrap_or(line);
                 let text = text.strip_suffix(b"\r").unwrap_or(text);
                 let mut frame = BytesMut::new();
-                encode_frame(format.version, format.crc_size, text, &mut frame)
-                    .with_context(|| format!("encoding line {lines}"))?;
+                let encoded = encode_frame(format.version, format.crc_size, text, &mut frame)
+                    .with_context(|| format!("encoding line {lines}"));
+                line.clear();
+                encoded?;
                 Ok(Some(frame.freeze()))
             }
         }
@@ -676,6 +683,26 @@ mod tests {
         assert_eq!(list.remaining(), 1);
         assert!(list.next().await.unwrap().is_some());
         assert_eq!(list.next().await.unwrap(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_line_read_halfway_survives_a_cancelled_read() {
+        let (mut pipe, input) = tokio::io::duplex(64);
+        let format = FormatArgs {
+            version: proto::Version::V2,
+            crc_size: proto::CrcSize::Crc32,
+        };
+        let mut lines = Source::lines_from(Box::new(input), format);
+        pipe.write_all(b"tw").await.unwrap();
+        // The connection breaks while the writer waits for the rest of the line.
+        let cancelled = tokio::time::timeout(Duration::from_secs(1), lines.next()).await;
+        assert!(cancelled.is_err(), "the line is not complete yet");
+        pipe.write_all(b"o\n").await.unwrap();
+        drop(pipe);
+        let mut two = BytesMut::new();
+        encode_frame(format.version, format.crc_size, b"two", &mut two).unwrap();
+        assert_eq!(lines.next().await.unwrap(), Some(two.freeze()));
+        assert_eq!(lines.next().await.unwrap(), None);
     }
 
     #[test]
