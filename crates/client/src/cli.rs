@@ -1,4 +1,5 @@
-//! The command line: `client send`, `client bench` and `client read` (clap derive).
+//! The command line: `client send`, `client bench`, `client read` and
+//! `client consume` (clap derive).
 //!
 //! The option names are part of the interface: the xtask scenarios and the
 //! README call them.
@@ -29,6 +30,55 @@ pub(crate) enum Command {
     /// checking every CRC. Exit status: 0 every frame intact, 1 an error,
     /// 2 a usage error, 3 a frame with a bad CRC or a torn tail.
     Read(ReadArgs),
+    /// Print (or count, --count) the messages of a NATS JetStream stream
+    /// that the server's `nats` handler filled, with their headers: from the
+    /// start to the stream's last message as of the start, then exit.
+    Consume(ConsumeArgs),
+}
+
+/// `client consume`.
+#[derive(Debug, Args)]
+pub(crate) struct ConsumeArgs {
+    /// A NATS server, as nats://HOST:PORT (or HOST:PORT, tls://...); repeat
+    /// it for the other servers of a cluster.
+    #[arg(long = "nats", value_name = "URL", required = true)]
+    pub(crate) servers: Vec<String>,
+    /// The JetStream stream.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) stream: String,
+    /// Only the messages whose subject matches this (wildcards allowed).
+    #[arg(long, value_name = "SUBJECT")]
+    pub(crate) subject: Option<String>,
+    /// The user name (with --password).
+    #[arg(long, value_name = "USER", requires = "password",
+          conflicts_with_all = ["token", "creds"])]
+    pub(crate) user: Option<String>,
+    /// The password (with --user).
+    #[arg(long, value_name = "PASS", requires = "user")]
+    pub(crate) password: Option<String>,
+    /// A token instead of a user and password.
+    #[arg(long, value_name = "TOKEN", conflicts_with = "creds")]
+    pub(crate) token: Option<String>,
+    /// A .creds file (a JWT and an NKey seed) instead.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) creds: Option<PathBuf>,
+    /// Print a summary instead of the messages: how many, how many distinct
+    /// Nats-Msg-Id values (and so duplicates), and per client stream the
+    /// lowest and highest frame number and the numbers below it never seen.
+    #[arg(long)]
+    pub(crate) count: bool,
+    /// JSON: one object per message, or the --count summary as one object.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Payload bytes shown per message, escaped in text, as text or hex in
+    /// JSON (0: none).
+    #[arg(long, value_name = "N", default_value_t = 32, conflicts_with = "count")]
+    pub(crate) preview: usize,
+    /// Give up (exit 1) when the stream's last message (as of the start)
+    /// has not been read within this; it also bounds connecting.
+    #[arg(long, value_name = "DURATION", default_value = "30s",
+          value_parser = humantime::parse_duration)]
+    pub(crate) timeout: Duration,
 }
 
 /// `client read`.
@@ -317,6 +367,73 @@ mod tests {
         };
         assert!(bench.resend && bench.wait_ack);
         assert_eq!(bench.resend_deadline, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn consume_parses_its_options() {
+        let Command::Consume(consume) = parse(&[
+            "consume",
+            "--nats",
+            "nats://a:4222",
+            "--nats",
+            "b:4222",
+            "--stream",
+            "FRAMES",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected consume");
+        };
+        assert_eq!(consume.servers, ["nats://a:4222", "b:4222"]);
+        assert_eq!(consume.stream, "FRAMES");
+        assert_eq!(consume.subject, None);
+        assert!(!consume.count && !consume.json);
+        assert_eq!(consume.preview, 32);
+        assert_eq!(consume.timeout, Duration::from_secs(30));
+        let Command::Consume(consume) = parse(&[
+            "consume",
+            "--nats",
+            "n:1",
+            "--stream",
+            "S",
+            "--subject",
+            "frames.>",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--count",
+            "--json",
+            "--timeout",
+            "5s",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected consume");
+        };
+        assert_eq!(consume.subject.as_deref(), Some("frames.>"));
+        assert_eq!(consume.user.as_deref(), Some("u"));
+        assert_eq!(consume.password.as_deref(), Some("p"));
+        assert!(consume.count && consume.json);
+        assert_eq!(consume.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn consume_takes_one_kind_of_credentials() {
+        let base = ["consume", "--nats", "n:1", "--stream", "S"];
+        let with = |more: &[&str]| parse(&[&base[..], more].concat());
+        assert!(parse(&["consume", "--stream", "S"]).is_err());
+        assert!(parse(&["consume", "--nats", "n:1"]).is_err());
+        assert!(with(&["--user", "u"]).is_err());
+        assert!(with(&["--password", "p"]).is_err());
+        assert!(with(&["--user", "u", "--password", "p", "--token", "t"]).is_err());
+        assert!(with(&["--token", "t", "--creds", "f"]).is_err());
+        assert!(with(&["--user", "u", "--password", "p", "--creds", "f"]).is_err());
+        assert!(with(&["--token", "t"]).is_ok());
+        assert!(with(&["--creds", "f"]).is_ok());
+        assert!(with(&["--count", "--preview", "4"]).is_err());
     }
 
     #[test]

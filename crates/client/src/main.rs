@@ -6,11 +6,13 @@
 //! - `client bench --addr HOST:PORT --frames N --size BYTES --connections C`
 //!   measures frames per second and, with `--wait-ack`, ack latency;
 //! - `client read FILE [--json] [--follow]` prints the frames of a file the
-//!   server's `file` sink wrote, checking their CRCs.
+//!   server's `file` sink wrote, checking their CRCs;
+//! - `client consume --nats URL --stream NAME [--count]` prints or counts
+//!   the messages the server's `nats` handler put in a JetStream stream.
 //!
 //! Modules: [`cli`] (the options), [`send`], [`bench`](mod@bench), [`ack`] (what the
 //! listener sends back), [`connect`] (opening connections, directly or
-//! through the `socks5` crate's client), [`read`],
+//! through the `socks5` crate's client), [`read`], [`consume`],
 //! [`resend`], [`deadline`], [`histogram`] and [`output`].
 //!
 //! With `--resend`, `send` and `bench` survive broken connections: see
@@ -24,6 +26,7 @@ mod ack;
 mod bench;
 mod cli;
 mod connect;
+mod consume;
 mod deadline;
 mod histogram;
 mod output;
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
             Command::Send(args) => send::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Read(args) => read::run(args).await.map(read::Outcome::exit_code),
+            Command::Consume(args) => consume::run(args).await,
         }
     });
     match outcome {
