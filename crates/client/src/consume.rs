@@ -158,11 +158,18 @@ impl Output {
     /// Prints or counts one message; false when stdout is closed (a reader
     /// that stopped early, as `| head` does, is not an error).
     fn message(&mut self, seq: u64, message: &jetstream::Message) -> Result<bool> {
-        let headers = headers(message.headers.as_ref());
         if let Some(count) = &mut self.count {
-            count.add(&headers);
+            // Only the three headers it needs, read in place: counting a
+            // large stream should cost little per message.
+            let map = message.headers.as_ref();
+            let get = |name: &str| {
+                map.and_then(|map| map.get(name))
+                    .map(|value| value.as_str())
+            };
+            count.add(get(MSG_ID), get(STREAM), get(SEQ));
             return Ok(true);
         }
+        let headers = headers(message.headers.as_ref());
         let payload = &message.payload;
         let shown = payload.get(..self.preview).unwrap_or(payload);
         let written = if self.json {
@@ -298,23 +305,19 @@ impl Count {
     /// from `Netkit-Stream` and `Netkit-Seq`, else from the `Nats-Msg-Id`
     /// (`{stream}-{seq}`); a message with neither is counted only in the
     /// totals.
-    fn add(&mut self, headers: &BTreeMap<String, String>) {
+    fn add(&mut self, id: Option<&str>, stream: Option<&str>, seq: Option<&str>) {
         self.messages += 1;
-        let id = headers.get(MSG_ID);
         match id {
             Some(id) => {
-                self.ids.insert(id.clone());
+                if !self.ids.contains(id) {
+                    self.ids.insert(id.to_owned());
+                }
             }
             None => self.without_id += 1,
         }
         let from_id = id.and_then(|id| id.rsplit_once('-'));
-        let stream = headers
-            .get(STREAM)
-            .map(String::as_str)
-            .or(from_id.map(|(stream, _)| stream));
-        let seq = headers
-            .get(SEQ)
-            .map(String::as_str)
+        let stream = stream.or(from_id.map(|(stream, _)| stream));
+        let seq = seq
             .or(from_id.map(|(_, seq)| seq))
             .and_then(|seq| seq.parse::<u64>().ok());
         let (Some(stream), Some(seq)) = (stream, seq) else {
@@ -378,17 +381,10 @@ impl Summary {
 mod tests {
     use super::*;
 
-    fn message(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-            .collect()
-    }
-
     fn by_id(ids: &[&str]) -> Summary {
         let mut count = Count::default();
         for id in ids {
-            count.add(&message(&[(MSG_ID, id)]));
+            count.add(Some(id), None, None);
         }
         count.summary()
     }
@@ -440,10 +436,10 @@ mod tests {
     #[test]
     fn the_netkit_headers_win_over_the_id() {
         let mut count = Count::default();
-        count.add(&message(&[(MSG_ID, "x-1"), (STREAM, "cc"), (SEQ, "5")]));
-        count.add(&message(&[(STREAM, "cc"), (SEQ, "4")]));
-        count.add(&message(&[]));
-        count.add(&message(&[(MSG_ID, "no dash")]));
+        count.add(Some("x-1"), Some("cc"), Some("5"));
+        count.add(None, Some("cc"), Some("4"));
+        count.add(None, None, None);
+        count.add(Some("no dash"), None, None);
         let summary = count.summary();
         assert_eq!(summary.messages, 4);
         // Two without an id count as distinct, with "x-1" and "no dash".
