@@ -513,3 +513,51 @@ async fn the_window_bounds_the_frames_kept_without_an_ok_ack() {
     assert!(run.stderr.contains("no ack within 300ms"), "{run:?}");
     assert_eq!(within(server).await.unwrap()[0].frames.len(), 4);
 }
+
+#[tokio::test]
+async fn a_frame_too_large_is_given_up_and_the_rest_goes_on_a_new_connection() {
+    let (addr, server) = collector(2, |conn, seq| match (conn, seq) {
+        (0, 1) => Reply::Ack(AckStatus::TooLarge),
+        _ => OK,
+    })
+    .await;
+    let run = client(
+        &[
+            "send",
+            "--addr",
+            &addr.to_string(),
+            "--resend",
+            "--json",
+            "x",
+            "y",
+            "z",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(4), "{run:?}");
+    let report: Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(report["acked_ok"], 2, "{report}");
+    assert_eq!(report["given_up"], 1, "{report}");
+    assert_eq!(report["reconnects"], 1, "{report}");
+    let seen = within(server).await.unwrap();
+    assert_eq!(seen[1].session().first_seq, 2);
+    assert_eq!(seen[1].frames, [frame("z")]);
+}
+
+#[tokio::test]
+async fn a_refused_crc_size_fails_the_run() {
+    let (addr, server) = collector(1, |_, _| Reply::Ack(AckStatus::UnsupportedCrcSize)).await;
+    let run = client(
+        &["send", "--addr", &addr.to_string(), "--resend", "x"],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(
+        run.stderr
+            .contains("answered frame 0 with status 3: unsupported crc size"),
+        "{run:?}"
+    );
+    within(server).await.unwrap();
+}
