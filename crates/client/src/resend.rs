@@ -319,6 +319,7 @@ pub(crate) async fn run_stream(
             pending: VecDeque::new(),
             base: 0,
             exhausted: false,
+            writer_failed: false,
             tally: Tally::default(),
             latency: Histogram::default(),
         }),
@@ -430,6 +431,9 @@ struct Window {
     base: u64,
     /// Whether the source has no more frames.
     exhausted: bool,
+    /// Whether this connection's writer failed: the reader reads only the
+    /// acks of frames already written.
+    writer_failed: bool,
     tally: Tally,
     latency: Histogram,
 }
@@ -451,18 +455,38 @@ async fn run_connection(
     id: [u8; 16],
     progress: &ProgressBar,
 ) -> Result<Option<String>> {
+    shared.lock().writer_failed = false;
     let (reader, writer) = stream.into_split();
     let writing = write_side(writer, shared, source, id, progress);
     let reading = read_side(reader, shared);
     let (mut writing, mut reading) = (std::pin::pin!(writing), std::pin::pin!(reading));
-    tokio::select! {
-        end = &mut reading => end,
+    let broken = tokio::select! {
+        biased;
+        end = &mut reading => return end,
         written = &mut writing => match written? {
-            None => reading.await,
-            broken => Ok(broken),
+            None => return reading.await,
+            Some(broken) => broken,
         },
+    };
+    // A write fails when the server has closed, often with a reset because
+    // our frames were still arriving: the acks it sent before (an ok for
+    // many frames, or the status 2 of a server without session frames) are
+    // still ours to read, and reading them saves resends and tells the
+    // client what happened. The reader stops at the reset or EOF after them,
+    // or when nothing more is pending.
+    {
+        let mut window = shared.lock();
+        window.writer_failed = true;
+    }
+    shared.frames.notify_one();
+    match reading.await? {
+        Some(read) if read != WRITER_FAILED => Ok(Some(format!("{broken}; then {read}"))),
+        _ => Ok(Some(broken)),
     }
 }
+
+/// The reader's reason when it stops because the writer failed.
+const WRITER_FAILED: &str = "the writer failed";
 
 /// Writes the session frame, the frames kept (resent), then new frames as
 /// the window lets them in. `Ok(None)` when the source is exhausted and
@@ -583,6 +607,9 @@ async fn read_side(io: OwnedReadHalf, shared: &Shared) -> Result<Option<String>>
             return Ok(None);
         }
         if !waiting {
+            if shared.lock().writer_failed {
+                return Ok(Some(WRITER_FAILED.to_owned()));
+            }
             shared.frames.notified().await;
             continue;
         }

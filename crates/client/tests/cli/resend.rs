@@ -561,3 +561,52 @@ async fn a_refused_crc_size_fails_the_run() {
     );
     within(server).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_old_server_that_closes_with_frames_unread_is_still_recognised() {
+    // Like a server from before session frames: one read of what has
+    // arrived, status 2 for the session frame, and a close at once, with
+    // the frames the client keeps writing unread: the kernel resets the
+    // connection, and the client's next write fails. The ack is there to
+    // read all the same, and must be read. A race, so ten rounds.
+    for round in 0..10 {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = within(listener.accept()).await.unwrap();
+            let mut first = vec![0u8; 64 * 1024];
+            let read = within(stream.read(&mut first)).await.unwrap();
+            let mut ack = Vec::new();
+            let status = AckStatus::UnsupportedVersion;
+            encode_ack(&Ack { status, seq: 0 }, &mut ack);
+            within(stream.write_all(&ack)).await.unwrap();
+            first.truncate(read);
+            first
+        });
+        let run = client(
+            &[
+                "bench",
+                "--addr",
+                &addr.to_string(),
+                "--frames",
+                "400000",
+                "--size",
+                "64",
+                "--wait-ack",
+                "--window",
+                "400000",
+                "--resend",
+                "--resend-deadline",
+                "1s",
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(run.code, Some(1), "round {round}: {run:?}");
+        assert!(
+            run.stderr.contains("predates session frames"),
+            "round {round}: {run:?}"
+        );
+        assert_eq!(within(server).await.unwrap()[..4], [0, 0, 0, 3]);
+    }
+}
