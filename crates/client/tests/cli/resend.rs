@@ -610,3 +610,32 @@ async fn an_old_server_that_closes_with_frames_unread_is_still_recognised() {
         assert_eq!(within(server).await.unwrap()[..4], [0, 0, 0, 3]);
     }
 }
+
+#[tokio::test]
+async fn bench_prints_the_resend_summary_for_people() {
+    let (addr, server) = collector(1, |_, _| OK).await;
+    let run = client(
+        &[
+            "bench",
+            "--addr",
+            &addr.to_string(),
+            "--frames",
+            "10",
+            "--size",
+            "4",
+            "--wait-ack",
+            "--resend",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("sent 10 frames, 10 acked ok, 0 resent, 0 given up, 0 reconnects"),
+        "{run:?}"
+    );
+    let seen = within(server).await.unwrap();
+    assert_eq!(seen[0].session().first_seq, 0);
+    assert_eq!(seen[0].frames.len(), 10);
+}
