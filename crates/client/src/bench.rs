@@ -17,7 +17,7 @@
 //!   ack. It includes the kernel's buffering, the listener's work and, for
 //!   the later frames of a batch, the time the batch itself takes to go out.
 
-use std::{sync::Arc, time::Duration};
+use std::{process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, anyhow};
 use bytes::{Bytes, BytesMut};
@@ -39,6 +39,7 @@ use crate::{
     deadline::within,
     histogram::Histogram,
     output,
+    resend::{self, Settings, Source, Summary},
 };
 
 /// The most bytes of frames encoded once and written per `write`.
@@ -47,7 +48,8 @@ const BATCH_LEN: usize = 256 * 1024;
 /// The outcome of a run, as printed (`--json` prints exactly these fields).
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Report {
-    /// Frames sent (and acked, with `--wait-ack`) by the connections that succeeded.
+    /// Frames sent (and acked, with `--wait-ack`) by the connections that
+    /// succeeded; with `--resend`, frames acked ok.
     pub(crate) frames: u64,
     /// Their payload bytes.
     pub(crate) payload_bytes: u64,
@@ -65,8 +67,12 @@ pub(crate) struct Report {
     pub(crate) ack_p50_us: Option<u64>,
     /// 99th percentile ack latency in microseconds (`null` without `--wait-ack`).
     pub(crate) ack_p99_us: Option<u64>,
-    /// Connections that failed.
+    /// Connections that failed (with `--resend`: streams that failed).
     pub(crate) errors: u64,
+    /// With `--resend`: sent, acked_ok, resent, given_up, reconnects and
+    /// streams (absent without it).
+    #[serde(flatten)]
+    pub(crate) resend: Option<Summary>,
 }
 
 /// Runs the benchmark and prints its report (human or JSON).
@@ -75,16 +81,22 @@ pub(crate) struct Report {
 ///
 /// When a connection cannot be opened, or after the report when any
 /// connection failed (the first failure is returned).
-pub(crate) async fn run(args: BenchArgs) -> Result<()> {
+pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     let plan = Arc::new(Plan::new(&args)?);
     let dialer = Dialer::new(&args.connect).await?;
+    if args.resend {
+        return run_resending(&args, plan, dialer).await;
+    }
     let streams = try_join_all((0..args.connections).map(|index| {
         let dialer = &dialer;
         async move {
-            dialer
-                .connect()
+            // Connection i starts with listener i, so --servers spreads them.
+            let start = usize::try_from(index).unwrap_or(0);
+            let (_, stream) = dialer
+                .connect_from(start)
                 .await
-                .with_context(|| format!("opening connection {index}"))
+                .with_context(|| format!("opening connection {index}"))?;
+            Ok::<_, anyhow::Error>(stream)
         }
     }))
     .await?;
@@ -125,14 +137,98 @@ pub(crate) async fn run(args: BenchArgs) -> Result<()> {
     } else {
         output::print_human(&report, args.size);
     }
+    first_failure(failures, args.connections).map(|()| ExitCode::SUCCESS)
+}
+
+/// The first of `failures`, saying how many there were; `Ok` when none.
+fn first_failure(failures: Vec<anyhow::Error>, connections: u64) -> Result<()> {
     let failed = failures.len();
     match failures.into_iter().next() {
         None => Ok(()),
         Some(first) => Err(first.context(format!(
-            "{failed} of {} connections failed; the first",
-            args.connections
+            "{failed} of {connections} connections failed; the first"
         ))),
     }
+}
+
+/// `bench --resend`: each connection task is a stream of identical frames
+/// that survives broken connections (see [`crate::resend`]). The clock
+/// starts once the first connections are open, as without `--resend`; a
+/// connection that cannot be opened then is retried by its stream.
+async fn run_resending(args: &BenchArgs, plan: Arc<Plan>, dialer: Dialer) -> Result<ExitCode> {
+    let settings = Settings {
+        window: args.window.unwrap_or(resend::DEFAULT_WINDOW),
+        deadline: Instant::now() + args.resend_deadline,
+    };
+    let dialer = Arc::new(dialer);
+    let opened = futures_util::future::join_all((0..args.connections).map(|index| {
+        let dialer = &dialer;
+        async move {
+            let start = usize::try_from(index).unwrap_or(0);
+            dialer.connect_from(start).await.ok()
+        }
+    }))
+    .await;
+    let progress = output::progress_bar(args.frames, args.json);
+    let started = Instant::now();
+    let tasks: Vec<_> = opened
+        .into_iter()
+        .zip(0..)
+        .map(|(first, index)| {
+            let frames = share(args.frames, args.connections, index);
+            let source = Source::Repeat {
+                frame: plan.frames(1),
+                left: frames,
+            };
+            let (dialer, progress) = (Arc::clone(&dialer), progress.clone());
+            let start = usize::try_from(index).unwrap_or(0);
+            tokio::spawn(async move {
+                resend::run_stream(&dialer, source, settings, first, start, &progress).await
+            })
+        })
+        .collect();
+    let mut streams = Vec::new();
+    let mut failures = Vec::new();
+    for (task, index) in tasks.into_iter().zip(0u64..) {
+        let outcome = task
+            .await
+            .map_err(|error| anyhow!("the task panicked: {error}"))
+            .and_then(|outcome| outcome);
+        match outcome {
+            Ok(stream) => streams.push(stream),
+            Err(error) => failures.push(error.context(format!("connection {index}"))),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+
+    let mut latency = Histogram::default();
+    for stream in &streams {
+        latency.merge(&stream.latency);
+    }
+    let summary = Summary::new(&streams);
+    let mut report = plan.report(
+        summary.tally.acked_ok,
+        seconds,
+        &latency,
+        failures.len() as u64,
+    );
+    report.resend = Some(summary);
+    if args.json {
+        output::print_json(&report)?;
+    } else {
+        output::print_human(&report, args.size);
+    }
+    first_failure(failures, args.connections)?;
+    let given_up = report
+        .resend
+        .as_ref()
+        .map_or(0, |summary| summary.tally.given_up);
+    Ok(if given_up > 0 {
+        ExitCode::from(resend::GAVE_UP_EXIT)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// What every connection sends, encoded once.
@@ -211,6 +307,7 @@ impl Plan {
             ack_p50_us: latency.quantile(0.50),
             ack_p99_us: latency.quantile(0.99),
             errors,
+            resend: None,
         }
     }
 }

@@ -9,32 +9,53 @@ use socks5::Address;
 
 use crate::{cli::ConnectArgs, deadline::within};
 
-/// Opens connections to `--addr`, the same way each time: `bench` builds one
-/// and dials it once per connection, so the proxy is resolved only once.
+/// Opens connections to `--addr` or `--servers`, the same way each time:
+/// `bench` builds one and dials it once per connection, so the proxy is
+/// resolved only once.
 #[derive(Debug)]
 pub(crate) struct Dialer {
-    addr: String,
+    /// The listeners, in the order given; never empty.
+    targets: Vec<Target>,
     proxy: Option<Proxy>,
     timeout: Duration,
 }
 
-/// A resolved SOCKS5 proxy and what to ask it for.
+/// One listener: its name as given, and what to ask a SOCKS5 proxy for.
+#[derive(Debug)]
+struct Target {
+    name: String,
+    socks: Address,
+}
+
+/// A resolved SOCKS5 proxy and how to log in.
 #[derive(Debug)]
 struct Proxy {
     name: String,
     addr: SocketAddr,
-    target: Address,
     credentials: Option<(String, String)>,
 }
 
 impl Dialer {
-    /// Checks `--addr` and resolves the proxy, if any.
+    /// Checks `--addr` (or each of `--servers`) and resolves the proxy, if any.
     ///
     /// # Errors
     ///
-    /// When the proxy cannot be resolved or `--addr` is not HOST:PORT.
+    /// When the proxy cannot be resolved, a target is not HOST:PORT, or
+    /// there is no target.
     pub(crate) async fn new(args: &ConnectArgs) -> Result<Self> {
-        let target = parse_target(&args.addr)?;
+        let targets = args
+            .targets()
+            .into_iter()
+            .map(|name| {
+                Ok(Target {
+                    socks: parse_target(&name)?,
+                    name,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if targets.is_empty() {
+            bail!("no listener to connect to: give --addr or --servers");
+        }
         let proxy = match &args.socks5 {
             None => None,
             Some(name) => Some(Proxy {
@@ -42,12 +63,11 @@ impl Dialer {
                     .await
                     .with_context(|| format!("resolving the SOCKS5 proxy {name}"))?,
                 name: name.clone(),
-                target,
                 credentials: args.proxy_user.clone().zip(args.proxy_password.clone()),
             }),
         };
         Ok(Self {
-            addr: args.addr.clone(),
+            targets,
             proxy,
             timeout: args.timeout,
         })
@@ -58,30 +78,67 @@ impl Dialer {
         self.timeout
     }
 
-    /// Opens one connection to the listener, with `TCP_NODELAY` set: the
-    /// client batches its writes itself, and a batch's last segment should
-    /// not wait for an ack.
+    /// The name of listener `index` (modulo their number), as given.
+    pub(crate) fn name(&self, index: usize) -> &str {
+        self.targets
+            .get(index % self.targets.len().max(1))
+            .map_or("", |target| target.name.as_str())
+    }
+
+    /// Opens one connection, trying the listeners in turn from `start`
+    /// (modulo their number) until one takes it. Returns the index of that
+    /// listener and the connection.
     ///
     /// # Errors
     ///
-    /// When the connection (or the proxy's handshake) fails or times out.
-    pub(crate) async fn connect(&self) -> Result<TcpStream> {
+    /// When every listener failed: the one error of a single listener, or
+    /// every listener's error, in the order tried.
+    pub(crate) async fn connect_from(&self, start: usize) -> Result<(usize, TcpStream)> {
+        let count = self.targets.len();
+        let mut errors = Vec::new();
+        for step in 0..count {
+            let index = (start + step) % count;
+            let Some(target) = self.targets.get(index) else {
+                continue;
+            };
+            match self.connect_to(target).await {
+                Ok(stream) => return Ok((index, stream)),
+                Err(error) => errors.push(error),
+            }
+        }
+        if errors.len() == 1
+            && let Some(error) = errors.pop()
+        {
+            return Err(error);
+        }
+        let each: Vec<String> = errors.iter().map(|error| format!("{error:#}")).collect();
+        bail!(
+            "no listener took the connection ({} tried): {}",
+            each.len(),
+            each.join("; ")
+        )
+    }
+
+    /// Opens one connection to `target`, with `TCP_NODELAY` set: the client
+    /// batches its writes itself, and a batch's last segment should not wait
+    /// for an ack.
+    async fn connect_to(&self, target: &Target) -> Result<TcpStream> {
         let stream = match &self.proxy {
-            None => within(self.timeout, TcpStream::connect(&self.addr))
+            None => within(self.timeout, TcpStream::connect(&target.name))
                 .await
-                .with_context(|| format!("connecting to {}", self.addr))?,
+                .with_context(|| format!("connecting to {}", target.name))?,
             Some(proxy) => {
                 let credentials = proxy
                     .credentials
                     .as_ref()
                     .map(|(user, password)| (user.as_str(), password.as_str()));
                 let (stream, _bound) =
-                    socks5::client::connect(proxy.addr, &proxy.target, credentials, self.timeout)
+                    socks5::client::connect(proxy.addr, &target.socks, credentials, self.timeout)
                         .await
                         .with_context(|| {
                             format!(
                                 "connecting to {} through the SOCKS5 proxy {}",
-                                self.addr, proxy.name
+                                target.name, proxy.name
                             )
                         })?;
                 stream
@@ -101,20 +158,20 @@ async fn resolve(name: &str, timeout: Duration) -> Result<SocketAddr> {
         .context("the name has no address")
 }
 
-/// The SOCKS5 address of `--addr`: an IP address when it is one, otherwise
+/// The SOCKS5 address of a listener (`--addr` or one of `--servers`): an IP address when it is one, otherwise
 /// a domain name that the proxy resolves.
 fn parse_target(addr: &str) -> Result<Address> {
     if let Ok(ip) = addr.parse::<SocketAddr>() {
         return Ok(Address::Ip(ip));
     }
     let Some((host, port)) = addr.rsplit_once(':') else {
-        bail!("--addr {addr:?} is not HOST:PORT");
+        bail!("{addr:?} is not HOST:PORT");
     };
     let port: u16 = port
         .parse()
-        .with_context(|| format!("--addr {addr:?}: {port:?} is not a port number"))?;
+        .with_context(|| format!("{addr:?}: {port:?} is not a port number"))?;
     if host.is_empty() || host.len() > usize::from(u8::MAX) || host.contains(':') {
-        bail!("--addr {addr:?}: {host:?} is not a host name SOCKS5 can carry");
+        bail!("{addr:?}: {host:?} is not a host name SOCKS5 can carry");
     }
     Ok(Address::Domain(host.to_owned(), port))
 }

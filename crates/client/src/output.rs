@@ -9,6 +9,7 @@ use std::io::{IsTerminal, Write};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 
 use crate::bench::Report;
 
@@ -32,7 +33,7 @@ pub(crate) fn progress_bar(frames: u64, json: bool) -> ProgressBar {
 /// # Errors
 ///
 /// When stdout cannot be written.
-pub(crate) fn print_json(report: &Report) -> Result<()> {
+pub(crate) fn print_json(report: &impl Serialize) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     serde_json::to_writer(&mut stdout, report).context("writing the report")?;
     writeln!(stdout).context("writing the report")
@@ -50,6 +51,9 @@ pub(crate) fn print_human(report: &Report, payload_len: usize) {
     );
     if let (Some(p50), Some(p99)) = (report.ack_p50_us, report.ack_p99_us) {
         println!("ack latency: p50 {p50} µs, p99 {p99} µs");
+    }
+    if let Some(summary) = &report.resend {
+        println!("{}", summary.human());
     }
     if report.errors > 0 {
         println!("{} connections failed", report.errors);

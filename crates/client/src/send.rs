@@ -1,15 +1,17 @@
 //! `client send`: frames from arguments, a file or the lines of stdin,
 //! written in batches, with the acks optionally read and checked.
 
-use std::time::Duration;
+use std::{process::ExitCode, time::Duration};
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::BytesMut;
+use indicatif::ProgressBar;
 use proto::encode_frame;
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader},
     net::tcp::OwnedWriteHalf,
     sync::watch,
+    time::Instant,
 };
 
 use crate::{
@@ -20,6 +22,8 @@ use crate::{
     cli::{FormatArgs, Input, SendArgs},
     connect::Dialer,
     deadline::within,
+    output,
+    resend::{self, Settings, Source, Summary},
 };
 
 /// Frames are encoded into one buffer and written once it holds this much:
@@ -39,28 +43,22 @@ const PREVIEW_LEN: usize = 32;
 ///
 /// When the input cannot be read, the connection fails or times out, or
 /// (with `--wait-ack`) an ack is missing, out of order or not ok.
-pub(crate) async fn run(args: SendArgs) -> Result<()> {
+pub(crate) async fn run(args: SendArgs) -> Result<ExitCode> {
+    if args.resend {
+        return send_resending(&args).await;
+    }
     if args.input.stdin_lines {
-        return send_lines(&args).await;
+        return send_lines(&args).await.map(|()| ExitCode::SUCCESS);
     }
     let payloads = read_payloads(&args.input).await?;
-    let too_long = u32::MAX as usize - args.format.crc_size.len();
-    if let Some((index, payload)) = payloads
-        .iter()
-        .enumerate()
-        .find(|(_, p)| p.len() > too_long)
-    {
-        bail!(
-            "frame {index}: a payload of {} bytes does not fit in one frame",
-            payload.len()
-        );
-    }
+    check_lengths(&payloads, args.format)?;
     let dialer = Dialer::new(&args.connect).await?;
     let timeout = dialer.timeout();
-    let (mut reader, mut writer) = dialer.connect().await?.into_split();
+    let (used, stream) = dialer.connect_from(0).await?;
+    let (mut reader, mut writer) = stream.into_split();
     let writing = write_frames(&mut writer, &payloads, args.format, timeout);
     let frames = payloads.len() as u64;
-    let addr = &args.connect.addr;
+    let addr = dialer.name(used);
     let wire_len = if args.wait_ack {
         let acks = async {
             read_acks(&mut reader, frames, timeout, |_| {})
@@ -86,7 +84,66 @@ pub(crate) async fn run(args: SendArgs) -> Result<()> {
         String::new()
     };
     eprintln!("sent {frames} frames ({wire_len} bytes){acked}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fails when a payload does not fit in one frame.
+fn check_lengths(payloads: &[Vec<u8>], format: FormatArgs) -> Result<()> {
+    let too_long = u32::MAX as usize - format.crc_size.len();
+    if let Some((index, payload)) = payloads
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.len() > too_long)
+    {
+        bail!(
+            "frame {index}: a payload of {} bytes does not fit in one frame",
+            payload.len()
+        );
+    }
     Ok(())
+}
+
+/// `client send --resend`: the frames as one stream that survives broken
+/// connections (see [`crate::resend`]). Prints the summary on stderr, or as
+/// JSON on stdout with `--json`; exit status 4 when frames were given up.
+async fn send_resending(args: &SendArgs) -> Result<ExitCode> {
+    let source = if args.input.stdin_lines {
+        Source::lines(args.format)
+    } else {
+        let payloads = read_payloads(&args.input).await?;
+        check_lengths(&payloads, args.format)?;
+        let mut frames = Vec::with_capacity(payloads.len());
+        for (index, payload) in payloads.iter().enumerate() {
+            let mut frame = BytesMut::new();
+            encode_frame(
+                args.format.version,
+                args.format.crc_size,
+                payload,
+                &mut frame,
+            )
+            .with_context(|| format!("encoding frame {index}"))?;
+            frames.push(frame.freeze());
+        }
+        Source::List(frames.into_iter())
+    };
+    let settings = Settings {
+        window: resend::DEFAULT_WINDOW,
+        deadline: Instant::now() + args.resend_deadline,
+    };
+    let dialer = Dialer::new(&args.connect).await?;
+    let progress = ProgressBar::hidden();
+    let stream = resend::run_stream(&dialer, source, settings, None, 0, &progress).await?;
+    let summary = Summary::new(&[stream]);
+    if args.json {
+        output::print_json(&summary)?;
+    } else {
+        eprintln!("{}", summary.human());
+    }
+    Ok(if summary.tally.given_up > 0 {
+        ExitCode::from(resend::GAVE_UP_EXIT)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The payloads, one per frame.
@@ -111,11 +168,12 @@ async fn read_payloads(input: &Input) -> Result<Vec<Vec<u8>>> {
 async fn send_lines(args: &SendArgs) -> Result<()> {
     let dialer = Dialer::new(&args.connect).await?;
     let timeout = dialer.timeout();
-    let (mut reader, mut writer) = dialer.connect().await?.into_split();
+    let (used, stream) = dialer.connect_from(0).await?;
+    let (mut reader, mut writer) = stream.into_split();
     let (progress, sent) = watch::channel(Sent::default());
     let stdin = BufReader::with_capacity(BATCH_LEN, tokio::io::stdin());
     let writing = write_lines(stdin, &mut writer, args.format, timeout, &progress);
-    let addr = &args.connect.addr;
+    let addr = dialer.name(used);
     let (wire_len, acked) = if args.wait_ack {
         let acks = async {
             read_acks_streaming(&mut reader, sent, timeout)

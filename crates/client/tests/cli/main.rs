@@ -4,6 +4,7 @@
 
 mod bench;
 mod read;
+mod resend;
 mod send;
 mod socks;
 mod support;

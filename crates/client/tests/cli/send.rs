@@ -348,3 +348,36 @@ async fn stdin_lines_name_the_rejected_line() {
         "{run:?}"
     );
 }
+
+#[tokio::test]
+async fn servers_are_tried_in_turn_until_one_takes_the_connection() {
+    let refused = testkit::free_loopback_port().unwrap().to_string();
+    let (addr, server) = frame_server(1, |_| Reply::Ack(AckStatus::Ok)).await;
+    let servers = format!("{refused},{addr}");
+    let run = client(
+        &["send", "--servers", &servers, "--wait-ack", "x", "y"],
+        None,
+    )
+    .await;
+    assert!(run.success, "{run:?}");
+    assert!(run.stderr.contains("2 acked ok"), "{run:?}");
+    assert_eq!(payloads(&within(server).await.unwrap()[0]), ["x", "y"]);
+}
+
+#[tokio::test]
+async fn names_every_server_when_none_takes_the_connection() {
+    let first = testkit::free_loopback_port().unwrap().to_string();
+    let second = testkit::free_loopback_port().unwrap().to_string();
+    let servers = format!("{first},{second}");
+    let run = client(&["send", "--servers", &servers, "a"], None).await;
+    assert_eq!(run.code, Some(1), "{run:?}");
+    assert!(run.stderr.contains("2 tried"), "{run:?}");
+    assert!(
+        run.stderr.contains(&format!("connecting to {first}")),
+        "{run:?}"
+    );
+    assert!(
+        run.stderr.contains(&format!("connecting to {second}")),
+        "{run:?}"
+    );
+}

@@ -245,3 +245,39 @@ async fn bench_runs_through_the_proxy() {
     );
     assert_eq!(within(proxy).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn bench_asks_the_proxy_for_each_of_the_servers() {
+    let (server_addr, server) = frame_server(2, |_| Reply::Ack(AckStatus::Ok)).await;
+    let (proxy_addr, proxy) = socks_proxy(2, None, server_addr).await;
+    let run = client(
+        &[
+            "bench",
+            "--servers",
+            "first.test:7001,second.test:7002",
+            "--socks5",
+            &proxy_addr.to_string(),
+            "--frames",
+            "10",
+            "--size",
+            "8",
+            "--connections",
+            "2",
+            "--wait-ack",
+            "--json",
+        ],
+        None,
+    )
+    .await;
+    assert!(run.success, "{run:?}");
+    within(server).await.unwrap();
+    let mut requested = within(proxy).await.unwrap();
+    requested.sort();
+    assert_eq!(
+        requested,
+        [
+            Some("first.test:7001".to_owned()),
+            Some("second.test:7002".to_owned())
+        ]
+    );
+}
