@@ -8,12 +8,16 @@
 //!   functions. No I/O, no panics on any input.
 //! - [`Error`]: the one error type, and [`Error::reply`], the one place that maps an error to a
 //!   reply code.
-//! - [`serve`] with [`ServerOptions`]: one server session on an accepted connection
-//!   (negotiation, login, CONNECT, BIND, UDP ASSOCIATE, relaying) ending in a
-//!   [`SessionReport`]. The caller binds, accepts, limits the number of sessions and logs the
-//!   report; this crate never binds a listening socket of its own except BIND's and UDP
-//!   ASSOCIATE's.
-//! - [`AuthPolicy`]: who must log in; passwords are compared in constant time.
+//! - [`serve`] with [`ServerOptions`] (built by [`ServerOptions::builder`]): one server session
+//!   on an accepted connection, over any `AsyncRead + AsyncWrite` stream (negotiation, login,
+//!   CONNECT, BIND, UDP ASSOCIATE, relaying) ending in a [`SessionReport`]. The caller binds,
+//!   accepts, limits the number of sessions and logs the report; this crate never binds a
+//!   listening socket of its own except BIND's and UDP ASSOCIATE's.
+//! - [`core`]: the proxy core every front door shares: judge the client, the name, resolve,
+//!   judge each address, connect through a [`Connector`] ([`DirectConnector`] by default),
+//!   relay (splice(2) when both ends are TCP sockets).
+//! - [`Authenticator`]: who must log in and checking logins, returning the user; the default
+//!   is [`AuthPolicy`], whose passwords are compared in constant time.
 //! - [`Rules`]: ordered allow/deny rules on client networks, destination networks, domain
 //!   patterns and ports, behind a built-in rule that always refuses unspecified, broadcast
 //!   and multicast destinations ([`Rules::never_allowed`]). A CONNECT to the server's own
@@ -67,6 +71,7 @@
 
 mod auth;
 pub mod client;
+pub mod core;
 mod error;
 mod framing;
 mod relay;
@@ -76,9 +81,10 @@ mod server;
 mod udp;
 pub mod wire;
 
-pub use auth::{AuthPolicy, LoginFailure};
+pub use auth::{AuthFuture, AuthPolicy, Authenticator, LoginFailure};
+pub use core::{ConnectFuture, Connector, DirectConnector, Outbound, ProxyStream};
 pub use error::Error;
 pub use resolve::{MAX_SYSTEM_LOOKUPS, ResolveFuture, Resolver, StaticResolver, SystemResolver};
 pub use rules::{Action, DomainPattern, Rule, Rules, networks_cover_family};
-pub use server::{Commands, ServerOptions, SessionReport, serve, sniff};
+pub use server::{Commands, ServerOptions, ServerOptionsBuilder, SessionReport, serve, sniff};
 pub use wire::{Address, Command, Reply};

@@ -33,8 +33,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::UdpSocket;
 use tokio::task::{self, JoinError, JoinSet};
 use tokio::time::{Instant, sleep, timeout};
 use tracing::{Instrument, debug};
@@ -64,7 +64,13 @@ const MAX_WAITING: usize = 16;
 const MAX_WAITING_BYTES: usize = 64 * 1024;
 
 /// Runs a UDP association for `session` until it ends.
-pub(crate) async fn associate(session: &mut Session<'_>, requested: &Address) -> Result<(), Error> {
+pub(crate) async fn associate<S>(
+    session: &mut Session<'_, S>,
+    requested: &Address,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (socket, advertised) = match open(session).await {
         Ok(opened) => opened,
         Err(error) => return Err(session.fail(error).await),
@@ -98,9 +104,13 @@ pub(crate) async fn associate(session: &mut Session<'_>, requested: &Address) ->
 }
 
 /// Binds the relay socket; returns it and the address for the reply.
-async fn open(session: &Session<'_>) -> Result<(UdpSocket, SocketAddr), Error> {
-    let local_ip = session.stream.local_addr()?.ip().to_canonical();
-    let bind_ip = session.options.outbound_bind.unwrap_or(local_ip);
+async fn open<S>(session: &Session<'_, S>) -> Result<(UdpSocket, SocketAddr), Error> {
+    let (bind_ip, local_ip) = match (session.options.outbound_bind, session.local) {
+        (Some(bind), Some(local)) => (bind, local.ip().to_canonical()),
+        (None, Some(local)) => (local.ip().to_canonical(), local.ip().to_canonical()),
+        (Some(bind), None) => (bind, bind),
+        (None, None) => return Err(Error::Io(crate::server::no_local_address())),
+    };
     let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
     let bound = socket.local_addr()?;
     let ip = match session.options.udp_advertise {
@@ -167,7 +177,7 @@ async fn other_readable(other: &Other) -> io::Result<()> {
 }
 
 impl Association<'_> {
-    async fn run(&mut self, control: &mut TcpStream) -> Result<(), Error> {
+    async fn run<C: AsyncRead + Unpin>(&mut self, control: &mut C) -> Result<(), Error> {
         let limit = self.options.idle_timeout;
         let idle = sleep(limit);
         tokio::pin!(idle);

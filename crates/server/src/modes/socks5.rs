@@ -444,32 +444,32 @@ impl Socks5 {
             }
         };
         let has = |c| config.commands.contains(&c);
-        let options = socks5::ServerOptions {
-            handshake_timeout: config.handshake_timeout,
-            connect_timeout: config.connect_timeout,
-            idle_timeout: config.idle_timeout,
-            bind_timeout: config.bind_timeout,
-            commands: socks5::Commands {
+        // A CONNECT to this listener, or to another proxy listener of this server, would loop
+        // back into it (port 0: the port a client reached, for this listener only).
+        let listen_addresses = std::iter::once(config.bind)
+            .chain(
+                proxies
+                    .iter()
+                    .copied()
+                    .filter(|other| *other != config.bind && other.port() != 0),
+            )
+            .collect();
+        let options = socks5::ServerOptions::builder()
+            .handshake_timeout(config.handshake_timeout)
+            .connect_timeout(config.connect_timeout)
+            .idle_timeout(config.idle_timeout)
+            .bind_timeout(config.bind_timeout)
+            .commands(socks5::Commands {
                 connect: has(CommandName::Connect),
                 bind: has(CommandName::Bind),
                 udp_associate: has(CommandName::UdpAssociate),
-            },
-            auth: Arc::new(auth),
-            rules: Arc::new(config.rules()?),
-            udp_advertise: config.udp_advertise,
-            outbound_bind: config.outbound_bind,
-            // A CONNECT to this listener, or to another proxy listener of this server, would
-            // loop back into it (port 0: the port a client reached, for this listener only).
-            listen_addresses: std::iter::once(config.bind)
-                .chain(
-                    proxies
-                        .iter()
-                        .copied()
-                        .filter(|other| *other != config.bind && other.port() != 0),
-                )
-                .collect(),
-            ..socks5::ServerOptions::default()
-        };
+            })
+            .authenticator(auth)
+            .rules(config.rules()?)
+            .udp_advertise(config.udp_advertise)
+            .outbound_bind(config.outbound_bind)
+            .listen_addresses(listen_addresses)
+            .build();
         Ok(Self { options, stats })
     }
 

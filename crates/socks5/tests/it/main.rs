@@ -6,6 +6,7 @@ mod auth;
 mod bind;
 mod bypass;
 mod connect;
+mod embed;
 mod handshake;
 mod harness;
 mod replies;
