@@ -182,8 +182,10 @@ impl Opened {
 ///
 /// The client is judged first ([`crate::Rules::admits`]), then a name by name before it is
 /// resolved ([`crate::Rules::check_name`]). Then the name is resolved, each address judged
-/// (a denied one is never attempted), and the allowed ones are tried through
-/// `options.connector`.
+/// (a denied one is never attempted), and the allowed ones are connected through
+/// `options.connector` with Happy Eyeballs (RFC 8305): IPv6 and IPv4 interleaved, IPv6 first,
+/// the next attempt started after `options.happy_eyeballs_delay` or at once when one fails,
+/// the first to connect kept and the others dropped.
 ///
 /// # Errors
 ///

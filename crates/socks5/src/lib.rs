@@ -56,7 +56,6 @@
 //! - GSSAPI (method X'01', RFC 1961) and any method but X'00' and X'02'.
 //! - UDP fragmentation (RFC 1928 §7 makes it optional): datagrams with FRAG ≠ 0 are dropped.
 //! - SOCKS4/4a and HTTP proxying: such greetings are recognised for the log and closed.
-//! - Happy Eyeballs: the addresses of a name are tried one after another.
 //! - Configuration files, listening sockets, connection limits and logging the session line:
 //!   those belong to the server crate.
 #![cfg_attr(

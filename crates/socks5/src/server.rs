@@ -89,10 +89,17 @@ pub struct ServerOptions {
     /// The greeting, the login and the request together must arrive within this, counted from
     /// the start of the session. Default: 10 s.
     pub handshake_timeout: Duration,
-    /// Resolving a CONNECT destination and connecting to it, trying every resolved address in
-    /// turn, share this one deadline: a client waits at most this long for its reply. Default:
+    /// Resolving a CONNECT destination and connecting to it, trying every resolved address,
+    /// share this one deadline: a client waits at most this long for its reply. Default:
     /// 10 s.
     pub connect_timeout: Duration,
+    /// Happy Eyeballs (RFC 8305): when a name has several allowed addresses, the next attempt
+    /// starts after this long without a connection (or at once when an attempt fails); the
+    /// addresses alternate between IPv6 and IPv4, IPv6 first, and the first to connect wins.
+    /// Zero turns the race off: the addresses are tried one after another in the resolver's
+    /// order, each once the previous failed. Default: 250 ms (RFC 8305 §8 recommends 250 ms,
+    /// and at least 100 ms).
+    pub happy_eyeballs_delay: Duration,
     /// A TCP relay with no byte moving either way for this long ends, and so does a UDP
     /// association with no datagram. Default: 5 min.
     pub idle_timeout: Duration,
@@ -141,6 +148,7 @@ impl Default for ServerOptions {
         ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            happy_eyeballs_delay: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(5 * 60),
             bind_timeout: Duration::from_secs(2 * 60),
             commands: Commands::default(),
@@ -179,6 +187,12 @@ impl ServerOptionsBuilder {
     /// [`ServerOptions::connect_timeout`].
     pub fn connect_timeout(mut self, limit: Duration) -> Self {
         self.0.connect_timeout = limit;
+        self
+    }
+
+    /// [`ServerOptions::happy_eyeballs_delay`].
+    pub fn happy_eyeballs_delay(mut self, delay: Duration) -> Self {
+        self.0.happy_eyeballs_delay = delay;
         self
     }
 
@@ -272,6 +286,7 @@ impl fmt::Debug for ServerOptions {
         f.debug_struct("ServerOptions")
             .field("handshake_timeout", &self.handshake_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("happy_eyeballs_delay", &self.happy_eyeballs_delay)
             .field("idle_timeout", &self.idle_timeout)
             .field("bind_timeout", &self.bind_timeout)
             .field("commands", &self.commands)
@@ -671,6 +686,7 @@ mod tests {
         let options = ServerOptions::default();
         assert_eq!(options.handshake_timeout, Duration::from_secs(10));
         assert_eq!(options.connect_timeout, Duration::from_secs(10));
+        assert_eq!(options.happy_eyeballs_delay, Duration::from_millis(250));
         assert_eq!(options.idle_timeout, Duration::from_secs(300));
         assert_eq!(options.bind_timeout, Duration::from_secs(120));
         assert_eq!(

@@ -60,6 +60,10 @@ pub struct Socks5Config {
     /// Outbound connects give up after this.
     #[serde(default = "ten_seconds", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Happy Eyeballs (RFC 8305): the next address of a name is tried after this without a
+    /// connection; `0s`: one address after another.
+    #[serde(default = "happy_eyeballs_delay", with = "humantime_serde")]
+    pub happy_eyeballs_delay: Duration,
     /// A tunnel or UDP association with no traffic for this long is closed.
     #[serde(default = "five_minutes", with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -198,6 +202,11 @@ fn all_commands() -> Vec<CommandName> {
 fn ten_seconds() -> Duration {
     Duration::from_secs(10)
 }
+fn happy_eyeballs_delay() -> Duration {
+    Duration::from_millis(250)
+}
+/// The shortest `happy_eyeballs_delay` but `0s` (off): RFC 8305 §5 sets 10 ms as the floor.
+const MIN_HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(10);
 fn five_minutes() -> Duration {
     Duration::from_secs(300)
 }
@@ -261,6 +270,19 @@ impl Socks5Config {
             ("bind_timeout", self.bind_timeout),
         ] {
             check_duration(key, value, MIN_TIMEOUT, MAX_DURATION)?;
+        }
+        let delay = self.happy_eyeballs_delay;
+        if !delay.is_zero() && !(MIN_HAPPY_EYEBALLS_DELAY..=MAX_DURATION).contains(&delay) {
+            let show = humantime_serde::re::humantime::format_duration;
+            return Err(invalid(
+                "happy_eyeballs_delay",
+                format!(
+                    "{} is out of range: it must be \"0s\" (one address after another) or {} to {}",
+                    show(delay),
+                    show(MIN_HAPPY_EYEBALLS_DELAY),
+                    show(MAX_DURATION)
+                ),
+            ));
         }
         if let Some(max_connections) = self.max_connections {
             check_count(
@@ -457,6 +479,7 @@ impl Socks5 {
         let options = socks5::ServerOptions::builder()
             .handshake_timeout(config.handshake_timeout)
             .connect_timeout(config.connect_timeout)
+            .happy_eyeballs_delay(config.happy_eyeballs_delay)
             .idle_timeout(config.idle_timeout)
             .bind_timeout(config.bind_timeout)
             .commands(socks5::Commands {
@@ -599,6 +622,29 @@ mod tests {
         assert_eq!(connections_for_fd_limit(1024), 480);
         assert_eq!(connections_for_fd_limit(10), 1);
         assert_eq!(connections_for_fd_limit(u64::MAX), 65_536);
+    }
+
+    fn with_delay(delay: &str) -> anyhow::Result<Socks5Config> {
+        let text = format!("bind = \"127.0.0.1:0\"\nhappy_eyeballs_delay = {delay}\n");
+        let config: Socks5Config = toml::from_str(&text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn happy_eyeballs_delay_is_off_or_10ms_to_30days() {
+        let default: Socks5Config = toml::from_str("bind = \"127.0.0.1:0\"").unwrap();
+        assert_eq!(default.happy_eyeballs_delay, Duration::from_millis(250));
+        for ok in ["\"0s\"", "\"10ms\"", "\"250ms\"", "\"30days\""] {
+            assert!(with_delay(ok).is_ok(), "{ok}");
+        }
+        for bad in ["\"9ms 999us\"", "\"1ns\"", "\"30days 1ns\""] {
+            let message = format!("{:#}", with_delay(bad).unwrap_err());
+            assert!(
+                message.contains("happy_eyeballs_delay") && message.contains("or 10ms to 30days"),
+                "{bad}: {message}"
+            );
+        }
     }
 
     #[test]

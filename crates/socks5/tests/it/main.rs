@@ -7,6 +7,7 @@ mod bind;
 mod bypass;
 mod connect;
 mod embed;
+mod eyeballs;
 mod handshake;
 mod harness;
 mod replies;
