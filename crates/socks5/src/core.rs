@@ -10,6 +10,7 @@
 
 mod eyeballs;
 mod own;
+mod upstream;
 
 use std::any::Any;
 use std::fmt;
@@ -27,6 +28,7 @@ use tracing::debug;
 use crate::resolve::lookup;
 use crate::rules::Action;
 use crate::server::ServerOptions;
+use crate::via::{Upstream, Via};
 use crate::wire::Address;
 use crate::{Error, relay as tcp_relay};
 
@@ -181,9 +183,11 @@ impl Opened {
 /// Judges `request` by `options.rules` and opens it, all within `options.connect_timeout`.
 ///
 /// The client is judged first ([`crate::Rules::admits`]), then a name by name before it is
-/// resolved ([`crate::Rules::check_name`]). Then the name is resolved, each address judged
-/// (a denied one is never attempted), and the allowed ones are connected through
-/// `options.connector` with Happy Eyeballs (RFC 8305): IPv6 and IPv4 interleaved, IPv6 first,
+/// resolved ([`crate::Rules::check_name`]): a name allowed by a rule (or a default) whose
+/// `via` names an upstream proxy goes there unresolved. Otherwise the name is resolved, each
+/// address judged (a denied one is never attempted), and the allowed ones are connected,
+/// through `options.connector` or the upstream of the rule that allowed them, with Happy
+/// Eyeballs (RFC 8305): IPv6 and IPv4 interleaved, IPv6 first,
 /// the next attempt started after `options.happy_eyeballs_delay` or at once when one fails,
 /// the first to connect kept and the others dropped.
 ///
@@ -191,7 +195,7 @@ impl Opened {
 ///
 /// [`Error::ClientDenied`] or [`Error::Denied`] (X'02'), [`Error::OwnAddress`] (X'02'),
 /// [`Error::Resolve`] (X'04'), [`Error::ConnectTimeout`] (X'04'), [`Error::Connect`] by its
-/// kind.
+/// kind, [`Error::Upstream`] or [`Error::UpstreamStatus`] for a failure through an upstream.
 pub async fn open(options: &ServerOptions, request: &Request<'_>) -> Result<Opened, Error> {
     let client = request.client.to_canonical();
     if !options.rules.admits(client) {
@@ -204,30 +208,38 @@ pub async fn open(options: &ServerOptions, request: &Request<'_>) -> Result<Open
         let candidates = match destination {
             Address::Ip(address) => {
                 let address = SocketAddr::new(address.ip().to_canonical(), address.port());
-                if options
+                let verdict = options
                     .rules
-                    .check(client, None, address.ip(), address.port())
-                    == Action::Deny
-                {
+                    .route(client, None, address.ip(), address.port());
+                if verdict.action == Action::Deny {
                     return Err(denied(destination));
                 }
-                vec![address]
+                vec![(address, upstream_of(verdict.via, &options.via))]
             }
             Address::Domain(host, port) => {
-                if options.rules.check_name(client, host, *port) == Some(Action::Deny) {
-                    return Err(denied(destination));
+                match options.rules.route_name(client, host, *port) {
+                    Some(verdict) if verdict.action == Action::Deny => {
+                        return Err(denied(destination));
+                    }
+                    Some(verdict) => {
+                        if let Some(upstream) = upstream_of(verdict.via, &options.via) {
+                            // Allowed by name: the upstream resolves the name itself.
+                            return upstream::open(upstream, destination, options).await;
+                        }
+                    }
+                    None => {}
                 }
                 let mut allowed = Vec::new();
                 for address in lookup(&*options.resolver, host, *port).await? {
-                    if options
-                        .rules
-                        .check(client, Some(host), address.ip(), address.port())
-                        == Action::Deny
-                    {
+                    let verdict =
+                        options
+                            .rules
+                            .route(client, Some(host), address.ip(), address.port());
+                    if verdict.action == Action::Deny {
                         debug!(%host, %address, "rules deny this address of the name");
                         continue;
                     }
-                    allowed.push(address);
+                    allowed.push((address, upstream_of(verdict.via, &options.via)));
                 }
                 if allowed.is_empty() {
                     return Err(denied(destination));
@@ -245,19 +257,33 @@ pub async fn open(options: &ServerOptions, request: &Request<'_>) -> Result<Open
         })?
 }
 
+/// The upstream a request goes through: the deciding rule's `via`, else the server's; `direct`
+/// at either level means none.
+fn upstream_of<'a>(rule: Option<&'a Via>, server: &'a Via) -> Option<&'a Upstream> {
+    match rule.unwrap_or(server) {
+        Via::Direct => None,
+        Via::Upstream(upstream) => Some(upstream),
+    }
+}
+
 fn denied(destination: &Address) -> Error {
     Error::Denied {
         target: destination.clone(),
     }
 }
 
-/// One attempt: connects to `address` through the connector, unless it is, or turns out to
-/// be, one of the server's own listeners.
+/// One attempt: connects to `address` through `via` (the address, not a name, goes to the
+/// upstream), or through the connector unless it is, or turns out to be, one of the server's
+/// own listeners.
 pub(crate) async fn attempt(
     address: SocketAddr,
+    via: Option<&Upstream>,
     options: &ServerOptions,
     own: &OwnListeners,
 ) -> Result<Opened, Error> {
+    if let Some(upstream) = via {
+        return upstream::open(upstream, &Address::Ip(address), options).await;
+    }
     if own.reached_by(address, None)
         || (own.wildcard_on(address.port()) && own::is_local_address(address.ip()))
     {

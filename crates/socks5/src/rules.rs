@@ -8,6 +8,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 
 use crate::Error;
+use crate::via::Via;
 
 /// What a rule (or the default) does with a matching request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -130,6 +131,19 @@ pub struct Rule {
     pub domains: Vec<DomainPattern>,
     /// Destination port ranges.
     pub ports: Vec<RangeInclusive<u16>>,
+    /// For an allow rule: how matching requests leave (`None`: as the server's
+    /// [`crate::ServerOptions::via`] says).
+    pub via: Option<Via>,
+}
+
+/// What the rules decided for a request: the action, and the `via` of the rule that decided
+/// (`None` when the default decided, the rule has none, or the built-in rule refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict<'a> {
+    /// Allow or deny.
+    pub action: Action,
+    /// The deciding rule's `via`.
+    pub via: Option<&'a Via>,
 }
 
 impl Rule {
@@ -143,6 +157,7 @@ impl Rule {
             destinations: vec![],
             domains: vec![],
             ports: vec![],
+            via: None,
         }
     }
 
@@ -226,14 +241,44 @@ impl Rules {
     /// [`Rules::never_allowed`] names, whatever the rules say.
     #[must_use]
     pub fn check(&self, client: IpAddr, domain: Option<&str>, ip: IpAddr, port: u16) -> Action {
+        self.route(client, domain, ip, port).action
+    }
+
+    /// As [`Rules::check`], with the deciding rule's `via`.
+    #[must_use]
+    pub fn route(
+        &self,
+        client: IpAddr,
+        domain: Option<&str>,
+        ip: IpAddr,
+        port: u16,
+    ) -> Verdict<'_> {
         let (client, ip) = (client.to_canonical(), ip.to_canonical());
         if Rules::never_allowed(ip) {
-            return Action::Deny;
+            return Verdict {
+                action: Action::Deny,
+                via: None,
+            };
         }
-        self.rules
-            .iter()
-            .find(|rule| rule.matches(client, domain, Some(ip), port) == Some(true))
-            .map_or(self.default, |rule| rule.action)
+        self.decide(
+            self.rules
+                .iter()
+                .find(|rule| rule.matches(client, domain, Some(ip), port) == Some(true)),
+        )
+    }
+
+    /// The verdict of `rule`, or of the default when no rule matched.
+    fn decide<'a>(&'a self, rule: Option<&'a Rule>) -> Verdict<'a> {
+        match rule {
+            Some(rule) => Verdict {
+                action: rule.action,
+                via: rule.via.as_ref(),
+            },
+            None => Verdict {
+                action: self.default,
+                via: None,
+            },
+        }
     }
 
     /// Whether `ip` is a destination that no rule can allow (the built-in rule; REP X'02'):
@@ -264,15 +309,23 @@ impl Rules {
     /// The server calls this before resolving, so that a denied name is never looked up.
     #[must_use]
     pub fn check_name(&self, client: IpAddr, domain: &str, port: u16) -> Option<Action> {
+        self.route_name(client, domain, port)
+            .map(|verdict| verdict.action)
+    }
+
+    /// As [`Rules::check_name`], with the deciding rule's `via`: a name allowed by name with
+    /// an upstream goes there unresolved.
+    #[must_use]
+    pub fn route_name(&self, client: IpAddr, domain: &str, port: u16) -> Option<Verdict<'_>> {
         let client = client.to_canonical();
         for rule in &self.rules {
             match rule.matches(client, Some(domain), None, port) {
-                Some(true) => return Some(rule.action),
+                Some(true) => return Some(self.decide(Some(rule))),
                 Some(false) => {}
                 None => return None,
             }
         }
-        Some(self.default)
+        Some(self.decide(None))
     }
 
     /// Whether `client` may reach anything at all: `false` if the first rule naming it that

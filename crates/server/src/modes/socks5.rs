@@ -97,6 +97,10 @@ pub struct Socks5Config {
     /// Access rules, checked in order; the first that matches decides.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// How allowed CONNECTs leave unless their rule says otherwise: `direct`,
+    /// `socks5://[user:password@]host:port` or `http://[user:password@]host:port`.
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 /// `auth = "none" | "password"`.
@@ -148,6 +152,9 @@ pub struct RuleConfig {
     /// Destination ports: `443` or `"8000-8999"` (any if empty).
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// For an allow rule: how matching CONNECTs leave (default: the listener's `via`).
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 /// `allow` or `deny`.
@@ -293,6 +300,7 @@ impl Socks5Config {
                 "",
             )?;
         }
+        self.via()?;
         let open = self.is_open()?;
         if !self.bind.ip().is_loopback() && open && !self.allow_open_proxy {
             bail!(
@@ -337,6 +345,18 @@ impl Socks5Config {
                 .map(PortSpec::range)
                 .collect::<anyhow::Result<_>>()
                 .map_err(|e| at("rules.ports", format!("{e:#}")))?;
+            let via = match (&rule.via, rule.action) {
+                (None, _) => None,
+                (Some(_), ActionName::Deny) => {
+                    return Err(at(
+                        "rules.via",
+                        "a deny rule sends nothing anywhere: via is for allow rules".into(),
+                    ));
+                }
+                (Some(text), ActionName::Allow) => {
+                    Some(parse_via(text).map_err(|e| at("rules.via", format!("{e:#}")))?)
+                }
+            };
             rules.push(socks5::Rule {
                 action: match rule.action {
                     ActionName::Allow => socks5::Action::Allow,
@@ -346,12 +366,21 @@ impl Socks5Config {
                 destinations: rule.destinations.clone(),
                 domains,
                 ports,
+                via,
             });
         }
         Ok(socks5::Rules {
             rules,
             default: socks5::Action::Allow,
         })
+    }
+
+    /// The listener's `via` (default: direct).
+    fn via(&self) -> anyhow::Result<socks5::Via> {
+        match &self.via {
+            None => Ok(socks5::Via::Direct),
+            Some(text) => parse_via(text).map_err(|e| invalid("via", format!("{e:#}"))),
+        }
     }
 
     /// The users of `users` and `users_file`.
@@ -430,6 +459,11 @@ impl Socks5Config {
     }
 }
 
+/// A `via` value; the error shows no password.
+fn parse_via(text: &str) -> anyhow::Result<socks5::Via> {
+    Ok(text.parse::<socks5::Via>()?)
+}
+
 fn read_users_file(path: &Path) -> anyhow::Result<String> {
     crate::config::read_bounded(path, crate::config::MAX_FILE_LEN)
         .with_context(|| format!("users_file: cannot read {}", path.display()))
@@ -492,6 +526,7 @@ impl Socks5 {
             .udp_advertise(config.udp_advertise)
             .outbound_bind(config.outbound_bind)
             .listen_addresses(listen_addresses)
+            .via(config.via()?)
             .build();
         Ok(Self { options, stats })
     }
@@ -644,6 +679,45 @@ mod tests {
                 message.contains("happy_eyeballs_delay") && message.contains("or 10ms to 30days"),
                 "{bad}: {message}"
             );
+        }
+    }
+
+    fn validated(extra: &str) -> anyhow::Result<Socks5Config> {
+        let text = format!("bind = \"127.0.0.1:0\"\n{extra}\n");
+        let config: Socks5Config = toml::from_str(&text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn via_is_checked_on_the_listener_and_on_allow_rules() {
+        let config = validated("via = \"socks5://alice:pw@127.0.0.1:1080\"").unwrap();
+        assert_eq!(
+            config.via().unwrap().to_string(),
+            "socks5://alice@127.0.0.1:1080"
+        );
+        assert_eq!(validated("").unwrap().via().unwrap(), socks5::Via::Direct);
+        let rule = "[[rules]]\naction = \"allow\"\ndomains = [\"*.internal\"]\nvia = \"direct\"";
+        let config = validated(&format!("via = \"http://proxy:3128\"\n{rule}")).unwrap();
+        assert_eq!(
+            config.rules().unwrap().rules[0].via,
+            Some(socks5::Via::Direct)
+        );
+        for (extra, key) in [
+            ("via = \"socks5://alice:hunter2@proxy\"", "via:"),
+            ("via = \"ftp://proxy:21\"", "via:"),
+            (
+                "[[rules]]\naction = \"allow\"\nvia = \"socks5://alice:hunter2@h:0\"",
+                "rules.via: rules[0]",
+            ),
+            (
+                "[[rules]]\naction = \"deny\"\nvia = \"direct\"",
+                "rules.via: rules[0]: a deny rule",
+            ),
+        ] {
+            let message = format!("{:#}", validated(extra).unwrap_err());
+            assert!(message.contains(key), "{extra}: {message}");
+            assert!(!message.contains("hunter2"), "{extra}: {message}");
         }
     }
 

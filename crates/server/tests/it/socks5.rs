@@ -219,3 +219,38 @@ async fn survives_garbage_and_keeps_serving() {
         .unwrap();
     server.stop().await;
 }
+
+/// A listener with `via` chains through another (here: a second listener of the same server,
+/// with a password): the frame arrives, and the upstream listener counts the tunnel. A wrong
+/// upstream password answers the client X'01'.
+#[tokio::test]
+async fn a_listener_chains_through_an_upstream_socks5_listener() {
+    let upstream = testkit::free_loopback_port().unwrap();
+    let listeners = |password: &str| {
+        format!(
+            "{FRAMES}[[listener]]\nname = \"upstream\"\nmode = \"socks5\"\nbind = \"{upstream}\"\n\
+             auth = \"password\"\nusers = [{{ username = \"alice\", password = \"s3cret\" }}]\n\
+             [[listener]]\nname = \"front\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n\
+             via = \"socks5://alice:{password}@{upstream}\"\n"
+        )
+    };
+    let server = Admin::start(&listeners("s3cret")).await;
+    frame_through(server.addr("front"), server.addr("frames"), None)
+        .await
+        .unwrap();
+    wait_for_sample(
+        &server,
+        "netkit_socks5_requests_total{listener=\"upstream\",mode=\"socks5\",command=\"connect\",reply=\"succeeded\"}",
+        1.0,
+    )
+    .await;
+    server.stop().await;
+
+    let server = Running::start(&listeners("guess")).await;
+    let refused = frame_through(server.addr("front"), server.addr("frames"), None).await;
+    assert!(
+        matches!(refused, Err(Error::Rejected(Reply::GeneralFailure))),
+        "{refused:?}"
+    );
+    server.stop().await;
+}

@@ -21,27 +21,31 @@ use super::{Opened, OwnListeners, attempt};
 use crate::Error;
 use crate::framing::later;
 use crate::server::ServerOptions;
+use crate::via::Upstream;
 
 type Attempt<'a> = Pin<Box<dyn Future<Output = (SocketAddr, Result<Opened, Error>)> + Send + 'a>>;
+
+/// An allowed address, and the upstream it goes through (`None`: directly).
+pub(super) type Candidate<'a> = (SocketAddr, Option<&'a Upstream>);
 
 /// Connects to the first of `candidates` (all allowed by the rules) that answers.
 ///
 /// # Errors
 ///
 /// The error of the last attempt to fail, when all failed.
-pub(super) async fn race(
-    candidates: Vec<SocketAddr>,
-    options: &ServerOptions,
-    own: &OwnListeners,
+pub(super) async fn race<'a>(
+    candidates: Vec<Candidate<'a>>,
+    options: &'a ServerOptions,
+    own: &'a OwnListeners,
 ) -> Result<Opened, Error> {
     let delay = options.happy_eyeballs_delay;
     if delay.is_zero() {
         return one_after_another(candidates, options, own).await;
     }
     let mut waiting = interleave(candidates).into_iter();
-    let mut running = FuturesUnordered::<Attempt<'_>>::new();
-    let start = |address: SocketAddr| -> Attempt<'_> {
-        Box::pin(async move { (address, attempt(address, options, own).await) })
+    let mut running = FuturesUnordered::<Attempt<'a>>::new();
+    let start = |(address, via): Candidate<'a>| -> Attempt<'a> {
+        Box::pin(labelled(address, via, options, own))
     };
     let mut next_at = Instant::now();
     loop {
@@ -63,8 +67,8 @@ pub(super) async fn race(
                 }
             },
             () = sleep_until(next_at), if more => {
-                if let Some(address) = waiting.next() {
-                    running.push(start(address));
+                if let Some(candidate) = waiting.next() {
+                    running.push(start(candidate));
                 }
                 next_at = later(Instant::now(), delay);
             }
@@ -74,15 +78,25 @@ pub(super) async fn race(
     }
 }
 
+/// One attempt, with its address for the log.
+async fn labelled(
+    address: SocketAddr,
+    via: Option<&Upstream>,
+    options: &ServerOptions,
+    own: &OwnListeners,
+) -> (SocketAddr, Result<Opened, Error>) {
+    (address, attempt(address, via, options, own).await)
+}
+
 /// Tries `candidates` in order, each after the previous one failed.
 async fn one_after_another(
-    candidates: Vec<SocketAddr>,
+    candidates: Vec<Candidate<'_>>,
     options: &ServerOptions,
     own: &OwnListeners,
 ) -> Result<Opened, Error> {
     let mut last_failure = None;
-    for address in candidates {
-        match attempt(address, options, own).await {
+    for (address, via) in candidates {
+        match attempt(address, via, options, own).await {
             Ok(opened) => return Ok(opened),
             Err(error) => {
                 debug!(%address, %error, "connect attempt failed");
@@ -103,9 +117,10 @@ fn no_address() -> Error {
 
 /// The order of attempts (RFC 8305 §4): IPv6 and IPv4 alternate, starting with IPv6, each
 /// family in the resolver's order; when one family runs out the rest of the other follows.
-fn interleave(candidates: Vec<SocketAddr>) -> Vec<SocketAddr> {
-    let (v6, v4): (Vec<SocketAddr>, Vec<SocketAddr>) =
-        candidates.into_iter().partition(SocketAddr::is_ipv6);
+fn interleave<T>(candidates: Vec<(SocketAddr, T)>) -> Vec<(SocketAddr, T)> {
+    let (v6, v4): (Vec<_>, Vec<_>) = candidates
+        .into_iter()
+        .partition(|(address, _)| address.is_ipv6());
     let mut order = Vec::with_capacity(v6.len() + v4.len());
     let (mut v6, mut v4) = (v6.into_iter(), v4.into_iter());
     loop {
@@ -153,8 +168,8 @@ mod tests {
             (&[], &[]),
         ];
         for (given, expected) in table {
-            let given = given.iter().map(|a| at(a)).collect();
-            let expected: Vec<SocketAddr> = expected.iter().map(|a| at(a)).collect();
+            let given = given.iter().map(|a| (at(a), ())).collect();
+            let expected: Vec<(SocketAddr, ())> = expected.iter().map(|a| (at(a), ())).collect();
             assert_eq!(interleave(given), expected);
         }
     }

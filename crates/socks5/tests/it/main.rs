@@ -5,6 +5,7 @@
 mod auth;
 mod bind;
 mod bypass;
+mod chain;
 mod connect;
 mod embed;
 mod eyeballs;
