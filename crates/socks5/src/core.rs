@@ -32,6 +32,7 @@ use crate::via::{Upstream, Via};
 use crate::wire::Address;
 use crate::{Error, relay as tcp_relay};
 
+use eyeballs::Candidate;
 pub(crate) use own::OwnListeners;
 
 /// A byte stream the relay can carry: anything async, readable and writable.
@@ -205,49 +206,11 @@ pub async fn open(options: &ServerOptions, request: &Request<'_>) -> Result<Open
     let destination = request.destination;
     let limit = options.connect_timeout;
     let work = async {
-        let candidates = match destination {
-            Address::Ip(address) => {
-                let address = SocketAddr::new(address.ip().to_canonical(), address.port());
-                let verdict = options
-                    .rules
-                    .route(client, None, address.ip(), address.port());
-                if verdict.action == Action::Deny {
-                    return Err(denied(destination));
-                }
-                vec![(address, upstream_of(verdict.via, &options.via))]
-            }
-            Address::Domain(host, port) => {
-                match options.rules.route_name(client, host, *port) {
-                    Some(verdict) if verdict.action == Action::Deny => {
-                        return Err(denied(destination));
-                    }
-                    Some(verdict) => {
-                        if let Some(upstream) = upstream_of(verdict.via, &options.via) {
-                            // Allowed by name: the upstream resolves the name itself.
-                            return upstream::open(upstream, destination, options).await;
-                        }
-                    }
-                    None => {}
-                }
-                let mut allowed = Vec::new();
-                for address in lookup(&*options.resolver, host, *port).await? {
-                    let verdict =
-                        options
-                            .rules
-                            .route(client, Some(host), address.ip(), address.port());
-                    if verdict.action == Action::Deny {
-                        debug!(%host, %address, "rules deny this address of the name");
-                        continue;
-                    }
-                    allowed.push((address, upstream_of(verdict.via, &options.via)));
-                }
-                if allowed.is_empty() {
-                    return Err(denied(destination));
-                }
-                allowed
-            }
-        };
-        eyeballs::race(candidates, options, &own).await
+        match judge(options, client, destination, true).await? {
+            // Allowed by name: the upstream resolves the name itself.
+            Judged::Upstream(upstream) => upstream::open(upstream, destination, options).await,
+            Judged::Addresses(candidates) => eyeballs::race(candidates, options, &own).await,
+        }
     };
     timeout(limit, work)
         .await
@@ -255,6 +218,69 @@ pub async fn open(options: &ServerOptions, request: &Request<'_>) -> Result<Open
             target: destination.clone(),
             limit,
         })?
+}
+
+/// What the rules made of a destination.
+pub(crate) enum Judged<'a> {
+    /// Allowed by name, to go unresolved through this upstream.
+    Upstream(&'a Upstream),
+    /// The allowed addresses (never none), each with the upstream it goes through.
+    Addresses(Vec<Candidate<'a>>),
+}
+
+/// Judges `destination` for `client`: an IP destination as that IP; a name by name, then
+/// (resolved by `options.resolver`) each of its addresses. With `chain`, a name allowed by
+/// name with an upstream is not resolved ([`Judged::Upstream`]); without (BIND, which is
+/// never chained), it is. The caller bounds the lookup with its timeout.
+///
+/// # Errors
+///
+/// [`Error::Denied`] when the rules deny the destination or every address of the name,
+/// [`Error::Resolve`] when the name does not resolve.
+pub(crate) async fn judge<'a>(
+    options: &'a ServerOptions,
+    client: IpAddr,
+    destination: &Address,
+    chain: bool,
+) -> Result<Judged<'a>, Error> {
+    let rules = &options.rules;
+    match destination {
+        Address::Ip(address) => {
+            let address = SocketAddr::new(address.ip().to_canonical(), address.port());
+            let verdict = rules.route(client, None, address.ip(), address.port());
+            if verdict.action == Action::Deny {
+                return Err(denied(destination));
+            }
+            let via = upstream_of(verdict.via, &options.via);
+            Ok(Judged::Addresses(vec![(address, via)]))
+        }
+        Address::Domain(host, port) => {
+            match rules.route_name(client, host, *port) {
+                Some(verdict) if verdict.action == Action::Deny => {
+                    return Err(denied(destination));
+                }
+                Some(verdict) if chain => {
+                    if let Some(upstream) = upstream_of(verdict.via, &options.via) {
+                        return Ok(Judged::Upstream(upstream));
+                    }
+                }
+                Some(_) | None => {}
+            }
+            let mut allowed = Vec::new();
+            for address in lookup(&*options.resolver, host, *port).await? {
+                let verdict = rules.route(client, Some(host), address.ip(), address.port());
+                if verdict.action == Action::Deny {
+                    debug!(%host, %address, "rules deny this address of the name");
+                    continue;
+                }
+                allowed.push((address, upstream_of(verdict.via, &options.via)));
+            }
+            if allowed.is_empty() {
+                return Err(denied(destination));
+            }
+            Ok(Judged::Addresses(allowed))
+        }
+    }
 }
 
 /// The upstream a request goes through: the deciding rule's `via`, else the server's; `direct`

@@ -10,8 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Session, cancellable};
 use crate::Error;
-use crate::core::{self, Opened, Outbound};
-use crate::resolve::lookup;
+use crate::core::{self, Judged, Opened, Outbound};
 use crate::rules::Action;
 use crate::wire::{Address, Reply};
 
@@ -126,43 +125,32 @@ where
         &self,
         expected: &Address,
     ) -> Result<(TcpListener, Option<Vec<IpAddr>>), Error> {
-        let rules = &self.options.rules;
-        let denied = || Error::Denied {
-            target: expected.clone(),
-        };
         let expected_ips = match expected {
             // RFC 1928 convention: an unspecified DST.ADDR means "any peer"; the peer that
             // comes is judged by the rules, and an unspecified address is never one.
             Address::Ip(address) if address.ip().to_canonical().is_unspecified() => None,
-            Address::Ip(address) => {
-                let ip = address.ip().to_canonical();
-                if rules.check(self.client_ip, None, ip, address.port()) == Action::Deny {
-                    return Err(denied());
-                }
-                Some(vec![ip])
-            }
-            Address::Domain(host, port) => {
-                if rules.check_name(self.client_ip, host, *port) == Some(Action::Deny) {
-                    return Err(denied());
-                }
+            // Judged as CONNECT judges, but never chained: the peer connects to us.
+            _ => {
                 let limit = self.options.connect_timeout;
-                let found = timeout(limit, lookup(&*self.options.resolver, host, *port))
-                    .await
-                    .map_err(|_| Error::ConnectTimeout {
-                        target: expected.clone(),
-                        limit,
-                    })??;
-                let allowed: Vec<IpAddr> = found
-                    .iter()
-                    .filter(|a| {
-                        rules.check(self.client_ip, Some(host), a.ip(), a.port()) == Action::Allow
-                    })
-                    .map(SocketAddr::ip)
-                    .collect();
-                if allowed.is_empty() {
-                    return Err(denied());
+                let judging = core::judge(self.options, self.client_ip, expected, false);
+                let judged =
+                    timeout(limit, judging)
+                        .await
+                        .map_err(|_| Error::ConnectTimeout {
+                            target: expected.clone(),
+                            limit,
+                        })??;
+                match judged {
+                    Judged::Addresses(allowed) => {
+                        Some(allowed.iter().map(|(address, _)| address.ip()).collect())
+                    }
+                    // Not asked for: `chain` is off.
+                    Judged::Upstream(_) => {
+                        return Err(Error::Denied {
+                            target: expected.clone(),
+                        });
+                    }
                 }
-                Some(allowed)
             }
         };
         let local_ip = match (self.options.outbound_bind, self.local) {
