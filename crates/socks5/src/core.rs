@@ -26,7 +26,7 @@ use tokio::time::timeout;
 use tracing::debug;
 
 use crate::resolve::lookup;
-use crate::rules::Action;
+use crate::rules::{Action, Requester};
 use crate::server::ServerOptions;
 use crate::via::{Upstream, Via};
 use crate::wire::Address;
@@ -198,9 +198,9 @@ impl Opened {
 /// [`Error::Resolve`] (X'04'), [`Error::ConnectTimeout`] (X'04'), [`Error::Connect`] by its
 /// kind, [`Error::Upstream`] or [`Error::UpstreamStatus`] for a failure through an upstream.
 pub async fn open(options: &ServerOptions, request: &Request<'_>) -> Result<Opened, Error> {
-    let client = request.client.to_canonical();
+    let client = Requester::new(request.client, request.user);
     if !options.rules.admits(client) {
-        return Err(Error::ClientDenied { client });
+        return Err(Error::ClientDenied { client: client.ip });
     }
     let own = OwnListeners::new(&options.listen_addresses, request.reached);
     let destination = request.destination;
@@ -228,7 +228,7 @@ pub(crate) enum Judged<'a> {
     Addresses(Vec<Candidate<'a>>),
 }
 
-/// Judges `destination` for `client`: an IP destination as that IP; a name by name, then
+/// Judges `destination` for `client` (and its user): an IP destination as that IP; a name by name, then
 /// (resolved by `options.resolver`) each of its addresses. With `chain`, a name allowed by
 /// name with an upstream is not resolved ([`Judged::Upstream`]); without (BIND, which is
 /// never chained), it is. The caller bounds the lookup with its timeout.
@@ -239,7 +239,7 @@ pub(crate) enum Judged<'a> {
 /// [`Error::Resolve`] when the name does not resolve.
 pub(crate) async fn judge<'a>(
     options: &'a ServerOptions,
-    client: IpAddr,
+    client: Requester<'_>,
     destination: &Address,
     chain: bool,
 ) -> Result<Judged<'a>, Error> {

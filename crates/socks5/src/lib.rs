@@ -85,7 +85,7 @@ pub use auth::{AuthFuture, AuthPolicy, Authenticator, LoginFailure};
 pub use core::{ConnectFuture, Connector, DirectConnector, Outbound, ProxyStream};
 pub use error::Error;
 pub use resolve::{MAX_SYSTEM_LOOKUPS, ResolveFuture, Resolver, StaticResolver, SystemResolver};
-pub use rules::{Action, DomainPattern, Rule, Rules, Verdict, networks_cover_family};
+pub use rules::{Action, DomainPattern, Requester, Rule, Rules, Verdict, networks_cover_family};
 pub use server::{Commands, ServerOptions, ServerOptionsBuilder, SessionReport, serve, sniff};
 pub use via::{Upstream, UpstreamKind, Via};
 pub use wire::{Address, Command, Reply};

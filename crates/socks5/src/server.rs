@@ -23,7 +23,7 @@ use crate::auth::{AuthPolicy, Authenticator, LoginFailure};
 use crate::core::{Connector, DirectConnector};
 use crate::framing::{Deadline, read_msg, write_msg};
 use crate::resolve::{Resolver, SystemResolver};
-use crate::rules::Rules;
+use crate::rules::{Requester, Rules};
 use crate::via::Via;
 use crate::wire::{
     Address, Command, Method, MethodSelection, PasswordStatus, Reply, Request, Response,
@@ -482,7 +482,8 @@ where
         if !self.options.commands.allows(command) {
             return Err(self.fail(Error::CommandDisabled(command)).await);
         }
-        if !self.options.rules.admits(self.client_ip) {
+        let requester = Requester::new(self.client_ip, self.report.user.as_deref());
+        if !self.options.rules.admits(requester) {
             // Before anything is opened: a BIND listener or a UDP socket for a client that can
             // reach nothing would only hold a port.
             let client = self.client_ip;

@@ -41,7 +41,7 @@ use tracing::{Instrument, debug};
 
 use crate::Error;
 use crate::resolve::lookup;
-use crate::rules::Action;
+use crate::rules::{Action, Requester};
 use crate::server::{ServerOptions, Session};
 use crate::wire::{Address, Decoded, Reply, UdpHeader, decode_udp_header, encode_udp_header};
 
@@ -85,6 +85,7 @@ where
         socket,
         other: Other::NotOpened,
         client_ip: session.client_ip,
+        user: session.report.user.clone(),
         client_port: Some(requested.port()).filter(|&port| port != 0),
         client: None,
         targets: HashSet::new(),
@@ -132,6 +133,8 @@ struct Association<'a> {
     /// An IPv6 socket.
     v6: bool,
     client_ip: IpAddr,
+    /// The user the client logged in as, for rules with `users`.
+    user: Option<String>,
     client_port: Option<u16>,
     /// The client's address exactly as the socket sees it, once known.
     client: Option<SocketAddr>,
@@ -177,6 +180,11 @@ async fn other_readable(other: &Other) -> io::Result<()> {
 }
 
 impl Association<'_> {
+    /// The client as the rules see it.
+    fn requester(&self) -> Requester<'_> {
+        Requester::new(self.client_ip, self.user.as_deref())
+    }
+
     async fn run<C: AsyncRead + Unpin>(&mut self, control: &mut C) -> Result<(), Error> {
         let limit = self.options.idle_timeout;
         let idle = sleep(limit);
@@ -409,7 +417,7 @@ impl Association<'_> {
         if self
             .options
             .rules
-            .check(self.client_ip, None, target.ip(), target.port())
+            .check(self.requester(), None, target.ip(), target.port())
             == Action::Deny
         {
             debug!(%target, "rules deny a UDP destination");
@@ -426,7 +434,7 @@ impl Association<'_> {
     /// else once its lookup (started here if needed) answers. Returns whether the datagram was
     /// sent or queued.
     async fn relay_to_name(&mut self, host: &str, port: u16, payload: &[u8]) -> bool {
-        if self.options.rules.check_name(self.client_ip, host, port) == Some(Action::Deny) {
+        if self.options.rules.check_name(self.requester(), host, port) == Some(Action::Deny) {
             debug!(%host, "rules deny a UDP destination");
             return false;
         }
@@ -469,7 +477,8 @@ impl Association<'_> {
     fn pick(&self, host: &str, ips: &[IpAddr], port: u16) -> Option<SocketAddr> {
         let rules = &self.options.rules;
         let usable = ips.iter().find(|&&ip| {
-            self.reachable(ip) && rules.check(self.client_ip, Some(host), ip, port) == Action::Allow
+            self.reachable(ip)
+                && rules.check(self.requester(), Some(host), ip, port) == Action::Allow
         });
         if usable.is_none() {
             debug!(%host, "no allowed address for a UDP destination");

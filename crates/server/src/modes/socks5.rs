@@ -143,6 +143,9 @@ pub struct RuleConfig {
     /// Client networks (any if empty).
     #[serde(default)]
     pub clients: Vec<IpNet>,
+    /// Users, with `auth = "password"` (any client, logged in or not, if empty).
+    #[serde(default)]
+    pub users: Vec<String>,
     /// Destination networks (any if empty).
     #[serde(default)]
     pub destinations: Vec<IpNet>,
@@ -264,6 +267,20 @@ impl Socks5Config {
             }
             _ => {}
         }
+        for (index, rule) in self.rules.iter().enumerate() {
+            let at = |reason: String| invalid("rules.users", format!("rules[{index}]: {reason}"));
+            if !rule.users.is_empty() && self.auth == AuthMode::None {
+                return Err(at(
+                    "nobody logs in with auth = \"none\", so a rule with users never matches"
+                        .into(),
+                ));
+            }
+            if let Some(unknown) = rule.users.iter().find(|user| !users.contains_key(*user)) {
+                return Err(at(format!(
+                    "{unknown:?} is not a user of users or users_file"
+                )));
+            }
+        }
         if self.commands.is_empty() {
             return Err(invalid(
                 "commands",
@@ -363,6 +380,7 @@ impl Socks5Config {
                     ActionName::Deny => socks5::Action::Deny,
                 },
                 clients: rule.clients.clone(),
+                users: rule.users.clone(),
                 destinations: rule.destinations.clone(),
                 domains,
                 ports,
@@ -719,6 +737,24 @@ mod tests {
             assert!(message.contains(key), "{extra}: {message}");
             assert!(!message.contains("hunter2"), "{extra}: {message}");
         }
+    }
+
+    #[test]
+    fn rule_users_must_be_configured_users_of_a_password_listener() {
+        let alice = "auth = \"password\"\nusers = [{ username = \"alice\", password = \"pw\" }]";
+        let rule = |users: &str| format!("[[rules]]\naction = \"deny\"\nusers = {users}");
+        let config = validated(&format!("{alice}\n{}", rule("[\"alice\"]"))).unwrap();
+        assert_eq!(config.rules().unwrap().rules[0].users, vec!["alice"]);
+        let message = format!(
+            "{:#}",
+            validated(&format!("{alice}\n{}", rule("[\"bob\"]"))).unwrap_err()
+        );
+        assert!(
+            message.contains("rules.users: rules[0]: \"bob\" is not a user"),
+            "{message}"
+        );
+        let message = format!("{:#}", validated(&rule("[\"alice\"]")).unwrap_err());
+        assert!(message.contains("auth = \"none\""), "{message}");
     }
 
     #[test]

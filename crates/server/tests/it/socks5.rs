@@ -254,3 +254,24 @@ async fn a_listener_chains_through_an_upstream_socks5_listener() {
     );
     server.stop().await;
 }
+
+/// A rule with `users` from the config applies to that user only.
+#[tokio::test]
+async fn a_rule_can_name_users() {
+    let server = Running::start(&proxy(
+        "auth = \"password\"\n\
+         users = [{ username = \"alice\", password = \"a\" }, { username = \"bob\", password = \"b\" }]\n\
+         [[listener.rules]]\naction = \"deny\"\nusers = [\"bob\"]",
+    ))
+    .await;
+    let (proxy, frames) = (server.addr("proxy"), server.addr("frames"));
+    frame_through(proxy, frames, Some(("alice", "a")))
+        .await
+        .unwrap();
+    let bob = frame_through(proxy, frames, Some(("bob", "b"))).await;
+    assert!(
+        matches!(bob, Err(Error::Rejected(Reply::NotAllowed))),
+        "{bob:?}"
+    );
+    server.stop().await;
+}

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Session, cancellable};
 use crate::Error;
 use crate::core::{self, Judged, Opened, Outbound};
-use crate::rules::Action;
+use crate::rules::{Action, Requester};
 use crate::wire::{Address, Reply};
 
 /// While BIND waits for its peer, at most this much of what the client sends is kept (to be
@@ -96,10 +96,11 @@ where
             };
             return Err(self.fail(error).await);
         }
+        let requester = Requester::new(self.client_ip, self.report.user.as_deref());
         if self
             .options
             .rules
-            .check(self.client_ip, None, peer_ip, peer.port())
+            .check(requester, None, peer_ip, peer.port())
             == Action::Deny
         {
             return Err(self
@@ -132,7 +133,8 @@ where
             // Judged as CONNECT judges, but never chained: the peer connects to us.
             _ => {
                 let limit = self.options.connect_timeout;
-                let judging = core::judge(self.options, self.client_ip, expected, false);
+                let requester = Requester::new(self.client_ip, self.report.user.as_deref());
+                let judging = core::judge(self.options, requester, expected, false);
                 let judged =
                     timeout(limit, judging)
                         .await

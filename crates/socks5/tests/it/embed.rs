@@ -210,3 +210,43 @@ async fn a_connector_makes_the_outbound_connection() {
         vec!["127.0.0.1:7".parse::<SocketAddr>().expect("valid")]
     );
 }
+
+/// Rules with `users` match the user the authenticator returned (not the name the client
+/// sent): carol (who logs in as `u-carol`) is denied, dave gets through.
+#[tokio::test]
+async fn rules_match_the_user_the_authenticator_returned() {
+    let rules = socks5::Rules {
+        rules: vec![socks5::Rule {
+            users: vec!["carol".into()],
+            ..socks5::Rule::new(socks5::Action::Deny)
+        }],
+        default: socks5::Action::Allow,
+    };
+    let mut proxy = Proxy::start(builder().authenticator(Prefixed).rules(rules).build()).await;
+    let echo = echo_server("127.0.0.1:0").await;
+    let target = Address::Ip(echo);
+    let denied = within(
+        LIMIT,
+        client::connect(proxy.address, &target, Some(("u-carol", "carol")), LIMIT),
+    )
+    .await;
+    assert!(
+        matches!(denied, Err(socks5::Error::Rejected(Reply::NotAllowed))),
+        "{denied:?}"
+    );
+    let report = proxy.report().await;
+    assert!(
+        matches!(report.error, Some(socks5::Error::ClientDenied { .. })),
+        "{report:?}"
+    );
+    let (stream, _) = within(
+        LIMIT,
+        client::connect(proxy.address, &target, Some(("u-dave", "dave")), LIMIT),
+    )
+    .await
+    .expect("dave is not denied");
+    drop(stream);
+    let report = proxy.report().await;
+    assert_eq!(report.user.as_deref(), Some("dave"));
+    assert_eq!(report.reply, Some(Reply::Succeeded));
+}
