@@ -164,6 +164,8 @@ pub struct Opened {
     /// Bytes the target already sent that were read with an upstream's answer: they go to the
     /// client first.
     pub early: Bytes,
+    /// The upstream proxy it went through, if any.
+    pub via: Option<Upstream>,
 }
 
 impl Opened {
@@ -330,6 +332,7 @@ pub(crate) async fn attempt(
     Ok(Opened {
         stream,
         early: Bytes::new(),
+        via: None,
     })
 }
 

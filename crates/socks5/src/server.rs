@@ -24,7 +24,7 @@ use crate::core::{Connector, DirectConnector};
 use crate::framing::{Deadline, read_msg, write_msg};
 use crate::resolve::{Resolver, SystemResolver};
 use crate::rules::{Requester, Rules};
-use crate::via::Via;
+use crate::via::{Upstream, Via};
 use crate::wire::{
     Address, Command, Method, MethodSelection, PasswordStatus, Reply, Request, Response,
     decode_greeting, decode_password_request, decode_request, encode_method_selection,
@@ -333,6 +333,8 @@ pub struct SessionReport {
     /// CONNECT: how long opening the target took (resolving and every attempt), when it
     /// was opened.
     pub connect_time: Option<Duration>,
+    /// CONNECT: the upstream proxy the tunnel goes through, if one (`via`).
+    pub via: Option<Upstream>,
     /// UDP ASSOCIATE: datagrams relayed from the client.
     pub datagrams_up: u64,
     /// UDP ASSOCIATE: datagrams relayed to the client.
@@ -383,6 +385,7 @@ where
             bytes_up: 0,
             bytes_down: 0,
             connect_time: None,
+            via: None,
             datagrams_up: 0,
             datagrams_down: 0,
             duration: Duration::ZERO,

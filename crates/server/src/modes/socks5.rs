@@ -586,11 +586,13 @@ impl Socks5 {
         );
         let user = report.user.as_deref().unwrap_or("-");
         let error = report.error.as_ref().map(ToString::to_string);
+        let via = report.via.as_ref().map(ToString::to_string);
         info!(
             client = %report.client,
             user,
             command,
             destination,
+            via,
             reply,
             bytes_up = report.bytes_up,
             bytes_down = report.bytes_down,

@@ -70,6 +70,7 @@ async fn through(
             Ok(Opened {
                 stream: Outbound::Tcp(tcp),
                 early,
+                via: Some(upstream.clone()),
             })
         }
         (UpstreamKind::Http, Outbound::Stream(other)) => {
@@ -77,6 +78,7 @@ async fn through(
             Ok(Opened {
                 stream: Outbound::Stream(other),
                 early,
+                via: Some(upstream.clone()),
             })
         }
     }
@@ -145,6 +147,7 @@ async fn socks5(
     Ok(Opened {
         stream,
         early: Bytes::new(),
+        via: Some(upstream.clone()),
     })
 }
 

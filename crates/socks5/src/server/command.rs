@@ -38,6 +38,7 @@ where
         let target = match opened.await {
             Ok(target) => {
                 self.report.connect_time = Some(connecting.elapsed());
+                self.report.via.clone_from(&target.via);
                 target
             }
             Err(error @ Error::Cancelled { .. }) => return Err(error),
@@ -117,6 +118,7 @@ where
         let opened = Opened {
             stream: Outbound::Tcp(peer_stream),
             early: Bytes::new(),
+            via: None,
         };
         self.relay(opened, pending).await
     }

@@ -86,6 +86,7 @@ async fn chains_through_a_second_server_and_routes_internal_names_directly() {
         .expect("db.internal directly");
     let report = front.report().await;
     assert_eq!(report.reply, Some(Reply::Succeeded));
+    assert!(report.via.is_none(), "{:?}", report.via);
 
     let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 253) as u8).collect();
     let chained = Address::Domain("far.test".into(), echo.port());
@@ -103,6 +104,8 @@ async fn chains_through_a_second_server_and_routes_internal_names_directly() {
     assert_eq!((seen.bytes_up, seen.bytes_down), (50_000, 50_000));
     let report = front.report().await;
     assert_eq!((report.bytes_up, report.bytes_down), (50_000, 50_000));
+    let shown = report.via.as_ref().map(ToString::to_string);
+    assert_eq!(shown, Some(format!("socks5://alice@{}", far.address)));
 }
 
 /// A rule that decides by address sends the address, not the name, to the upstream.
@@ -303,6 +306,8 @@ async fn chains_through_an_http_upstream() {
     let report = front.report().await;
     assert_eq!(report.reply, Some(Reply::Succeeded));
     assert_eq!((report.bytes_up, report.bytes_down), (9, 6 + 9));
+    let shown = report.via.as_ref().map(ToString::to_string);
+    assert_eq!(shown, Some(format!("http://alice@{http}")));
 }
 
 /// An HTTP upstream's refusal maps to a reply: 407 (our login) → X'01', 403 → X'02', 502 →
