@@ -114,14 +114,18 @@ impl FromStr for Upstream {
                     .map_err(|_| bad("not an IPv6 address in the brackets"))?;
                 v6.to_owned()
             }
-            None => host.to_owned(),
+            None => {
+                let valid_name = host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+                if host.is_empty() || host.len() > 255 || !valid_name {
+                    return Err(bad(
+                        "the host must be an IPv4 address, [an IPv6 address] or a name",
+                    ));
+                }
+                host.to_owned()
+            }
         };
-        let valid_name = host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b':');
-        if host.is_empty() || host.len() > 255 || !valid_name {
-            return Err(bad("the host must be an IP address or a name"));
-        }
         Ok(Upstream {
             kind,
             host,
@@ -270,6 +274,9 @@ mod tests {
             "socks5://u:p%zz@h:1",
             "socks5://h h:1",
             "socks5://h/x:1",
+            "socks5://a:b:1",
+            "socks5://::1:1080",
+            "socks5://[]:1080",
         ] {
             let error = bad.parse::<Via>().expect_err(bad);
             assert!(matches!(error, Error::Via(_)), "{bad}: {error:?}");
