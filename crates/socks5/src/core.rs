@@ -61,7 +61,8 @@ impl fmt::Debug for Outbound {
 /// The future a [`Connector`] returns.
 pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Outbound>> + Send + 'a>>;
 
-/// Makes one outbound connection to an address the rules already allowed.
+/// Makes one outbound connection to an address the rules already allowed, or to an upstream
+/// proxy (`via`).
 ///
 /// The core calls it once per attempt (Happy Eyeballs may run several at once and drops the
 /// losers' futures), always within `connect_timeout`; the error's kind decides the reply
