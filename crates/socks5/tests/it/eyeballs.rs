@@ -59,6 +59,13 @@ fn silent_v6() -> (Socket, std::net::TcpStream, SocketAddr) {
     (listener, filler, address)
 }
 
+/// Whether a connection to `address` hangs (rather than being refused, as it would with
+/// `net.ipv4.tcp_abort_on_overflow = 1`).
+fn hangs(address: SocketAddr) -> bool {
+    let probe = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200));
+    matches!(probe, Err(error) if error.kind() == io::ErrorKind::TimedOut)
+}
+
 /// An address on ::1 where nothing listens: a connection is refused at once.
 fn refusing_v6() -> SocketAddr {
     let listener = std::net::TcpListener::bind("[::1]:0").expect("bind");
@@ -110,6 +117,10 @@ async fn a_silent_ipv6_address_holds_ipv4_back_by_the_delay_only() {
         return;
     }
     let (_listener, _filler, v6) = silent_v6();
+    if !hangs(v6) {
+        eprintln!("skipped: a full accept queue does not drop SYNs here");
+        return;
+    }
     let v4 = banner_server("127.0.0.1:0", b"v4").await;
     let delay = Duration::from_millis(300);
     let mut proxy = Proxy::start(options(Dual { v6, v4 }, delay, Rules::default())).await;
