@@ -22,6 +22,10 @@
 //!   patterns and ports, behind a built-in rule that always refuses unspecified, broadcast
 //!   and multicast destinations ([`Rules::never_allowed`]). A CONNECT to the server's own
 //!   listening address ([`ServerOptions::listen_addresses`]) is refused too.
+//! - [`Via`] and [`Upstream`]: where allowed CONNECTs leave: directly, or through an upstream
+//!   SOCKS5 or HTTP CONNECT proxy (per rule, or for the whole server).
+//! - [`Requester`]: who a rule judges, the client's IP and the user it logged in as (rules
+//!   can name `users`).
 //! - [`Resolver`]: how domain names are resolved ([`SystemResolver`], at most
 //!   [`MAX_SYSTEM_LOOKUPS`] at once in the process; [`StaticResolver`]; or the caller's own).
 //! - [`client`]: CONNECT, BIND and UDP ASSOCIATE through a proxy.
