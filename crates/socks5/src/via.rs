@@ -291,6 +291,24 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// No text makes the parser panic, and an upstream without a login reads back from
+        /// what it shows.
+        #[test]
+        fn parsing_never_panics_and_shown_upstreams_read_back(
+            text in "\\PC{0,80}",
+            host in "[a-z0-9][a-z0-9.-]{0,30}",
+            port in 1u16..,
+            http in proptest::bool::ANY,
+        ) {
+            let _ = text.parse::<Via>();
+            let kind = if http { UpstreamKind::Http } else { UpstreamKind::Socks5 };
+            let upstream = Upstream { kind, host, port, credentials: None };
+            let shown = upstream.to_string();
+            proptest::prop_assert_eq!(shown.parse::<Upstream>().ok(), Some(upstream));
+        }
+    }
+
     #[test]
     fn shows_no_password() {
         let via: Via = "socks5://alice:hunter2@[::1]:1080".parse().expect("valid");

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -59,12 +60,10 @@ async fn through(
         Err(error) => return Err(wrapped(name, error)),
     };
     match (upstream.kind, stream) {
-        (UpstreamKind::Socks5, stream) => {
-            match socks5(stream, upstream, destination, options).await {
-                Ok(opened) => Ok(opened),
-                Err(error) => Err(wrapped(name, error)),
-            }
-        }
+        (UpstreamKind::Socks5, stream) => match socks5(stream, upstream, destination).await {
+            Ok(opened) => Ok(opened),
+            Err(error) => Err(wrapped(name, error)),
+        },
         (UpstreamKind::Http, Outbound::Tcp(tcp)) => {
             let (tcp, early) = http(tcp, upstream, destination, name).await?;
             Ok(Opened {
@@ -128,13 +127,14 @@ async fn socks5(
     mut stream: Outbound,
     upstream: &Upstream,
     destination: &Address,
-    options: &ServerOptions,
 ) -> Result<Opened, Error> {
     let credentials = upstream
         .credentials
         .as_ref()
         .map(|(user, password)| (user.as_str(), password.as_str()));
-    let limit = options.connect_timeout;
+    // The caller's connect_timeout bounds the whole: a deadline of the handshake's own would
+    // race it and turn a silent upstream into X'01' instead of the timeout's X'04'.
+    let limit = Duration::MAX;
     match &mut stream {
         Outbound::Tcp(tcp) => {
             tcp.set_nodelay(true)?;

@@ -330,3 +330,37 @@ async fn an_http_upstreams_status_maps_to_a_reply() {
         );
     }
 }
+
+/// An upstream that accepts and never answers holds the client no longer than
+/// `connect_timeout`: X'04', as for a silent destination.
+#[tokio::test]
+async fn a_silent_upstream_is_bounded_by_the_connect_timeout() {
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = silent.local_addr().expect("address");
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream); // never read, never answered
+        }
+    });
+    for scheme in ["socks5", "http"] {
+        let options = builder()
+            .via(via(&format!("{scheme}://{address}")))
+            .connect_timeout(std::time::Duration::from_millis(300))
+            .build();
+        let mut front = Proxy::start(options).await;
+        let target = Address::Domain("far.test".into(), 443);
+        let late = within(LIMIT, client::connect(front.address, &target, None, LIMIT)).await;
+        assert!(
+            matches!(late, Err(Error::Rejected(Reply::HostUnreachable))),
+            "{scheme}: {late:?}"
+        );
+        let report = front.report().await;
+        assert!(
+            matches!(report.error, Some(Error::ConnectTimeout { .. })),
+            "{scheme}: {:?}",
+            report.error
+        );
+    }
+    held.abort();
+}
