@@ -227,6 +227,7 @@ fn socks5() -> BoxedStrategy<Listener> {
             ("max_connections", count(1..5_000, CONNECTION_EXTREMES)),
             ("handshake_timeout", duration()),
             ("connect_timeout", duration()),
+            ("happy_eyeballs_delay", duration()),
             ("idle_timeout", duration()),
             ("bind_timeout", duration()),
             ("proxy_protocol_timeout", duration()),

@@ -1,13 +1,102 @@
-//! Who must log in, and with what: the server's authentication policy.
+//! Who must log in, and with what: the [`Authenticator`] trait and its default, the server's
+//! authentication policy [`AuthPolicy`].
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
 
 use crate::wire::Method;
+
+/// The future [`Authenticator::authenticate`] returns: the user's name on success.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<String, LoginFailure>> + Send + 'a>>;
+
+/// Decides who must log in and checks logins: the session's extension point for
+/// authentication (the default is [`AuthPolicy`]).
+///
+/// The session calls [`Authenticator::choose`] with the methods a client offers, and, when it
+/// picked X'02', [`Authenticator::authenticate`] with the RFC 1929 credentials, all within the
+/// handshake deadline (a slow answer times out like a slow client). The user returned is the
+/// session's user: it goes in the [`crate::SessionReport`] and to the proxy core with the
+/// request. A refusal is logged by the session in the fail2ban format of the README (client,
+/// reason, user; never the password) and the client learns only RFC 1929's failure status.
+///
+/// ```
+/// use std::net::IpAddr;
+/// use socks5::wire::Method;
+/// use socks5::{AuthFuture, Authenticator, LoginFailure};
+///
+/// /// Everyone logs in; the password is the user name backwards.
+/// struct Backwards;
+///
+/// impl Authenticator for Backwards {
+///     fn choose(&self, _client: IpAddr, offered: &[Method]) -> Method {
+///         if offered.contains(&Method::UsernamePassword) {
+///             Method::UsernamePassword
+///         } else {
+///             Method::NoAcceptable
+///         }
+///     }
+///
+///     fn authenticate<'a>(
+///         &'a self,
+///         _client: IpAddr,
+///         username: &'a [u8],
+///         password: &'a [u8],
+///     ) -> AuthFuture<'a> {
+///         Box::pin(async move {
+///             let reversed: Vec<u8> = username.iter().rev().copied().collect();
+///             match std::str::from_utf8(username) {
+///                 Ok(name) if reversed == password => Ok(name.to_owned()),
+///                 Ok(_) => Err(LoginFailure::WrongPassword),
+///                 Err(_) => Err(LoginFailure::UnknownUser),
+///             }
+///         })
+///     }
+/// }
+///
+/// let options = socks5::ServerOptions::builder().authenticator(Backwards).build();
+/// # let _ = options;
+/// ```
+pub trait Authenticator: Send + Sync {
+    /// The method to select from the client's offer, or [`Method::NoAcceptable`] (the session
+    /// then answers X'FF' and closes). Only X'00' and X'02' are carried out.
+    fn choose(&self, client: IpAddr, offered: &[Method]) -> Method;
+
+    /// Checks an RFC 1929 login from `client` (IPv4-mapped addresses as IPv4).
+    ///
+    /// # Errors
+    ///
+    /// [`LoginFailure`]: why the login is refused, for the log.
+    fn authenticate<'a>(
+        &'a self,
+        client: IpAddr,
+        username: &'a [u8],
+        password: &'a [u8],
+    ) -> AuthFuture<'a>;
+}
+
+impl Authenticator for AuthPolicy {
+    fn choose(&self, client: IpAddr, offered: &[Method]) -> Method {
+        AuthPolicy::choose(self, client, offered)
+    }
+
+    fn authenticate<'a>(
+        &'a self,
+        _client: IpAddr,
+        username: &'a [u8],
+        password: &'a [u8],
+    ) -> AuthFuture<'a> {
+        let verdict = self
+            .check(username, password)
+            .map(|()| String::from_utf8_lossy(username).into_owned());
+        Box::pin(std::future::ready(verdict))
+    }
+}
 
 /// RFC 1929 fields are at most 255 bytes: a secret is stored as its length followed by the
 /// bytes, zero-padded to a fixed size, so that comparing two never depends on their lengths.

@@ -9,7 +9,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::timeout_at;
 
@@ -43,6 +43,28 @@ pub async fn connect(
     let mut stream = open(proxy, credentials, deadline).await?;
     let bound = request(&mut stream, Command::Connect, target, deadline).await?;
     Ok((stream, bound))
+}
+
+/// CONNECT over `stream`, an open connection to a SOCKS5 proxy (from a [`crate::Connector`],
+/// through TLS, or through another proxy): negotiates (logging in with `credentials` if the
+/// proxy asks), asks for `target` and returns BND of the reply. The stream is then ready for
+/// the target's bytes: nothing past the reply was read.
+///
+/// # Errors
+///
+/// As [`connect`], but for reaching the proxy.
+pub async fn connect_over<S>(
+    stream: &mut S,
+    target: &Address,
+    credentials: Credentials<'_>,
+    timeout: Duration,
+) -> Result<Address, Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let deadline = Deadline::after(timeout);
+    negotiate(stream, credentials, deadline).await?;
+    request(stream, Command::Connect, target, deadline).await
 }
 
 /// Asks the proxy to accept one connection from `expected_peer` (`0.0.0.0:0` for anyone; see
@@ -211,16 +233,29 @@ async fn open(
         error,
     })?;
     stream.set_nodelay(true)?;
+    negotiate(&mut stream, credentials, deadline).await?;
+    Ok(stream)
+}
+
+/// Offers the methods `credentials` allow, and logs in if the proxy picks RFC 1929.
+async fn negotiate<S>(
+    stream: &mut S,
+    credentials: Credentials<'_>,
+    deadline: Deadline,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut methods = vec![Method::NoAuth];
     if credentials.is_some() {
         methods.push(Method::UsernamePassword);
     }
-    write_msg(&mut stream, "greeting", deadline, |out| {
+    write_msg(stream, "greeting", deadline, |out| {
         encode_greeting(&Greeting { methods }, out)
     })
     .await?;
     let selection = read_msg_exact(
-        &mut stream,
+        stream,
         "method selection",
         deadline,
         decode_method_selection,
@@ -233,17 +268,12 @@ async fn open(
                 username: username.as_bytes().to_vec(),
                 password: password.as_bytes().to_vec(),
             };
-            write_msg(&mut stream, "login", deadline, |out| {
+            write_msg(stream, "login", deadline, |out| {
                 encode_password_request(&login, out)
             })
             .await?;
-            let status = read_msg_exact(
-                &mut stream,
-                "login status",
-                deadline,
-                decode_password_status,
-            )
-            .await?;
+            let status =
+                read_msg_exact(stream, "login status", deadline, decode_password_status).await?;
             if !status.is_success() {
                 return Err(Error::AuthFailed);
             }
@@ -251,12 +281,12 @@ async fn open(
         (Method::NoAcceptable, _) => return Err(Error::NoAcceptableMethod),
         (other, _) => return Err(Error::UnexpectedMethod(other.into())),
     }
-    Ok(stream)
+    Ok(())
 }
 
 /// Sends a request and reads its (first) reply; returns BND.
-async fn request(
-    stream: &mut TcpStream,
+async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     command: Command,
     destination: &Address,
     deadline: Deadline,
@@ -272,8 +302,8 @@ async fn request(
     read_reply(stream, "reply", deadline).await
 }
 
-async fn read_reply(
-    stream: &mut TcpStream,
+async fn read_reply<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     stage: &'static str,
     deadline: Deadline,
 ) -> Result<Address, Error> {

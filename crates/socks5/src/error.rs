@@ -144,6 +144,27 @@ pub enum Error {
         /// `bind_timeout`.
         limit: Duration,
     },
+    /// A `via` that is not `direct`, `socks5://...` or `http://...` (the password is not
+    /// shown).
+    #[error("invalid upstream {0}")]
+    Via(String),
+    /// The upstream proxy a request went through failed it: it could not be reached, refused
+    /// our login, or refused the request (its own reply code is in `error`).
+    #[error("upstream {upstream}: {error}")]
+    Upstream {
+        /// The upstream, without its password.
+        upstream: String,
+        /// What went wrong there.
+        error: Box<Error>,
+    },
+    /// An HTTP upstream answered CONNECT with a status other than 2xx.
+    #[error("upstream {upstream} answered CONNECT with HTTP status {status}")]
+    UpstreamStatus {
+        /// The upstream, without its password.
+        upstream: String,
+        /// The status code.
+        status: u16,
+    },
     /// The SOCKS server answered a request with a failure code.
     #[error("proxy refused the request: {0:?}")]
     Rejected(Reply),
@@ -170,6 +191,11 @@ impl Error {
     ///   in time, which is what a client learns from an ICMP host-unreachable too; 0x06 (TTL
     ///   expired) would claim a routing loop, and 0x01 would hide that the target is at fault;
     /// - [`Error::Rejected`] gives back the reply it carries;
+    /// - through an upstream proxy ([`Error::Upstream`]): a SOCKS5 upstream's reply passes
+    ///   through (its X'05' is ours); an upstream that cannot be reached, refuses our login or
+    ///   answers garbage is a server failure, X'01'. An HTTP upstream's status
+    ///   ([`Error::UpstreamStatus`]): 403 → X'02', 404, 502 and 504 → X'04' (it could not
+    ///   reach the destination), anything else (407 for a refused login) → X'01';
     /// - anything else: [`Reply::GeneralFailure`] (0x01). Errors before the request (bad
     ///   greeting, no acceptable method, failed login) are answered at their own stage and
     ///   never with a reply, so their mapping here is only nominal.
@@ -192,6 +218,17 @@ impl Error {
                 _ => Reply::GeneralFailure,
             },
             Error::Rejected(reply) => *reply,
+            Error::Upstream { error, .. } => match &**error {
+                // The upstream's own answer about the destination passes through.
+                Error::Rejected(reply) => *reply,
+                // It could not be reached, refused our login, or spoke garbage: our failure.
+                _ => Reply::GeneralFailure,
+            },
+            Error::UpstreamStatus { status, .. } => match status {
+                403 => Reply::NotAllowed,
+                404 | 502 | 504 => Reply::HostUnreachable,
+                _ => Reply::GeneralFailure,
+            },
             _ => Reply::GeneralFailure,
         }
     }
@@ -206,6 +243,20 @@ mod tests {
         Error::Connect {
             address: SocketAddr::from((Ipv4Addr::LOCALHOST, 1)),
             error: io::Error::from(kind),
+        }
+    }
+
+    fn upstream(error: Error) -> Error {
+        Error::Upstream {
+            upstream: "socks5://127.0.0.1:1080".into(),
+            error: Box::new(error),
+        }
+    }
+
+    fn status(status: u16) -> Error {
+        Error::UpstreamStatus {
+            upstream: "http://127.0.0.1:3128".into(),
+            status,
         }
     }
 
@@ -291,6 +342,21 @@ mod tests {
             (Error::NoAcceptableMethod, 0x01),
             (Error::AuthFailed, 0x01),
             (Error::Io(io::Error::from(io::ErrorKind::BrokenPipe)), 0x01),
+            (upstream(Error::Rejected(Reply::ConnectionRefused)), 0x05),
+            (upstream(Error::Rejected(Reply::NotAllowed)), 0x02),
+            (upstream(Error::AuthFailed), 0x01),
+            (
+                upstream(connect_error(io::ErrorKind::ConnectionRefused)),
+                0x01,
+            ),
+            (upstream(Error::Closed { stage: "reply" }), 0x01),
+            (status(403), 0x02),
+            (status(404), 0x04),
+            (status(502), 0x04),
+            (status(504), 0x04),
+            (status(407), 0x01),
+            (status(500), 0x01),
+            (Error::Via("x".into()), 0x01),
         ];
         for (error, code) in table {
             assert_eq!(u8::from(error.reply()), code, "{error:?}");

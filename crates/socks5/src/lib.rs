@@ -8,16 +8,24 @@
 //!   functions. No I/O, no panics on any input.
 //! - [`Error`]: the one error type, and [`Error::reply`], the one place that maps an error to a
 //!   reply code.
-//! - [`serve`] with [`ServerOptions`]: one server session on an accepted connection
-//!   (negotiation, login, CONNECT, BIND, UDP ASSOCIATE, relaying) ending in a
-//!   [`SessionReport`]. The caller binds, accepts, limits the number of sessions and logs the
-//!   report; this crate never binds a listening socket of its own except BIND's and UDP
-//!   ASSOCIATE's.
-//! - [`AuthPolicy`]: who must log in; passwords are compared in constant time.
+//! - [`serve`] with [`ServerOptions`] (built by [`ServerOptions::builder`]): one server session
+//!   on an accepted connection, over any `AsyncRead + AsyncWrite` stream (negotiation, login,
+//!   CONNECT, BIND, UDP ASSOCIATE, relaying) ending in a [`SessionReport`]. The caller binds,
+//!   accepts, limits the number of sessions and logs the report; this crate never binds a
+//!   listening socket of its own except BIND's and UDP ASSOCIATE's.
+//! - [`core`]: the proxy core every front door shares: judge the client, the name, resolve,
+//!   judge each address, connect through a [`Connector`] ([`DirectConnector`] by default),
+//!   relay (splice(2) when both ends are TCP sockets).
+//! - [`Authenticator`]: who must log in and checking logins, returning the user; the default
+//!   is [`AuthPolicy`], whose passwords are compared in constant time.
 //! - [`Rules`]: ordered allow/deny rules on client networks, destination networks, domain
 //!   patterns and ports, behind a built-in rule that always refuses unspecified, broadcast
 //!   and multicast destinations ([`Rules::never_allowed`]). A CONNECT to the server's own
 //!   listening address ([`ServerOptions::listen_addresses`]) is refused too.
+//! - [`Via`] and [`Upstream`]: where allowed CONNECTs leave: directly, or through an upstream
+//!   SOCKS5 or HTTP CONNECT proxy (per rule, or for the whole server).
+//! - [`Requester`]: who a rule judges, the client's IP and the user it logged in as (rules
+//!   can name `users`).
 //! - [`Resolver`]: how domain names are resolved ([`SystemResolver`], at most
 //!   [`MAX_SYSTEM_LOOKUPS`] at once in the process; [`StaticResolver`]; or the caller's own).
 //! - [`client`]: CONNECT, BIND and UDP ASSOCIATE through a proxy.
@@ -52,7 +60,6 @@
 //! - GSSAPI (method X'01', RFC 1961) and any method but X'00' and X'02'.
 //! - UDP fragmentation (RFC 1928 §7 makes it optional): datagrams with FRAG ≠ 0 are dropped.
 //! - SOCKS4/4a and HTTP proxying: such greetings are recognised for the log and closed.
-//! - Happy Eyeballs: the addresses of a name are tried one after another.
 //! - Configuration files, listening sockets, connection limits and logging the session line:
 //!   those belong to the server crate.
 #![cfg_attr(
@@ -67,6 +74,7 @@
 
 mod auth;
 pub mod client;
+pub mod core;
 mod error;
 mod framing;
 mod relay;
@@ -74,11 +82,14 @@ mod resolve;
 mod rules;
 mod server;
 mod udp;
+mod via;
 pub mod wire;
 
-pub use auth::{AuthPolicy, LoginFailure};
+pub use auth::{AuthFuture, AuthPolicy, Authenticator, LoginFailure};
+pub use core::{ConnectFuture, Connector, DirectConnector, Outbound, ProxyStream};
 pub use error::Error;
 pub use resolve::{MAX_SYSTEM_LOOKUPS, ResolveFuture, Resolver, StaticResolver, SystemResolver};
-pub use rules::{Action, DomainPattern, Rule, Rules, networks_cover_family};
-pub use server::{Commands, ServerOptions, SessionReport, serve, sniff};
+pub use rules::{Action, DomainPattern, Requester, Rule, Rules, Verdict, networks_cover_family};
+pub use server::{Commands, ServerOptions, ServerOptionsBuilder, SessionReport, serve, sniff};
+pub use via::{Upstream, UpstreamKind, Via};
 pub use wire::{Address, Command, Reply};

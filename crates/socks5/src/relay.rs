@@ -14,57 +14,85 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::debug;
 
 use crate::Error;
+use crate::core::Relayed;
 
-/// What the relay moved, and how it ended.
-#[derive(Debug)]
-pub(crate) struct Relayed {
-    /// Bytes from the client to the target (including the pending bytes).
-    pub(crate) up: u64,
-    /// Bytes from the target to the client.
-    pub(crate) down: u64,
-    /// `Ok` when both directions ended (or a peer reset, which is an ordinary way to close).
-    pub(crate) result: Result<(), Error>,
+/// Writes what came before the relay: `pending` (bytes the client sent after its request) to
+/// the target, `early` (bytes the target sent with an upstream's answer) to the client. `Err`
+/// ends the relay with what it says.
+async fn write_first<C, T>(
+    client: &mut C,
+    target: &mut T,
+    pending: BytesMut,
+    early: Bytes,
+    idle_timeout: Duration,
+    up: &mut u64,
+    down: &mut u64,
+) -> Result<(), Result<(), Error>>
+where
+    C: AsyncWrite + Unpin + Send,
+    T: AsyncWrite + Unpin + Send,
+{
+    for (to, bytes, count) in [
+        (
+            &mut *target as &mut (dyn AsyncWrite + Unpin + Send),
+            &pending[..],
+            up,
+        ),
+        (
+            &mut *client as &mut (dyn AsyncWrite + Unpin + Send),
+            &early[..],
+            down,
+        ),
+    ] {
+        if bytes.is_empty() {
+            continue;
+        }
+        match timeout(idle_timeout, to.write_all(bytes)).await {
+            Ok(Ok(())) => *count += bytes.len() as u64,
+            Ok(Err(error)) => return Err(ended(error)),
+            Err(_) => {
+                return Err(Err(Error::Idle {
+                    limit: idle_timeout,
+                }));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Relays between `client` and `target` until both directions end, an error, or
 /// `idle_timeout` without traffic. `pending` (bytes the client sent after its request) goes to
-/// the target first.
+/// the target first, `early` (bytes the target sent before the relay) to the client.
 pub(crate) async fn relay(
     client: &mut TcpStream,
     target: &mut TcpStream,
     pending: BytesMut,
+    early: Bytes,
     buffer_len: usize,
     idle_timeout: Duration,
 ) -> Relayed {
     let buffer_len = buffer_len.max(1);
     let (mut up, mut down) = (0, 0);
-    if !pending.is_empty() {
-        match timeout(idle_timeout, target.write_all(&pending)).await {
-            Ok(Ok(())) => up += pending.len() as u64,
-            Ok(Err(error)) => {
-                return Relayed {
-                    up,
-                    down,
-                    result: ended(error),
-                };
-            }
-            Err(_) => {
-                let result = Err(Error::Idle {
-                    limit: idle_timeout,
-                });
-                return Relayed { up, down, result };
-            }
-        }
+    let first = write_first(
+        client,
+        target,
+        pending,
+        early,
+        idle_timeout,
+        &mut up,
+        &mut down,
+    );
+    if let Err(result) = first.await {
+        return Relayed { up, down, result };
     }
-    drop(pending);
 
     let clock = Clock::new();
     let (client_read, mut client_write) = client.split();
@@ -86,6 +114,89 @@ pub(crate) async fn relay(
         () = clock.idle(idle_timeout) => Err(Error::Idle { limit: idle_timeout }),
     };
     Relayed { up, down, result }
+}
+
+/// As [`relay`], for streams that are not both TCP sockets: each direction copies through a
+/// buffer of `buffer_len` bytes, taken for the life of the relay (the readiness trick of the
+/// TCP relay needs sockets).
+pub(crate) async fn relay_streams<C, T>(
+    client: &mut C,
+    target: &mut T,
+    pending: BytesMut,
+    early: Bytes,
+    buffer_len: usize,
+    idle_timeout: Duration,
+) -> Relayed
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send,
+    T: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let buffer_len = buffer_len.max(1);
+    let (mut up, mut down) = (0, 0);
+    let first = write_first(
+        client,
+        target,
+        pending,
+        early,
+        idle_timeout,
+        &mut up,
+        &mut down,
+    );
+    if let Err(result) = first.await {
+        return Relayed { up, down, result };
+    }
+    let clock = Clock::new();
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut target_read, mut target_write) = tokio::io::split(target);
+    let both = async {
+        tokio::try_join!(
+            copy(
+                &mut client_read,
+                &mut target_write,
+                buffer_len,
+                &mut up,
+                &clock
+            ),
+            copy(
+                &mut target_read,
+                &mut client_write,
+                buffer_len,
+                &mut down,
+                &clock
+            ),
+        )
+    };
+    let result = tokio::select! {
+        done = both => done.map(drop).or_else(ended),
+        () = clock.idle(idle_timeout) => Err(Error::Idle { limit: idle_timeout }),
+    };
+    Relayed { up, down, result }
+}
+
+/// One direction of [`relay_streams`]: copies until end of stream, then half-closes `to`.
+async fn copy<R, W>(
+    from: &mut R,
+    to: &mut W,
+    buffer_len: usize,
+    count: &mut u64,
+    clock: &Clock,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0; buffer_len];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            to.shutdown().await?;
+            return Ok(());
+        }
+        to.write_all(buf.get(..n).unwrap_or_default()).await?;
+        to.flush().await?;
+        *count += n as u64;
+        clock.touch();
+    }
 }
 
 /// A reset or a broken pipe is how many peers close; it ends the relay without an error.
@@ -312,6 +423,7 @@ mod tests {
                 &mut client_side,
                 &mut target_side,
                 pending,
+                Bytes::new(),
                 16,
                 Duration::from_secs(10),
             )
@@ -354,6 +466,7 @@ mod tests {
                 &mut client_side,
                 &mut target_side,
                 BytesMut::new(),
+                Bytes::new(),
                 4096,
                 Duration::from_secs(10),
             )
@@ -436,6 +549,7 @@ mod tests {
                 &mut client_side,
                 &mut target_side,
                 BytesMut::new(),
+                Bytes::new(),
                 64 * 1024,
                 Duration::from_secs(30),
             )
@@ -477,6 +591,7 @@ mod tests {
                 &mut client_side,
                 &mut target_side,
                 BytesMut::new(),
+                Bytes::new(),
                 buffer_len,
                 Duration::from_secs(30),
             )
@@ -515,6 +630,7 @@ mod tests {
                 &mut client_side,
                 &mut target_side,
                 BytesMut::new(),
+                Bytes::new(),
                 1024,
                 limit,
             ),

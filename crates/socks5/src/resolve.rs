@@ -20,6 +20,28 @@ pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAd
 /// answer holds up only the datagrams for that name. The server drops the future when it stops
 /// waiting: an implementation whose work outlives its future (a blocking call) should bound
 /// that work itself, as [`SystemResolver`] does.
+///
+/// ```
+/// use std::io;
+/// use socks5::{ResolveFuture, Resolver, SystemResolver};
+///
+/// /// Names under `.lan` are this office's printers, all at one address; the rest goes to
+/// /// the system resolver.
+/// struct Office;
+///
+/// impl Resolver for Office {
+///     fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a> {
+///         if host.ends_with(".lan") {
+///             let printer = "192.0.2.7".parse().map_err(io::Error::other);
+///             return Box::pin(async move { Ok(vec![std::net::SocketAddr::new(printer?, port)]) });
+///         }
+///         SystemResolver.resolve(host, port)
+///     }
+/// }
+///
+/// let options = socks5::ServerOptions::builder().resolver(Office).build();
+/// # let _ = options;
+/// ```
 pub trait Resolver: Send + Sync {
     /// The addresses of `host`, each with `port`, in the order to try them.
     ///

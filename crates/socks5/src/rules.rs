@@ -8,6 +8,7 @@ use std::str::FromStr;
 use ipnet::IpNet;
 
 use crate::Error;
+use crate::via::Via;
 
 /// What a rule (or the default) does with a matching request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -115,7 +116,9 @@ impl fmt::Display for DomainPattern {
 /// - `destinations`: the destination IP (for a domain, each resolved IP in turn) is in one;
 /// - `domains`: the destination is a domain name matching one pattern. A rule with domains
 ///   never matches an IP destination;
-/// - `ports`: the destination port is in one of the ranges.
+/// - `ports`: the destination port is in one of the ranges;
+/// - `users`: the client logged in as one of these users (a client that did not log in
+///   matches no rule with users).
 ///
 /// IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are compared as the IPv4 address.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,12 +127,63 @@ pub struct Rule {
     pub action: Action,
     /// Client networks.
     pub clients: Vec<IpNet>,
+    /// Users, as the [`crate::Authenticator`] named them.
+    pub users: Vec<String>,
     /// Destination networks.
     pub destinations: Vec<IpNet>,
     /// Destination name patterns.
     pub domains: Vec<DomainPattern>,
     /// Destination port ranges.
     pub ports: Vec<RangeInclusive<u16>>,
+    /// For an allow rule: how matching requests leave (`None`: as the server's
+    /// [`crate::ServerOptions::via`] says).
+    pub via: Option<Via>,
+}
+
+/// Who asks: the client's IP and, once it logged in, its user. Every method of [`Rules`] that
+/// takes a client takes an `IpAddr` too, for a client without a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester<'a> {
+    /// The client's IP (IPv4-mapped addresses are judged as IPv4).
+    pub ip: IpAddr,
+    /// The user it logged in as.
+    pub user: Option<&'a str>,
+}
+
+impl<'a> Requester<'a> {
+    /// `ip`, logged in as `user` if any.
+    #[must_use]
+    pub fn new(ip: IpAddr, user: Option<&'a str>) -> Self {
+        Requester {
+            ip: ip.to_canonical(),
+            user,
+        }
+    }
+
+    /// Whether `rule` names this requester (its `clients` and `users`).
+    fn named_by(&self, rule: &Rule) -> bool {
+        (rule.clients.is_empty() || rule.clients.iter().any(|net| net.contains(&self.ip)))
+            && (rule.users.is_empty()
+                || self
+                    .user
+                    .is_some_and(|user| rule.users.iter().any(|name| name == user)))
+    }
+}
+
+impl From<IpAddr> for Requester<'_> {
+    fn from(ip: IpAddr) -> Self {
+        Requester::new(ip, None)
+    }
+}
+
+/// What the rules decided for a request: the action, and the `via` of the rule that decided
+/// (`None` when the default decided, the rule has none, or the built-in rule refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict<'a> {
+    /// Allow or deny.
+    pub action: Action,
+    /// The deciding rule's `via`.
+    pub via: Option<&'a Via>,
 }
 
 impl Rule {
@@ -140,21 +194,23 @@ impl Rule {
         Rule {
             action,
             clients: vec![],
+            users: vec![],
             destinations: vec![],
             domains: vec![],
             ports: vec![],
+            via: None,
         }
     }
 
     /// `Some(matches)`, or `None` when only the destination IP, not yet known, could decide.
     fn matches(
         &self,
-        client: IpAddr,
+        client: Requester<'_>,
         domain: Option<&str>,
         ip: Option<IpAddr>,
         port: u16,
     ) -> Option<bool> {
-        if !self.clients.is_empty() && !self.clients.iter().any(|net| net.contains(&client)) {
+        if !client.named_by(self) {
             return Some(false);
         }
         if !self.ports.is_empty() && !self.ports.iter().any(|range| range.contains(&port)) {
@@ -225,15 +281,53 @@ impl Rules {
     /// (`None` for an IP destination). [`Action::Deny`] for every address that
     /// [`Rules::never_allowed`] names, whatever the rules say.
     #[must_use]
-    pub fn check(&self, client: IpAddr, domain: Option<&str>, ip: IpAddr, port: u16) -> Action {
-        let (client, ip) = (client.to_canonical(), ip.to_canonical());
+    pub fn check<'a>(
+        &self,
+        client: impl Into<Requester<'a>>,
+        domain: Option<&str>,
+        ip: IpAddr,
+        port: u16,
+    ) -> Action {
+        self.route(client, domain, ip, port).action
+    }
+
+    /// As [`Rules::check`], with the deciding rule's `via`.
+    #[must_use]
+    pub fn route<'a>(
+        &self,
+        client: impl Into<Requester<'a>>,
+        domain: Option<&str>,
+        ip: IpAddr,
+        port: u16,
+    ) -> Verdict<'_> {
+        let client = client.into();
+        let client = Requester::new(client.ip, client.user);
+        let ip = ip.to_canonical();
         if Rules::never_allowed(ip) {
-            return Action::Deny;
+            return Verdict {
+                action: Action::Deny,
+                via: None,
+            };
         }
-        self.rules
-            .iter()
-            .find(|rule| rule.matches(client, domain, Some(ip), port) == Some(true))
-            .map_or(self.default, |rule| rule.action)
+        self.decide(
+            self.rules
+                .iter()
+                .find(|rule| rule.matches(client, domain, Some(ip), port) == Some(true)),
+        )
+    }
+
+    /// The verdict of `rule`, or of the default when no rule matched.
+    fn decide<'a>(&'a self, rule: Option<&'a Rule>) -> Verdict<'a> {
+        match rule {
+            Some(rule) => Verdict {
+                action: rule.action,
+                via: rule.via.as_ref(),
+            },
+            None => Verdict {
+                action: self.default,
+                via: None,
+            },
+        }
     }
 
     /// Whether `ip` is a destination that no rule can allow (the built-in rule; REP X'02'):
@@ -263,29 +357,50 @@ impl Rules {
     ///
     /// The server calls this before resolving, so that a denied name is never looked up.
     #[must_use]
-    pub fn check_name(&self, client: IpAddr, domain: &str, port: u16) -> Option<Action> {
-        let client = client.to_canonical();
+    pub fn check_name<'a>(
+        &self,
+        client: impl Into<Requester<'a>>,
+        domain: &str,
+        port: u16,
+    ) -> Option<Action> {
+        self.route_name(client, domain, port)
+            .map(|verdict| verdict.action)
+    }
+
+    /// As [`Rules::check_name`], with the deciding rule's `via`: a name allowed by name with
+    /// an upstream goes there unresolved.
+    #[must_use]
+    pub fn route_name<'a>(
+        &self,
+        client: impl Into<Requester<'a>>,
+        domain: &str,
+        port: u16,
+    ) -> Option<Verdict<'_>> {
+        let client = client.into();
+        let client = Requester::new(client.ip, client.user);
         for rule in &self.rules {
             match rule.matches(client, Some(domain), None, port) {
-                Some(true) => return Some(rule.action),
+                Some(true) => return Some(self.decide(Some(rule))),
                 Some(false) => {}
                 None => return None,
             }
         }
-        Some(self.default)
+        Some(self.decide(None))
     }
 
-    /// Whether `client` may reach anything at all: `false` if the first rule naming it that
+    /// Whether `client` may reach anything at all: `false` if the first rule naming it (by
+    /// network and user) that
     /// decides for every destination (no `destinations`, `domains` or `ports`) is a deny, with
     /// no allow rule for it before; the default decides if no rule does.
     ///
     /// The server asks this before it opens anything for a request (a BIND listener, a UDP
     /// relay socket) and answers REP X'02' at once when it is `false`.
     #[must_use]
-    pub fn admits(&self, client: IpAddr) -> bool {
-        let client = client.to_canonical();
+    pub fn admits<'a>(&self, client: impl Into<Requester<'a>>) -> bool {
+        let client = client.into();
+        let client = Requester::new(client.ip, client.user);
         for rule in &self.rules {
-            if !rule.clients.is_empty() && !rule.clients.iter().any(|net| net.contains(&client)) {
+            if !client.named_by(rule) {
                 continue;
             }
             match rule.action {
@@ -303,8 +418,8 @@ impl Rules {
     /// Networks are judged by what they cover together, however they are split: `0.0.0.0/1`
     /// and `128.0.0.0/1` (in one rule or in two) name everybody, like `0.0.0.0/0`. For each
     /// family, walking the rules in order, a client becomes *admitted* at the first allow rule
-    /// naming it (even for only some destinations), and *shut out* at the first deny rule
-    /// naming it that has no destination, domain or port list; clients still undecided at the
+    /// naming it (even for only some destinations or users), and *shut out* at the first deny
+    /// rule naming it that has no destination, domain, port or user list; clients still undecided at the
     /// end are admitted if the default is [`Action::Allow`]. The networks of such deny rules
     /// are the *exceptions*, unless together they name everybody (then they are a catch-all).
     /// The family is open if the admitted clients and the exceptions together are everybody:
@@ -321,11 +436,17 @@ impl Rules {
             for rule in &self.rules {
                 let named = rule.client_spans(v4);
                 match rule.action {
+                    // A rule with users admits some of its clients (those who log in as
+                    // them): counted as admitting them all, while the others stay undecided,
+                    // so that such a rule never makes a listener look closed.
                     Action::Allow => {
                         admitted = admitted.union(&undecided.intersect(&named));
-                        undecided = undecided.subtract(&named);
+                        if rule.users.is_empty() {
+                            undecided = undecided.subtract(&named);
+                        }
                     }
-                    Action::Deny if rule.covers_every_destination() => {
+                    // A deny rule with users shuts out only them: it limits nobody else.
+                    Action::Deny if rule.covers_every_destination() && rule.users.is_empty() => {
                         undecided = undecided.subtract(&named);
                         if !named.covers_every_client(v4) {
                             exceptions = exceptions.union(&named);
@@ -515,6 +636,66 @@ mod tests {
             Action::Allow
         );
         assert_eq!(pattern("*").to_string(), "*");
+    }
+
+    #[test]
+    fn users_rules_match_only_logged_in_users_they_name() {
+        let rules = Rules {
+            rules: vec![
+                Rule {
+                    users: vec!["bob".into()],
+                    ..Rule::new(Action::Deny)
+                },
+                Rule {
+                    users: vec!["alice".into()],
+                    ports: vec![22..=22],
+                    ..Rule::new(Action::Allow)
+                },
+                Rule {
+                    ports: vec![22..=22],
+                    ..Rule::new(Action::Deny)
+                },
+            ],
+            default: Action::Allow,
+        };
+        let client = ip("192.0.2.1");
+        let (alice, bob) = (
+            Requester::new(client, Some("alice")),
+            Requester::new(client, Some("bob")),
+        );
+        let table = [
+            (Requester::from(client), 80, Action::Allow),
+            (Requester::from(client), 22, Action::Deny),
+            (alice, 22, Action::Allow),
+            (alice, 80, Action::Allow),
+            (bob, 80, Action::Deny),
+            (Requester::new(client, Some("carol")), 22, Action::Deny),
+        ];
+        for (who, port, expected) in table {
+            assert_eq!(
+                rules.check(who, None, ip("198.51.100.1"), port),
+                expected,
+                "{who:?} {port}"
+            );
+            assert_eq!(
+                rules.check_name(who, "example.test", port),
+                Some(expected),
+                "{who:?} {port}"
+            );
+        }
+        assert!(!rules.admits(bob));
+        assert!(rules.admits(alice) && rules.admits(client));
+        // Users do not limit clients: a deny rule for bob leaves everybody else in.
+        assert!(!rules.limits_clients());
+        let only_alice = Rules {
+            rules: vec![Rule {
+                users: vec!["alice".into()],
+                ..Rule::new(Action::Allow)
+            }],
+            default: Action::Deny,
+        };
+        // Conservative: an allow rule with users counts as admitting its clients.
+        assert!(!only_alice.limits_clients());
     }
 
     #[test]

@@ -3,6 +3,9 @@
 
 mod command;
 
+pub(crate) use command::no_local_address;
+
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -10,16 +13,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, timeout};
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::auth::{AuthPolicy, LoginFailure};
+use crate::auth::{AuthPolicy, Authenticator, LoginFailure};
+use crate::core::{Connector, DirectConnector};
 use crate::framing::{Deadline, read_msg, write_msg};
 use crate::resolve::{Resolver, SystemResolver};
-use crate::rules::Rules;
+use crate::rules::{Requester, Rules};
+use crate::via::{Upstream, Via};
 use crate::wire::{
     Address, Command, Method, MethodSelection, PasswordStatus, Reply, Request, Response,
     decode_greeting, decode_password_request, decode_request, encode_method_selection,
@@ -62,16 +67,40 @@ impl Default for Commands {
 }
 
 /// Everything a session needs to know, filled in by the caller (the server crate from its
-/// config). See each field for its default.
+/// config) through [`ServerOptions::builder`]. See each field for its default; the fields can
+/// be read, and changed in place, but new ones may come, so the struct is built only by the
+/// builder or [`Default`].
+///
+/// ```
+/// use std::time::Duration;
+///
+/// let options = socks5::ServerOptions::builder()
+///     .connect_timeout(Duration::from_secs(5))
+///     .resolver(socks5::StaticResolver::new([(
+///         "printer.lan".to_owned(),
+///         vec!["192.0.2.7".parse().unwrap()],
+///     )]))
+///     .build();
+/// assert_eq!(options.connect_timeout, Duration::from_secs(5));
+/// assert_eq!(options.handshake_timeout, Duration::from_secs(10)); // the default
+/// ```
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ServerOptions {
     /// The greeting, the login and the request together must arrive within this, counted from
     /// the start of the session. Default: 10 s.
     pub handshake_timeout: Duration,
-    /// Resolving a CONNECT destination and connecting to it, trying every resolved address in
-    /// turn, share this one deadline: a client waits at most this long for its reply. Default:
+    /// Resolving a CONNECT destination and connecting to it, trying every resolved address,
+    /// share this one deadline: a client waits at most this long for its reply. Default:
     /// 10 s.
     pub connect_timeout: Duration,
+    /// Happy Eyeballs (RFC 8305): when a name has several allowed addresses, the next attempt
+    /// starts after this long without a connection (or at once when an attempt fails); the
+    /// addresses alternate between IPv6 and IPv4, IPv6 first, and the first to connect wins.
+    /// Zero turns the race off: the addresses are tried one after another in the resolver's
+    /// order, each once the previous failed. Default: 250 ms (RFC 8305 §8 recommends 250 ms,
+    /// and at least 100 ms).
+    pub happy_eyeballs_delay: Duration,
     /// A TCP relay with no byte moving either way for this long ends, and so does a UDP
     /// association with no datagram. Default: 5 min.
     pub idle_timeout: Duration,
@@ -79,8 +108,8 @@ pub struct ServerOptions {
     pub bind_timeout: Duration,
     /// The enabled commands. Default: all.
     pub commands: Commands,
-    /// Who must log in. Default: [`AuthPolicy::none`].
-    pub auth: Arc<AuthPolicy>,
+    /// Who must log in, and checking logins. Default: [`AuthPolicy::none`].
+    pub auth: Arc<dyn Authenticator>,
     /// Access rules. Default: allow everything.
     pub rules: Arc<Rules>,
     /// The IP put in the UDP ASSOCIATE reply, for a server behind NAT. Default (`None`): the
@@ -105,6 +134,14 @@ pub struct ServerOptions {
     pub listen_addresses: Vec<SocketAddr>,
     /// Resolves domain names. Default: [`SystemResolver`].
     pub resolver: Arc<dyn Resolver>,
+    /// Makes the outbound connections of CONNECT, once the rules allowed an address, and the
+    /// connections to upstream proxies. Default: [`DirectConnector`].
+    pub connector: Arc<dyn Connector>,
+    /// How CONNECT requests leave when the rule that allowed them has no `via` of its own
+    /// (or no rule decided): [`Via::Direct`], or through an upstream proxy. A name allowed
+    /// by name goes to the upstream unresolved; a name that needed its addresses judged goes
+    /// as the address. BIND and UDP ASSOCIATE are never chained. Default: direct.
+    pub via: Via,
     /// Size of the buffer each relay direction takes while data flows (and gives back when it
     /// stops). Default: 64 KiB. Smaller costs CPU (measured with plain copying: 0.62 s/GiB at
     /// 16 KiB, 0.46 at 32 KiB, 0.29 at 64 KiB, 0.28 at 128 KiB); on Linux a burst that fills
@@ -117,6 +154,7 @@ impl Default for ServerOptions {
         ServerOptions {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            happy_eyeballs_delay: Duration::from_millis(250),
             idle_timeout: Duration::from_secs(5 * 60),
             bind_timeout: Duration::from_secs(2 * 60),
             commands: Commands::default(),
@@ -126,8 +164,133 @@ impl Default for ServerOptions {
             outbound_bind: None,
             listen_addresses: Vec::new(),
             resolver: Arc::new(SystemResolver),
+            connector: Arc::new(DirectConnector),
+            via: Via::Direct,
             relay_buffer_len: 64 * 1024,
         }
+    }
+}
+
+impl ServerOptions {
+    /// A builder starting from the defaults.
+    pub fn builder() -> ServerOptionsBuilder {
+        ServerOptionsBuilder(ServerOptions::default())
+    }
+}
+
+/// Builds [`ServerOptions`]: each method sets the field of its name (see there for the
+/// meaning and the default).
+#[derive(Debug, Clone, Default)]
+#[must_use]
+pub struct ServerOptionsBuilder(ServerOptions);
+
+impl ServerOptionsBuilder {
+    /// [`ServerOptions::handshake_timeout`].
+    pub fn handshake_timeout(mut self, limit: Duration) -> Self {
+        self.0.handshake_timeout = limit;
+        self
+    }
+
+    /// [`ServerOptions::connect_timeout`].
+    pub fn connect_timeout(mut self, limit: Duration) -> Self {
+        self.0.connect_timeout = limit;
+        self
+    }
+
+    /// [`ServerOptions::happy_eyeballs_delay`].
+    pub fn happy_eyeballs_delay(mut self, delay: Duration) -> Self {
+        self.0.happy_eyeballs_delay = delay;
+        self
+    }
+
+    /// [`ServerOptions::idle_timeout`].
+    pub fn idle_timeout(mut self, limit: Duration) -> Self {
+        self.0.idle_timeout = limit;
+        self
+    }
+
+    /// [`ServerOptions::bind_timeout`].
+    pub fn bind_timeout(mut self, limit: Duration) -> Self {
+        self.0.bind_timeout = limit;
+        self
+    }
+
+    /// [`ServerOptions::commands`].
+    pub fn commands(mut self, commands: Commands) -> Self {
+        self.0.commands = commands;
+        self
+    }
+
+    /// [`ServerOptions::auth`].
+    pub fn authenticator(mut self, auth: impl Authenticator + 'static) -> Self {
+        self.0.auth = Arc::new(auth);
+        self
+    }
+
+    /// [`ServerOptions::auth`], shared.
+    pub fn shared_authenticator(mut self, auth: Arc<dyn Authenticator>) -> Self {
+        self.0.auth = auth;
+        self
+    }
+
+    /// [`ServerOptions::rules`].
+    pub fn rules(mut self, rules: Rules) -> Self {
+        self.0.rules = Arc::new(rules);
+        self
+    }
+
+    /// [`ServerOptions::udp_advertise`].
+    pub fn udp_advertise(mut self, ip: Option<IpAddr>) -> Self {
+        self.0.udp_advertise = ip;
+        self
+    }
+
+    /// [`ServerOptions::outbound_bind`].
+    pub fn outbound_bind(mut self, ip: Option<IpAddr>) -> Self {
+        self.0.outbound_bind = ip;
+        self
+    }
+
+    /// [`ServerOptions::listen_addresses`].
+    pub fn listen_addresses(mut self, addresses: Vec<SocketAddr>) -> Self {
+        self.0.listen_addresses = addresses;
+        self
+    }
+
+    /// [`ServerOptions::resolver`].
+    pub fn resolver(mut self, resolver: impl Resolver + 'static) -> Self {
+        self.0.resolver = Arc::new(resolver);
+        self
+    }
+
+    /// [`ServerOptions::resolver`], shared.
+    pub fn shared_resolver(mut self, resolver: Arc<dyn Resolver>) -> Self {
+        self.0.resolver = resolver;
+        self
+    }
+
+    /// [`ServerOptions::connector`].
+    pub fn connector(mut self, connector: impl Connector + 'static) -> Self {
+        self.0.connector = Arc::new(connector);
+        self
+    }
+
+    /// [`ServerOptions::via`].
+    pub fn via(mut self, via: Via) -> Self {
+        self.0.via = via;
+        self
+    }
+
+    /// [`ServerOptions::relay_buffer_len`].
+    pub fn relay_buffer_len(mut self, len: usize) -> Self {
+        self.0.relay_buffer_len = len;
+        self
+    }
+
+    /// The options.
+    #[must_use]
+    pub fn build(self) -> ServerOptions {
+        self.0
     }
 }
 
@@ -136,14 +299,15 @@ impl fmt::Debug for ServerOptions {
         f.debug_struct("ServerOptions")
             .field("handshake_timeout", &self.handshake_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("happy_eyeballs_delay", &self.happy_eyeballs_delay)
             .field("idle_timeout", &self.idle_timeout)
             .field("bind_timeout", &self.bind_timeout)
             .field("commands", &self.commands)
-            .field("auth", &self.auth)
             .field("rules", &self.rules)
             .field("udp_advertise", &self.udp_advertise)
             .field("outbound_bind", &self.outbound_bind)
             .field("listen_addresses", &self.listen_addresses)
+            .field("via", &self.via)
             .field("relay_buffer_len", &self.relay_buffer_len)
             .finish_non_exhaustive()
     }
@@ -169,6 +333,8 @@ pub struct SessionReport {
     /// CONNECT: how long opening the target took (resolving and every attempt), when it
     /// was opened.
     pub connect_time: Option<Duration>,
+    /// CONNECT: the upstream proxy the tunnel goes through, if one (`via`).
+    pub via: Option<Upstream>,
     /// UDP ASSOCIATE: datagrams relayed from the client.
     pub datagrams_up: u64,
     /// UDP ASSOCIATE: datagrams relayed to the client.
@@ -181,21 +347,33 @@ pub struct SessionReport {
 
 /// Runs one SOCKS5 session on an accepted connection until it ends, and reports on it.
 ///
+/// `stream` is any byte stream: a [`TcpStream`] (then the local address of the connection is
+/// known, which BIND, UDP ASSOCIATE and the own-address check use, and the relay uses
+/// splice(2)), or anything else that reads and writes (a TLS session, an in-memory pipe).
+/// Over a stream that is not a TCP socket, BIND and UDP ASSOCIATE need `outbound_bind`.
+///
 /// `stop` ends a session still in its handshake (or connecting, or waiting for a BIND peer) at
 /// once; an established relay keeps going, for the caller to bound with its drain deadline.
 /// Failures are answered as RFC 1928 asks (see [`Error::reply`]) and the connection is closed.
 /// A first message that is not SOCKS5 is closed at once without an answer (see [`sniff`]).
 /// Errors are logged as `debug` or `warn` events (never a password); the caller logs the
 /// report.
-pub async fn serve(
-    stream: TcpStream,
+pub async fn serve<S>(
+    stream: S,
     peer: SocketAddr,
     options: &ServerOptions,
     stop: CancellationToken,
-) -> SessionReport {
+) -> SessionReport
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let started = Instant::now();
+    let local = (&stream as &dyn Any)
+        .downcast_ref::<TcpStream>()
+        .and_then(|tcp| tcp.local_addr().ok());
     let mut session = Session {
         stream,
+        local,
         client_ip: peer.ip().to_canonical(),
         options,
         report: SessionReport {
@@ -207,6 +385,7 @@ pub async fn serve(
             bytes_up: 0,
             bytes_down: 0,
             connect_time: None,
+            via: None,
             datagrams_up: 0,
             datagrams_down: 0,
             duration: Duration::ZERO,
@@ -269,15 +448,20 @@ const CLOSE_LINGER: Duration = Duration::from_millis(500);
 const CLOSE_DRAIN_LEN: usize = 64 * 1024;
 
 /// One session's state.
-pub(crate) struct Session<'a> {
-    pub(crate) stream: TcpStream,
+pub(crate) struct Session<'a, S> {
+    pub(crate) stream: S,
+    /// The local address of the client's connection, when it is a TCP socket.
+    pub(crate) local: Option<SocketAddr>,
     /// The client's IP, IPv4-mapped addresses as IPv4.
     pub(crate) client_ip: IpAddr,
     pub(crate) options: &'a ServerOptions,
     pub(crate) report: SessionReport,
 }
 
-impl Session<'_> {
+impl<S> Session<'_, S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     async fn run(&mut self, stop: &CancellationToken) -> Result<(), Error> {
         let mut buf = BytesMut::with_capacity(HANDSHAKE_BUFFER_LEN);
         let request = match cancellable(stop, "handshake", self.handshake(&mut buf)).await {
@@ -301,7 +485,8 @@ impl Session<'_> {
         if !self.options.commands.allows(command) {
             return Err(self.fail(Error::CommandDisabled(command)).await);
         }
-        if !self.options.rules.admits(self.client_ip) {
+        let requester = Requester::new(self.client_ip, self.report.user.as_deref());
+        if !self.options.rules.admits(requester) {
             // Before anything is opened: a BIND listener or a UDP socket for a client that can
             // reach nothing would only hold a port.
             let client = self.client_ip;
@@ -357,15 +542,26 @@ impl Session<'_> {
             decode_password_request,
         )
         .await?;
-        let verdict = self
-            .options
-            .auth
-            .check(&credentials.username, &credentials.password);
-        let user = String::from_utf8_lossy(&credentials.username).into_owned();
+        let checking = self.options.auth.authenticate(
+            self.client_ip,
+            &credentials.username,
+            &credentials.password,
+        );
+        let verdict = timeout_at(deadline.at, checking)
+            .await
+            .map_err(|_| Error::Timeout {
+                stage: "login",
+                limit: deadline.limit,
+            })?;
+        let user = match &verdict {
+            Ok(user) => user.clone(),
+            Err(reason) => {
+                let user = String::from_utf8_lossy(&credentials.username).into_owned();
+                log_login_failure(self.report.client, &user, *reason);
+                user
+            }
+        };
         drop(credentials);
-        if let Err(reason) = verdict {
-            log_login_failure(self.report.client, &user, reason);
-        }
         self.report.user = Some(user);
         let accepted = verdict.is_ok();
         let status = if accepted {
@@ -423,7 +619,7 @@ pub(crate) async fn cancellable<T>(
 /// Sends FIN at once, then reads and drops what the peer still sends for a moment: closing a
 /// socket with unread data makes the kernel send a reset, which can destroy the answer we just
 /// wrote before the peer reads it.
-async fn close_gracefully(stream: &mut TcpStream) {
+async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     if stream.shutdown().await.is_err() {
         return;
     }
@@ -508,6 +704,7 @@ mod tests {
         let options = ServerOptions::default();
         assert_eq!(options.handshake_timeout, Duration::from_secs(10));
         assert_eq!(options.connect_timeout, Duration::from_secs(10));
+        assert_eq!(options.happy_eyeballs_delay, Duration::from_millis(250));
         assert_eq!(options.idle_timeout, Duration::from_secs(300));
         assert_eq!(options.bind_timeout, Duration::from_secs(120));
         assert_eq!(
@@ -518,7 +715,13 @@ mod tests {
                 udp_associate: true
             }
         );
-        assert!(!options.auth.password_required());
+        assert_eq!(
+            options.auth.choose(
+                IpAddr::from([203, 0, 113, 1]),
+                &[crate::wire::Method::NoAuth]
+            ),
+            crate::wire::Method::NoAuth
+        );
         assert_eq!(*options.rules, Rules::default());
         assert_eq!((options.udp_advertise, options.outbound_bind), (None, None));
         assert_eq!(options.relay_buffer_len, 65536);

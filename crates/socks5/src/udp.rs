@@ -33,15 +33,15 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-use tokio::net::{TcpStream, UdpSocket};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::UdpSocket;
 use tokio::task::{self, JoinError, JoinSet};
 use tokio::time::{Instant, sleep, timeout};
 use tracing::{Instrument, debug};
 
 use crate::Error;
 use crate::resolve::lookup;
-use crate::rules::Action;
+use crate::rules::{Action, Requester};
 use crate::server::{ServerOptions, Session};
 use crate::wire::{Address, Decoded, Reply, UdpHeader, decode_udp_header, encode_udp_header};
 
@@ -64,7 +64,13 @@ const MAX_WAITING: usize = 16;
 const MAX_WAITING_BYTES: usize = 64 * 1024;
 
 /// Runs a UDP association for `session` until it ends.
-pub(crate) async fn associate(session: &mut Session<'_>, requested: &Address) -> Result<(), Error> {
+pub(crate) async fn associate<S>(
+    session: &mut Session<'_, S>,
+    requested: &Address,
+) -> Result<(), Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (socket, advertised) = match open(session).await {
         Ok(opened) => opened,
         Err(error) => return Err(session.fail(error).await),
@@ -79,6 +85,7 @@ pub(crate) async fn associate(session: &mut Session<'_>, requested: &Address) ->
         socket,
         other: Other::NotOpened,
         client_ip: session.client_ip,
+        user: session.report.user.clone(),
         client_port: Some(requested.port()).filter(|&port| port != 0),
         client: None,
         targets: HashSet::new(),
@@ -98,9 +105,13 @@ pub(crate) async fn associate(session: &mut Session<'_>, requested: &Address) ->
 }
 
 /// Binds the relay socket; returns it and the address for the reply.
-async fn open(session: &Session<'_>) -> Result<(UdpSocket, SocketAddr), Error> {
-    let local_ip = session.stream.local_addr()?.ip().to_canonical();
-    let bind_ip = session.options.outbound_bind.unwrap_or(local_ip);
+async fn open<S>(session: &Session<'_, S>) -> Result<(UdpSocket, SocketAddr), Error> {
+    let (bind_ip, local_ip) = match (session.options.outbound_bind, session.local) {
+        (Some(bind), Some(local)) => (bind, local.ip().to_canonical()),
+        (None, Some(local)) => (local.ip().to_canonical(), local.ip().to_canonical()),
+        (Some(bind), None) => (bind, bind),
+        (None, None) => return Err(Error::Io(crate::server::no_local_address())),
+    };
     let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
     let bound = socket.local_addr()?;
     let ip = match session.options.udp_advertise {
@@ -122,6 +133,8 @@ struct Association<'a> {
     /// An IPv6 socket.
     v6: bool,
     client_ip: IpAddr,
+    /// The user the client logged in as, for rules with `users`.
+    user: Option<String>,
     client_port: Option<u16>,
     /// The client's address exactly as the socket sees it, once known.
     client: Option<SocketAddr>,
@@ -167,7 +180,12 @@ async fn other_readable(other: &Other) -> io::Result<()> {
 }
 
 impl Association<'_> {
-    async fn run(&mut self, control: &mut TcpStream) -> Result<(), Error> {
+    /// The client as the rules see it.
+    fn requester(&self) -> Requester<'_> {
+        Requester::new(self.client_ip, self.user.as_deref())
+    }
+
+    async fn run<C: AsyncRead + Unpin>(&mut self, control: &mut C) -> Result<(), Error> {
         let limit = self.options.idle_timeout;
         let idle = sleep(limit);
         tokio::pin!(idle);
@@ -399,7 +417,7 @@ impl Association<'_> {
         if self
             .options
             .rules
-            .check(self.client_ip, None, target.ip(), target.port())
+            .check(self.requester(), None, target.ip(), target.port())
             == Action::Deny
         {
             debug!(%target, "rules deny a UDP destination");
@@ -416,7 +434,7 @@ impl Association<'_> {
     /// else once its lookup (started here if needed) answers. Returns whether the datagram was
     /// sent or queued.
     async fn relay_to_name(&mut self, host: &str, port: u16, payload: &[u8]) -> bool {
-        if self.options.rules.check_name(self.client_ip, host, port) == Some(Action::Deny) {
+        if self.options.rules.check_name(self.requester(), host, port) == Some(Action::Deny) {
             debug!(%host, "rules deny a UDP destination");
             return false;
         }
@@ -459,7 +477,8 @@ impl Association<'_> {
     fn pick(&self, host: &str, ips: &[IpAddr], port: u16) -> Option<SocketAddr> {
         let rules = &self.options.rules;
         let usable = ips.iter().find(|&&ip| {
-            self.reachable(ip) && rules.check(self.client_ip, Some(host), ip, port) == Action::Allow
+            self.reachable(ip)
+                && rules.check(self.requester(), Some(host), ip, port) == Action::Allow
         });
         if usable.is_none() {
             debug!(%host, "no allowed address for a UDP destination");

@@ -61,6 +61,10 @@ pub struct Socks5Config {
     /// Outbound connects give up after this.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Happy Eyeballs (RFC 8305): the next address of a name is tried after this without a
+    /// connection; `0s`: one address after another.
+    #[serde(default = "happy_eyeballs_delay", with = "humantime_serde")]
+    pub happy_eyeballs_delay: Duration,
     /// A tunnel or UDP association with no traffic for this long is closed.
     #[serde(default = "default_idle_timeout", with = "humantime_serde")]
     pub idle_timeout: Duration,
@@ -97,6 +101,10 @@ pub struct Socks5Config {
     /// A JSON line per finished session is appended to this file.
     #[serde(default)]
     pub access_log: Option<PathBuf>,
+    /// How allowed CONNECTs leave unless their rule says otherwise: `direct`,
+    /// `socks5://[user:password@]host:port` or `http://[user:password@]host:port`.
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 /// `auth = "none" | "password"`.
@@ -139,6 +147,9 @@ pub struct RuleConfig {
     /// Client networks (any if empty).
     #[serde(default)]
     pub clients: Vec<IpNet>,
+    /// Users, with `auth = "password"` (any client, logged in or not, if empty).
+    #[serde(default)]
+    pub users: Vec<String>,
     /// Destination networks (any if empty).
     #[serde(default)]
     pub destinations: Vec<IpNet>,
@@ -148,6 +159,9 @@ pub struct RuleConfig {
     /// Destination ports: `443` or `"8000-8999"` (any if empty).
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// For an allow rule: how matching CONNECTs leave (default: the listener's `via`).
+    #[serde(default)]
+    pub via: Option<String>,
 }
 
 /// `allow` or `deny`.
@@ -206,6 +220,11 @@ fn default_handshake_timeout() -> Duration {
 fn default_connect_timeout() -> Duration {
     socks5::ServerOptions::default().connect_timeout
 }
+fn happy_eyeballs_delay() -> Duration {
+    socks5::ServerOptions::default().happy_eyeballs_delay
+}
+/// The shortest `happy_eyeballs_delay` but `0s` (off): RFC 8305 §5 sets 10 ms as the floor.
+const MIN_HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(10);
 fn default_idle_timeout() -> Duration {
     socks5::ServerOptions::default().idle_timeout
 }
@@ -265,6 +284,20 @@ impl Socks5Config {
             }
             _ => {}
         }
+        for (index, rule) in self.rules.iter().enumerate() {
+            let at = |reason: String| invalid("rules.users", format!("rules[{index}]: {reason}"));
+            if !rule.users.is_empty() && self.auth == AuthMode::None {
+                return Err(at(
+                    "nobody logs in with auth = \"none\", so a rule with users never matches"
+                        .into(),
+                ));
+            }
+            if let Some(unknown) = rule.users.iter().find(|user| !users.contains_key(*user)) {
+                return Err(at(format!(
+                    "{unknown:?} is not a user of users or users_file"
+                )));
+            }
+        }
         if self.commands.is_empty() {
             return Err(invalid(
                 "commands",
@@ -279,6 +312,19 @@ impl Socks5Config {
         ] {
             check_duration(key, value, MIN_TIMEOUT, MAX_DURATION)?;
         }
+        let delay = self.happy_eyeballs_delay;
+        if !delay.is_zero() && !(MIN_HAPPY_EYEBALLS_DELAY..=MAX_DURATION).contains(&delay) {
+            let show = humantime_serde::re::humantime::format_duration;
+            return Err(invalid(
+                "happy_eyeballs_delay",
+                format!(
+                    "{} is out of range: it must be \"0s\" (one address after another) or {} to {}",
+                    show(delay),
+                    show(MIN_HAPPY_EYEBALLS_DELAY),
+                    show(MAX_DURATION)
+                ),
+            ));
+        }
         if let Some(max_connections) = self.max_connections {
             check_count(
                 "max_connections",
@@ -288,6 +334,7 @@ impl Socks5Config {
                 "",
             )?;
         }
+        let via = self.via()?;
         let rules = self.rules()?;
         if !self.bind.ip().is_loopback() && self.is_open(&rules) && !self.allow_open_proxy {
             bail!(
@@ -305,32 +352,34 @@ impl Socks5Config {
             }
         };
         let has = |c| self.commands.contains(&c);
-        Ok(socks5::ServerOptions {
-            handshake_timeout: self.handshake_timeout,
-            connect_timeout: self.connect_timeout,
-            idle_timeout: self.idle_timeout,
-            bind_timeout: self.bind_timeout,
-            commands: socks5::Commands {
+        // A CONNECT to this listener, or to another proxy listener of this server, would loop
+        // back into it (port 0: the port a client reached, for this listener only).
+        let listen_addresses = std::iter::once(self.bind)
+            .chain(
+                proxies
+                    .iter()
+                    .copied()
+                    .filter(|other| *other != self.bind && other.port() != 0),
+            )
+            .collect();
+        Ok(socks5::ServerOptions::builder()
+            .handshake_timeout(self.handshake_timeout)
+            .connect_timeout(self.connect_timeout)
+            .happy_eyeballs_delay(self.happy_eyeballs_delay)
+            .idle_timeout(self.idle_timeout)
+            .bind_timeout(self.bind_timeout)
+            .commands(socks5::Commands {
                 connect: has(CommandName::Connect),
                 bind: has(CommandName::Bind),
                 udp_associate: has(CommandName::UdpAssociate),
-            },
-            auth: Arc::new(auth),
-            rules: Arc::new(rules),
-            udp_advertise: self.udp_advertise,
-            outbound_bind: self.outbound_bind,
-            // A CONNECT to this listener, or to another proxy listener of this server, would
-            // loop back into it (port 0: the port a client reached, for this listener only).
-            listen_addresses: std::iter::once(self.bind)
-                .chain(
-                    proxies
-                        .iter()
-                        .copied()
-                        .filter(|other| *other != self.bind && other.port() != 0),
-                )
-                .collect(),
-            ..socks5::ServerOptions::default()
-        })
+            })
+            .authenticator(auth)
+            .rules(rules)
+            .udp_advertise(self.udp_advertise)
+            .outbound_bind(self.outbound_bind)
+            .listen_addresses(listen_addresses)
+            .via(via)
+            .build())
     }
 
     /// Whether any client may use the proxy without a password: no auth (or
@@ -364,21 +413,43 @@ impl Socks5Config {
                 .map(PortSpec::range)
                 .collect::<anyhow::Result<_>>()
                 .map_err(|e| at("rules.ports", format!("{e:#}")))?;
+            let via = match (&rule.via, rule.action) {
+                (None, _) => None,
+                (Some(_), ActionName::Deny) => {
+                    return Err(at(
+                        "rules.via",
+                        "a deny rule sends nothing anywhere: via is for allow rules".into(),
+                    ));
+                }
+                (Some(text), ActionName::Allow) => {
+                    Some(parse_via(text).map_err(|e| at("rules.via", format!("{e:#}")))?)
+                }
+            };
             rules.push(socks5::Rule {
                 action: match rule.action {
                     ActionName::Allow => socks5::Action::Allow,
                     ActionName::Deny => socks5::Action::Deny,
                 },
                 clients: rule.clients.clone(),
+                users: rule.users.clone(),
                 destinations: rule.destinations.clone(),
                 domains,
                 ports,
+                via,
             });
         }
         Ok(socks5::Rules {
             rules,
             default: socks5::Action::Allow,
         })
+    }
+
+    /// The listener's `via` (default: direct).
+    fn via(&self) -> anyhow::Result<socks5::Via> {
+        match &self.via {
+            None => Ok(socks5::Via::Direct),
+            Some(text) => parse_via(text).map_err(|e| invalid("via", format!("{e:#}"))),
+        }
     }
 
     /// The users of `users` and `users_file`.
@@ -456,6 +527,11 @@ impl Socks5Config {
             access_log: self.access_log.clone(),
         }
     }
+}
+
+/// A `via` value; the error shows no password.
+fn parse_via(text: &str) -> anyhow::Result<socks5::Via> {
+    Ok(text.parse::<socks5::Via>()?)
 }
 
 fn read_users_file(path: &Path) -> anyhow::Result<String> {
@@ -555,11 +631,13 @@ impl Socks5 {
         );
         let user = report.user.as_deref().unwrap_or("-");
         let error = report.error.as_ref().map(ToString::to_string);
+        let via = report.via.as_ref().map(ToString::to_string);
         info!(
             client = %report.client,
             user,
             command,
             destination,
+            via,
             reply,
             bytes_up = report.bytes_up,
             bytes_down = report.bytes_down,
@@ -644,6 +722,86 @@ mod tests {
         assert_eq!(connections_for_fd_limit(1024), 480);
         assert_eq!(connections_for_fd_limit(10), 1);
         assert_eq!(connections_for_fd_limit(u64::MAX), 65_536);
+    }
+
+    fn with_delay(delay: &str) -> anyhow::Result<Socks5Config> {
+        let text = format!("bind = \"127.0.0.1:0\"\nhappy_eyeballs_delay = {delay}\n");
+        let config: Socks5Config = toml::from_str(&text)?;
+        config.prepare(&[])?;
+        Ok(config)
+    }
+
+    #[test]
+    fn happy_eyeballs_delay_is_off_or_10ms_to_30days() {
+        let default: Socks5Config = toml::from_str("bind = \"127.0.0.1:0\"").unwrap();
+        assert_eq!(default.happy_eyeballs_delay, Duration::from_millis(250));
+        for ok in ["\"0s\"", "\"10ms\"", "\"250ms\"", "\"30days\""] {
+            assert!(with_delay(ok).is_ok(), "{ok}");
+        }
+        for bad in ["\"9ms 999us\"", "\"1ns\"", "\"30days 1ns\""] {
+            let message = format!("{:#}", with_delay(bad).unwrap_err());
+            assert!(
+                message.contains("happy_eyeballs_delay") && message.contains("or 10ms to 30days"),
+                "{bad}: {message}"
+            );
+        }
+    }
+
+    fn validated(extra: &str) -> anyhow::Result<Socks5Config> {
+        let text = format!("bind = \"127.0.0.1:0\"\n{extra}\n");
+        let config: Socks5Config = toml::from_str(&text)?;
+        config.prepare(&[])?;
+        Ok(config)
+    }
+
+    #[test]
+    fn via_is_checked_on_the_listener_and_on_allow_rules() {
+        let config = validated("via = \"socks5://alice:pw@127.0.0.1:1080\"").unwrap();
+        assert_eq!(
+            config.via().unwrap().to_string(),
+            "socks5://alice@127.0.0.1:1080"
+        );
+        assert_eq!(validated("").unwrap().via().unwrap(), socks5::Via::Direct);
+        let rule = "[[rules]]\naction = \"allow\"\ndomains = [\"*.internal\"]\nvia = \"direct\"";
+        let config = validated(&format!("via = \"http://proxy:3128\"\n{rule}")).unwrap();
+        assert_eq!(
+            config.rules().unwrap().rules[0].via,
+            Some(socks5::Via::Direct)
+        );
+        for (extra, key) in [
+            ("via = \"socks5://alice:hunter2@proxy\"", "via:"),
+            ("via = \"ftp://proxy:21\"", "via:"),
+            (
+                "[[rules]]\naction = \"allow\"\nvia = \"socks5://alice:hunter2@h:0\"",
+                "rules.via: rules[0]",
+            ),
+            (
+                "[[rules]]\naction = \"deny\"\nvia = \"direct\"",
+                "rules.via: rules[0]: a deny rule",
+            ),
+        ] {
+            let message = format!("{:#}", validated(extra).unwrap_err());
+            assert!(message.contains(key), "{extra}: {message}");
+            assert!(!message.contains("hunter2"), "{extra}: {message}");
+        }
+    }
+
+    #[test]
+    fn rule_users_must_be_configured_users_of_a_password_listener() {
+        let alice = "auth = \"password\"\nusers = [{ username = \"alice\", password = \"pw\" }]";
+        let rule = |users: &str| format!("[[rules]]\naction = \"deny\"\nusers = {users}");
+        let config = validated(&format!("{alice}\n{}", rule("[\"alice\"]"))).unwrap();
+        assert_eq!(config.rules().unwrap().rules[0].users, vec!["alice"]);
+        let message = format!(
+            "{:#}",
+            validated(&format!("{alice}\n{}", rule("[\"bob\"]"))).unwrap_err()
+        );
+        assert!(
+            message.contains("rules.users: rules[0]: \"bob\" is not a user"),
+            "{message}"
+        );
+        let message = format!("{:#}", validated(&rule("[\"alice\"]")).unwrap_err());
+        assert!(message.contains("auth = \"none\""), "{message}");
     }
 
     #[test]

@@ -250,3 +250,59 @@ async fn the_users_file_is_read_once_by_the_validation_the_start_runs() {
     shutdown.cancel();
     within(STEP, task).await.unwrap().unwrap();
 }
+
+/// A listener with `via` chains through another (here: a second listener of the same server,
+/// with a password): the frame arrives, and the upstream listener counts the tunnel. A wrong
+/// upstream password answers the client X'01'.
+#[tokio::test]
+async fn a_listener_chains_through_an_upstream_socks5_listener() {
+    let upstream = testkit::free_loopback_port().unwrap();
+    let listeners = |password: &str| {
+        format!(
+            "{FRAMES}[[listener]]\nname = \"upstream\"\nmode = \"socks5\"\nbind = \"{upstream}\"\n\
+             auth = \"password\"\nusers = [{{ username = \"alice\", password = \"s3cret\" }}]\n\
+             [[listener]]\nname = \"front\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n\
+             via = \"socks5://alice:{password}@{upstream}\"\n"
+        )
+    };
+    let server = Admin::start(&listeners("s3cret")).await;
+    frame_through(server.addr("front"), server.addr("frames"), None)
+        .await
+        .unwrap();
+    wait_for_sample(
+        &server,
+        "netkit_socks5_requests_total{listener=\"upstream\",mode=\"socks5\",command=\"connect\",reply=\"succeeded\"}",
+        1.0,
+    )
+    .await;
+    server.stop().await;
+
+    let server = Running::start(&listeners("guess")).await;
+    let refused = frame_through(server.addr("front"), server.addr("frames"), None).await;
+    assert!(
+        matches!(refused, Err(Error::Rejected(Reply::GeneralFailure))),
+        "{refused:?}"
+    );
+    server.stop().await;
+}
+
+/// A rule with `users` from the config applies to that user only.
+#[tokio::test]
+async fn a_rule_can_name_users() {
+    let server = Running::start(&proxy(
+        "auth = \"password\"\n\
+         users = [{ username = \"alice\", password = \"a\" }, { username = \"bob\", password = \"b\" }]\n\
+         [[listener.rules]]\naction = \"deny\"\nusers = [\"bob\"]",
+    ))
+    .await;
+    let (proxy, frames) = (server.addr("proxy"), server.addr("frames"));
+    frame_through(proxy, frames, Some(("alice", "a")))
+        .await
+        .unwrap();
+    let bob = frame_through(proxy, frames, Some(("bob", "b"))).await;
+    assert!(
+        matches!(bob, Err(Error::Rejected(Reply::NotAllowed))),
+        "{bob:?}"
+    );
+    server.stop().await;
+}

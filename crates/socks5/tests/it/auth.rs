@@ -1,15 +1,13 @@
 //! Method negotiation and RFC 1929 login.
 
-use std::sync::Arc;
-
 use socks5::client;
 use socks5::{Address, AuthPolicy, Error, ServerOptions};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::harness::{
-    LIMIT, Proxy, assert_closed, connect_v4, echo_server, options, read_exactly, read_reply_v4,
-    within,
+    LIMIT, Proxy, assert_closed, builder, connect_v4, echo_server, options, read_exactly,
+    read_reply_v4, within,
 };
 
 fn password_options(no_auth_networks: &[&str]) -> ServerOptions {
@@ -18,10 +16,9 @@ fn password_options(no_auth_networks: &[&str]) -> ServerOptions {
         .iter()
         .map(|n| n.parse().expect("valid network"))
         .collect();
-    ServerOptions {
-        auth: Arc::new(AuthPolicy::password(users, networks)),
-        ..options()
-    }
+    builder()
+        .authenticator(AuthPolicy::password(users, networks))
+        .build()
 }
 
 async fn connect(proxy: std::net::SocketAddr) -> TcpStream {

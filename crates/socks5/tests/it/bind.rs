@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use socks5::client;
-use socks5::{Address, Error, Reply, ServerOptions};
+use socks5::{Address, Error, Reply};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::harness::{LIMIT, Proxy, options, read_exactly, within};
+use crate::harness::{LIMIT, Proxy, builder, options, read_exactly, within};
 
 async fn connect_peer(address: &Address) -> TcpStream {
     let Address::Ip(address) = address else {
@@ -73,10 +73,7 @@ async fn bind_refuses_a_peer_from_another_address() {
 
 #[tokio::test]
 async fn bind_gives_up_after_the_bind_timeout() {
-    let options = ServerOptions {
-        bind_timeout: Duration::from_millis(300),
-        ..options()
-    };
+    let options = builder().bind_timeout(Duration::from_millis(300)).build();
     let proxy = Proxy::start(options).await;
     let expected = Address::Ip("127.0.0.1:0".parse().expect("valid"));
     let pending = within(LIMIT, client::bind(proxy.address, &expected, None, LIMIT))

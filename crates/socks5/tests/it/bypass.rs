@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::harness::{
-    LIMIT, Proxy, greeted, has_ipv6_loopback, options, read_exactly, udp_echo, within,
+    LIMIT, Proxy, builder, greeted, has_ipv6_loopback, options, read_exactly, udp_echo, within,
 };
 
 /// Every way of writing this host that parses as an IP: sent as ATYP 1 or 4, and as a name.
@@ -216,8 +216,8 @@ impl Victims {
 /// handled.
 fn deny_loopback(sentinel_port: u16, resolver: Arc<dyn Resolver>) -> ServerOptions {
     let net = |text: &str| text.parse().expect("valid network");
-    ServerOptions {
-        rules: Arc::new(Rules {
+    builder()
+        .rules(Rules {
             rules: vec![
                 Rule {
                     destinations: vec![net("127.0.0.1/32")],
@@ -230,10 +230,9 @@ fn deny_loopback(sentinel_port: u16, resolver: Arc<dyn Resolver>) -> ServerOptio
                 },
             ],
             default: Action::Allow,
-        }),
-        resolver,
-        ..options()
-    }
+        })
+        .shared_resolver(resolver)
+        .build()
 }
 
 /// Sends `request` on a fresh session; returns the stream, REP and BND.
@@ -403,10 +402,11 @@ async fn a_connect_to_the_proxys_own_address_is_refused() {
 async fn a_connect_to_any_loopback_address_with_a_wildcard_listeners_port_is_refused() {
     // As if the listener were bound to 0.0.0.0 (tests stay on loopback): 127.0.0.2 and ::1
     // with its port would reach it.
-    let mut proxy = Proxy::start(ServerOptions {
-        listen_addresses: vec!["0.0.0.0:0".parse().expect("valid")],
-        ..options()
-    })
+    let mut proxy = Proxy::start(
+        builder()
+            .listen_addresses(vec!["0.0.0.0:0".parse().expect("valid")])
+            .build(),
+    )
     .await;
     let port = proxy.address.port();
     for dst in ["127.0.0.2", "::1", "::ffff:127.0.0.3"] {
@@ -428,17 +428,16 @@ async fn a_connect_to_any_loopback_address_with_a_wildcard_listeners_port_is_ref
 
 #[tokio::test]
 async fn a_client_denied_everything_gets_no_bind_listener_and_no_udp_socket() {
-    let mut proxy = Proxy::start(ServerOptions {
-        rules: Arc::new(Rules {
+    let options = builder()
+        .rules(Rules {
             rules: vec![Rule {
                 clients: vec!["127.0.0.0/8".parse().expect("valid")],
                 ..Rule::new(Action::Deny)
             }],
             default: Action::Allow,
-        }),
-        ..options()
-    })
-    .await;
+        })
+        .build();
+    let mut proxy = Proxy::start(options).await;
     for command in [2, 3] {
         let (stream, reply, bound) = request(
             proxy.address,
@@ -480,11 +479,10 @@ async fn a_connect_to_a_local_address_with_a_wildcard_listeners_port_is_refused_
     };
     let mut proxy = Proxy::start_on(
         "0.0.0.0:0".parse().expect("valid"),
-        ServerOptions {
-            listen_addresses: vec!["0.0.0.0:0".parse().expect("valid")],
-            outbound_bind: Some("127.0.0.2".parse().expect("valid")),
-            ..options()
-        },
+        builder()
+            .listen_addresses(vec!["0.0.0.0:0".parse().expect("valid")])
+            .outbound_bind(Some("127.0.0.2".parse().expect("valid")))
+            .build(),
     )
     .await;
     let port = proxy.address.port();

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use socks5::client;
-use socks5::{Address, Error, ServerOptions};
+use socks5::{Address, Error};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::harness::{
-    LIMIT, Proxy, assert_closed, echo_server, greeted, options, read_exactly, within,
+    LIMIT, Proxy, assert_closed, builder, echo_server, greeted, options, read_exactly, within,
 };
 
 #[tokio::test]
@@ -45,10 +45,9 @@ async fn closes_foreign_greetings_at_once_without_a_reply() {
 
 #[tokio::test]
 async fn closes_a_silent_client_after_the_handshake_timeout() {
-    let options = ServerOptions {
-        handshake_timeout: Duration::from_millis(300),
-        ..options()
-    };
+    let options = builder()
+        .handshake_timeout(Duration::from_millis(300))
+        .build();
     let mut proxy = Proxy::start(options).await;
     // Greeting, then nothing: the request never comes.
     let mut stream = greeted(proxy.address).await;

@@ -5,7 +5,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socks5::{ResolveFuture, Resolver, ServerOptions, SessionReport, StaticResolver};
+use socks5::{
+    ResolveFuture, Resolver, ServerOptions, ServerOptionsBuilder, SessionReport, StaticResolver,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -48,14 +50,17 @@ impl Resolver for TestResolver {
 /// Options for tests: the test resolver, and short timeouts that still leave a slow machine
 /// plenty of room.
 pub(crate) fn options() -> ServerOptions {
-    ServerOptions {
-        handshake_timeout: Duration::from_secs(5),
-        connect_timeout: Duration::from_secs(5),
-        idle_timeout: Duration::from_secs(30),
-        bind_timeout: Duration::from_secs(5),
-        resolver: Arc::new(TestResolver::new()),
-        ..ServerOptions::default()
-    }
+    builder().build()
+}
+
+/// The builder of [`options`], to change some of them.
+pub(crate) fn builder() -> ServerOptionsBuilder {
+    ServerOptions::builder()
+        .handshake_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(30))
+        .bind_timeout(Duration::from_secs(5))
+        .resolver(TestResolver::new())
 }
 
 /// A SOCKS5 server on 127.0.0.1:0 running `serve` for each connection.

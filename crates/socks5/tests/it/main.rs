@@ -5,7 +5,10 @@
 mod auth;
 mod bind;
 mod bypass;
+mod chain;
 mod connect;
+mod embed;
+mod eyeballs;
 mod handshake;
 mod harness;
 mod replies;

@@ -1,13 +1,13 @@
 //! Every failure reply code, provoked on loopback, followed by the close.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use socks5::{Action, DomainPattern, Error, Reply, Rule, Rules, ServerOptions};
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::{
-    LIMIT, Proxy, assert_closed, connect_v4, echo_server, greeted, options, read_reply_v4, within,
+    LIMIT, Proxy, assert_closed, builder, connect_v4, echo_server, greeted, options, read_reply_v4,
+    within,
 };
 
 /// Sends `request` after a no-auth greeting; asserts the reply code, the unspecified BND and
@@ -59,10 +59,9 @@ async fn unknown_name_gets_0x04() {
 #[tokio::test]
 async fn connect_timeout_gets_0x04() {
     // slow.test never resolves; resolving counts against connect_timeout.
-    let options = ServerOptions {
-        connect_timeout: Duration::from_millis(300),
-        ..options()
-    };
+    let options = builder()
+        .connect_timeout(Duration::from_millis(300))
+        .build();
     let report = expect_failure(options, &connect_domain("slow.test", 80), 0x04).await;
     assert!(
         matches!(report.error, Some(Error::ConnectTimeout { .. })),
@@ -89,10 +88,9 @@ async fn multicast_destinations_get_0x02_before_any_connect() {
 #[tokio::test]
 async fn other_failures_get_0x01() {
     // An IPv6 outbound address cannot bind the IPv4 socket of an IPv4 target.
-    let options = ServerOptions {
-        outbound_bind: Some("::1".parse().expect("valid")),
-        ..options()
-    };
+    let options = builder()
+        .outbound_bind(Some("::1".parse().expect("valid")))
+        .build();
     let echo = echo_server("127.0.0.1:0").await;
     expect_failure(options, &connect_v4(echo), 0x01).await;
 }
@@ -107,10 +105,7 @@ async fn denied_destinations_get_0x02() {
         }],
         default: Action::Allow,
     };
-    let with_rules = |rules| ServerOptions {
-        rules: Arc::new(rules),
-        ..options()
-    };
+    let with_rules = |rules| builder().rules(rules).build();
     let report = expect_failure(with_rules(deny_echo.clone()), &connect_v4(echo), 0x02).await;
     assert!(
         matches!(report.error, Some(Error::Denied { .. })),

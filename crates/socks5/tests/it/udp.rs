@@ -12,8 +12,8 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 
 use crate::harness::{
-    LIMIT, Proxy, greeted, has_ipv6_loopback, options, read_exactly, read_reply_v4, udp_echo,
-    udp_echo_on, within,
+    LIMIT, Proxy, builder, greeted, has_ipv6_loopback, options, read_exactly, read_reply_v4,
+    udp_echo, udp_echo_on, within,
 };
 
 /// A UDP echo that answers `[n] + payload`, n counting the datagrams it has seen, so a test can
@@ -183,10 +183,7 @@ async fn ignores_datagrams_from_foreign_sources() {
 
 #[tokio::test]
 async fn ends_after_the_idle_timeout() {
-    let options = ServerOptions {
-        idle_timeout: Duration::from_millis(300),
-        ..options()
-    };
+    let options = builder().idle_timeout(Duration::from_millis(300)).build();
     let mut proxy = Proxy::start(options).await;
     let _association = within(LIMIT, UdpAssociation::associate(proxy.address, None, LIMIT))
         .await
@@ -210,10 +207,7 @@ async fn drops_datagrams_to_denied_destinations() {
         }],
         default: socks5::Action::Allow,
     };
-    let options = ServerOptions {
-        rules: std::sync::Arc::new(rules),
-        ..options()
-    };
+    let options = builder().rules(rules).build();
     let proxy = Proxy::start(options).await;
     let (_control, socket, relay) = raw_association(proxy.address).await;
     within(LIMIT, socket.send_to(&datagram(0, denied, b"no"), relay))
@@ -345,10 +339,7 @@ fn datagram_to_name(host: &str, port: u16, payload: &[u8]) -> Vec<u8> {
 /// resolved inline would stall past it.
 #[tokio::test]
 async fn a_pending_lookup_does_not_hold_up_other_datagrams() {
-    let options = ServerOptions {
-        connect_timeout: Duration::from_secs(120),
-        ..options()
-    };
+    let options = builder().connect_timeout(Duration::from_secs(120)).build();
     let proxy = Proxy::start(options).await;
     let echo = counting_echo().await;
     let (_control, socket, relay) = raw_association(proxy.address).await;
@@ -398,11 +389,10 @@ fn gated_options(gate: &Arc<Semaphore>, names: &[&str]) -> ServerOptions {
         gate: Arc::clone(gate),
         names: StaticResolver::new(names.iter().map(|&name| (name.to_owned(), vec![localhost]))),
     };
-    ServerOptions {
-        connect_timeout: Duration::from_secs(120),
-        resolver: Arc::new(resolver),
-        ..options()
-    }
+    builder()
+        .connect_timeout(Duration::from_secs(120))
+        .shared_resolver(Arc::new(resolver))
+        .build()
 }
 
 /// Datagrams for a name being resolved wait for its answer and then go out in order, while a
@@ -520,10 +510,9 @@ async fn reaches_both_families_whatever_the_unspecified_outbound_bind() {
     let echo4 = udp_echo_on("127.0.0.1:0").await;
     let echo6 = udp_echo_on("[::1]:0").await;
     for outbound_bind in [None, Some("0.0.0.0"), Some("::")] {
-        let options = ServerOptions {
-            outbound_bind: outbound_bind.map(|ip| ip.parse().expect("valid IP")),
-            ..options()
-        };
+        let options = builder()
+            .outbound_bind(outbound_bind.map(|ip| ip.parse().expect("valid IP")))
+            .build();
         let proxy = Proxy::start(options).await;
         let (_control, socket, relay) = raw_association_from(proxy.address, "127.0.0.1:0").await;
         let sends = [
@@ -563,10 +552,9 @@ async fn a_specific_outbound_bind_reaches_only_its_family() {
         eprintln!("skipped: no ::1 on this machine");
         return;
     }
-    let options = ServerOptions {
-        outbound_bind: Some("127.0.0.1".parse().expect("valid IP")),
-        ..options()
-    };
+    let options = builder()
+        .outbound_bind(Some("127.0.0.1".parse().expect("valid IP")))
+        .build();
     let proxy = Proxy::start(options).await;
     let echo4 = udp_echo().await;
     let echo6 = counting_echo_on("[::1]:0").await;

@@ -1,0 +1,393 @@
+//! The proxy core: every step a proxy front door (SOCKS5 here; SOCKS4a and HTTP CONNECT later)
+//! shares once it has parsed its request.
+//!
+//! [`open`] judges and connects: judge the client → judge the destination by name → resolve →
+//! judge each address → connect through the [`Connector`] (Happy Eyeballs between the allowed
+//! addresses) or through an upstream proxy when the deciding rule says `via`. [`relay`] then
+//! moves the bytes (with splice(2) when both ends are TCP sockets). A front door only parses its
+//! handshake, calls these two, and writes its replies from [`crate::Error::reply`] (or its own
+//! mapping of the same errors).
+
+mod eyeballs;
+mod own;
+mod upstream;
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::timeout;
+use tracing::debug;
+
+use crate::resolve::lookup;
+use crate::rules::{Action, Requester};
+use crate::server::ServerOptions;
+use crate::via::{Upstream, Via};
+use crate::wire::Address;
+use crate::{Error, relay as tcp_relay};
+
+use eyeballs::Candidate;
+pub(crate) use own::OwnListeners;
+
+/// A byte stream the relay can carry: anything async, readable and writable.
+pub trait ProxyStream: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ProxyStream for T {}
+
+/// An outbound connection, as a [`Connector`] makes it.
+pub enum Outbound {
+    /// A TCP socket: relayed with splice(2) when the client's side is a TCP socket too, and
+    /// checked against the server's own listening addresses once connected.
+    Tcp(TcpStream),
+    /// Any other stream (a TLS session, an in-memory pipe in a test): relayed by copying.
+    Stream(Box<dyn ProxyStream>),
+}
+
+impl fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outbound::Tcp(stream) => f.debug_tuple("Tcp").field(stream).finish(),
+            Outbound::Stream(_) => f.write_str("Stream(..)"),
+        }
+    }
+}
+
+/// The future a [`Connector`] returns.
+pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Outbound>> + Send + 'a>>;
+
+/// Makes one outbound connection to an address the rules already allowed, or to an upstream
+/// proxy (`via`).
+///
+/// The core calls it once per attempt (Happy Eyeballs may run several at once and drops the
+/// losers' futures), always within `connect_timeout`; the error's kind decides the reply
+/// ([`crate::Error::reply`]). The default, [`DirectConnector`], opens a TCP socket bound to
+/// `outbound_bind` if set.
+///
+/// ```
+/// use std::net::{IpAddr, SocketAddr};
+/// use socks5::{ConnectFuture, Connector, Outbound};
+///
+/// /// Connects everything to one fixed address (a test double, say).
+/// struct Pinned(SocketAddr);
+///
+/// impl Connector for Pinned {
+///     fn connect(&self, _address: SocketAddr, _bind: Option<IpAddr>) -> ConnectFuture<'_> {
+///         Box::pin(async move {
+///             Ok(Outbound::Tcp(tokio::net::TcpStream::connect(self.0).await?))
+///         })
+///     }
+/// }
+///
+/// let options = socks5::ServerOptions::builder()
+///     .connector(Pinned("127.0.0.1:8080".parse().unwrap()))
+///     .build();
+/// # let _ = options;
+/// ```
+pub trait Connector: Send + Sync {
+    /// Connects to `address`, from `bind` (the `outbound_bind` option) when given.
+    fn connect(&self, address: SocketAddr, bind: Option<IpAddr>) -> ConnectFuture<'_>;
+}
+
+/// The default [`Connector`]: a plain TCP connection, its socket bound to `bind` when given.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirectConnector;
+
+impl Connector for DirectConnector {
+    fn connect(&self, address: SocketAddr, bind: Option<IpAddr>) -> ConnectFuture<'_> {
+        Box::pin(async move {
+            let socket = if address.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            if let Some(ip) = bind {
+                socket.bind(SocketAddr::new(ip, 0))?;
+            }
+            Ok(Outbound::Tcp(socket.connect(address).await?))
+        })
+    }
+}
+
+/// One request for the core to open: who asks, for what.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Request<'a> {
+    /// The client's IP (IPv4-mapped addresses are judged as IPv4).
+    pub client: IpAddr,
+    /// The user it logged in as, if it did.
+    pub user: Option<&'a str>,
+    /// Where it wants to go.
+    pub destination: &'a Address,
+    /// The local address of the client's connection (the listener it reached), if known: a
+    /// destination that reaches it is refused ([`crate::Error::OwnAddress`]).
+    pub reached: Option<SocketAddr>,
+}
+
+impl<'a> Request<'a> {
+    /// A request from `client` for `destination`, with no user and no known listener address.
+    #[must_use]
+    pub fn new(client: IpAddr, destination: &'a Address) -> Self {
+        Request {
+            client: client.to_canonical(),
+            user: None,
+            destination,
+            reached: None,
+        }
+    }
+
+    /// The same request, from `user`.
+    #[must_use]
+    pub fn user(mut self, user: Option<&'a str>) -> Self {
+        self.user = user;
+        self
+    }
+
+    /// The same request, reaching the listener at `reached`.
+    #[must_use]
+    pub fn reached(mut self, reached: Option<SocketAddr>) -> Self {
+        self.reached = reached;
+        self
+    }
+}
+
+/// A connection [`open`] made, ready for [`relay`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Opened {
+    /// The connection to the target (or to the upstream proxy, past its handshake).
+    pub stream: Outbound,
+    /// Bytes the target already sent that were read with an upstream's answer: they go to the
+    /// client first.
+    pub early: Bytes,
+    /// The upstream proxy it went through, if any.
+    pub via: Option<Upstream>,
+}
+
+impl Opened {
+    /// The local address of the outbound socket (BND of a SOCKS5 reply), if it is a TCP
+    /// socket.
+    ///
+    /// # Errors
+    ///
+    /// The socket's error; [`io::ErrorKind::Unsupported`] for a stream that is not TCP.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        match &self.stream {
+            Outbound::Tcp(stream) => stream.local_addr(),
+            Outbound::Stream(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
+}
+
+/// Judges `request` by `options.rules` and opens it, all within `options.connect_timeout`.
+///
+/// The client is judged first ([`crate::Rules::admits`]), then a name by name before it is
+/// resolved ([`crate::Rules::check_name`]): a name allowed by a rule (or a default) whose
+/// `via` names an upstream proxy goes there unresolved. Otherwise the name is resolved, each
+/// address judged (a denied one is never attempted), and the allowed ones are connected,
+/// through `options.connector` or the upstream of the rule that allowed them, with Happy
+/// Eyeballs (RFC 8305): IPv6 and IPv4 interleaved, IPv6 first,
+/// the next attempt started after `options.happy_eyeballs_delay` or at once when one fails,
+/// the first to connect kept and the others dropped.
+///
+/// # Errors
+///
+/// [`Error::ClientDenied`] or [`Error::Denied`] (X'02'), [`Error::OwnAddress`] (X'02'),
+/// [`Error::Resolve`] (X'04'), [`Error::ConnectTimeout`] (X'04'), [`Error::Connect`] by its
+/// kind, [`Error::Upstream`] or [`Error::UpstreamStatus`] for a failure through an upstream.
+pub async fn open(options: &ServerOptions, request: &Request<'_>) -> Result<Opened, Error> {
+    let client = Requester::new(request.client, request.user);
+    if !options.rules.admits(client) {
+        return Err(Error::ClientDenied { client: client.ip });
+    }
+    let own = OwnListeners::new(&options.listen_addresses, request.reached);
+    let destination = request.destination;
+    let limit = options.connect_timeout;
+    let work = async {
+        match judge(options, client, destination, true).await? {
+            // Allowed by name: the upstream resolves the name itself.
+            Judged::Upstream(upstream) => upstream::open(upstream, destination, options).await,
+            Judged::Addresses(candidates) => eyeballs::race(candidates, options, &own).await,
+        }
+    };
+    timeout(limit, work)
+        .await
+        .map_err(|_| Error::ConnectTimeout {
+            target: destination.clone(),
+            limit,
+        })?
+}
+
+/// What the rules made of a destination.
+pub(crate) enum Judged<'a> {
+    /// Allowed by name, to go unresolved through this upstream.
+    Upstream(&'a Upstream),
+    /// The allowed addresses (never none), each with the upstream it goes through.
+    Addresses(Vec<Candidate<'a>>),
+}
+
+/// Judges `destination` for `client` (and its user): an IP destination as that IP; a name by name, then
+/// (resolved by `options.resolver`) each of its addresses. With `chain`, a name allowed by
+/// name with an upstream is not resolved ([`Judged::Upstream`]); without (BIND, which is
+/// never chained), it is. The caller bounds the lookup with its timeout.
+///
+/// # Errors
+///
+/// [`Error::Denied`] when the rules deny the destination or every address of the name,
+/// [`Error::Resolve`] when the name does not resolve.
+pub(crate) async fn judge<'a>(
+    options: &'a ServerOptions,
+    client: Requester<'_>,
+    destination: &Address,
+    chain: bool,
+) -> Result<Judged<'a>, Error> {
+    let rules = &options.rules;
+    match destination {
+        Address::Ip(address) => {
+            let address = SocketAddr::new(address.ip().to_canonical(), address.port());
+            let verdict = rules.route(client, None, address.ip(), address.port());
+            if verdict.action == Action::Deny {
+                return Err(denied(destination));
+            }
+            let via = upstream_of(verdict.via, &options.via);
+            Ok(Judged::Addresses(vec![(address, via)]))
+        }
+        Address::Domain(host, port) => {
+            match rules.route_name(client, host, *port) {
+                Some(verdict) if verdict.action == Action::Deny => {
+                    return Err(denied(destination));
+                }
+                Some(verdict) if chain => {
+                    if let Some(upstream) = upstream_of(verdict.via, &options.via) {
+                        return Ok(Judged::Upstream(upstream));
+                    }
+                }
+                Some(_) | None => {}
+            }
+            let mut allowed = Vec::new();
+            for address in lookup(&*options.resolver, host, *port).await? {
+                let verdict = rules.route(client, Some(host), address.ip(), address.port());
+                if verdict.action == Action::Deny {
+                    debug!(%host, %address, "rules deny this address of the name");
+                    continue;
+                }
+                allowed.push((address, upstream_of(verdict.via, &options.via)));
+            }
+            if allowed.is_empty() {
+                return Err(denied(destination));
+            }
+            Ok(Judged::Addresses(allowed))
+        }
+    }
+}
+
+/// The upstream a request goes through: the deciding rule's `via`, else the server's; `direct`
+/// at either level means none.
+fn upstream_of<'a>(rule: Option<&'a Via>, server: &'a Via) -> Option<&'a Upstream> {
+    match rule.unwrap_or(server) {
+        Via::Direct => None,
+        Via::Upstream(upstream) => Some(upstream),
+    }
+}
+
+fn denied(destination: &Address) -> Error {
+    Error::Denied {
+        target: destination.clone(),
+    }
+}
+
+/// One attempt: connects to `address` through `via` (the address, not a name, goes to the
+/// upstream), or through the connector unless it is, or turns out to be, one of the server's
+/// own listeners.
+pub(crate) async fn attempt(
+    address: SocketAddr,
+    via: Option<&Upstream>,
+    options: &ServerOptions,
+    own: &OwnListeners,
+) -> Result<Opened, Error> {
+    if let Some(upstream) = via {
+        return upstream::open(upstream, &Address::Ip(address), options).await;
+    }
+    if own.reached_by(address, None)
+        || (own.wildcard_on(address.port()) && own::is_local_address(address.ip()))
+    {
+        return Err(Error::OwnAddress { address });
+    }
+    let stream = options
+        .connector
+        .connect(address, options.outbound_bind)
+        .await
+        .map_err(|error| Error::Connect { address, error })?;
+    if let Outbound::Tcp(stream) = &stream {
+        let source = stream.local_addr()?.ip();
+        let reached = stream.peer_addr()?;
+        if own.reached_by(reached, Some(source)) {
+            return Err(Error::OwnAddress { address: reached });
+        }
+    }
+    Ok(Opened {
+        stream,
+        early: Bytes::new(),
+        via: None,
+    })
+}
+
+/// What [`relay`] moved, and how it ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Relayed {
+    /// Bytes from the client to the target (the pending bytes included).
+    pub up: u64,
+    /// Bytes from the target to the client (the early bytes included).
+    pub down: u64,
+    /// `Ok` when both directions ended (or a peer reset, an ordinary way to close);
+    /// [`Error::Idle`] after `idle_timeout` without traffic.
+    pub result: Result<(), Error>,
+}
+
+/// Relays between `client` and the opened target until both directions end, an error, or
+/// `options.idle_timeout` without traffic. `pending` (what the client sent after its request)
+/// goes to the target first, and the target's early bytes to the client. When both ends are
+/// TCP sockets the bulk of the data moves with splice(2); otherwise it is copied through
+/// buffers of `options.relay_buffer_len`.
+pub async fn relay<S>(
+    client: &mut S,
+    opened: Opened,
+    pending: BytesMut,
+    options: &ServerOptions,
+) -> Relayed
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (buffer_len, idle) = (options.relay_buffer_len, options.idle_timeout);
+    let early = opened.early;
+    let mut target = opened.stream;
+    if let Some(client) = (client as &mut dyn Any).downcast_mut::<TcpStream>() {
+        return match &mut target {
+            Outbound::Tcp(target) => {
+                for stream in [&*client, &*target] {
+                    if let Err(error) = stream.set_nodelay(true) {
+                        debug!(%error, "cannot set TCP_NODELAY");
+                    }
+                }
+                tcp_relay::relay(client, target, pending, early, buffer_len, idle).await
+            }
+            Outbound::Stream(target) => {
+                tcp_relay::relay_streams(client, target, pending, early, buffer_len, idle).await
+            }
+        };
+    }
+    match &mut target {
+        Outbound::Tcp(target) => {
+            tcp_relay::relay_streams(client, target, pending, early, buffer_len, idle).await
+        }
+        Outbound::Stream(target) => {
+            tcp_relay::relay_streams(client, target, pending, early, buffer_len, idle).await
+        }
+    }
+}
