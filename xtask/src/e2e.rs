@@ -10,6 +10,9 @@
 //!
 //! Scenario groups: [`frames`] (the Python reference client, our client
 //! through the proxy), [`proxy`] (curl, Chromium, ncat, PySocks UDP),
+//! [`chain`] (two instances of their own, A chained to B with `via`),
+//! [`eyeballs`] (Happy Eyeballs with a silent IPv6 address, the server in a
+//! mount namespace of its own with its own `/etc/hosts`),
 //! [`hostile`] (bad peers while good ones are served), [`crash`] (a file
 //! sink of its own, killed with SIGKILL and restarted twenty times),
 //! [`fail2ban`] (contrib's filter on a server's real log), [`prometheus`]
@@ -22,8 +25,10 @@
 //! its own reloaded three times under a 1 GiB download and a frame stream)
 //! and [`shutdown`].
 
+mod chain;
 mod crash;
 mod deploy;
+mod eyeballs;
 mod fail2ban;
 mod frames;
 mod haproxy;
@@ -186,6 +191,8 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("udp-associate", proxy::udp_associate),
     ("curl-proxy-user", interop::curl_proxy_user),
     ("pysocks-connect", interop::pysocks_connect),
+    ("socks5-chain", chain::socks5_chain),
+    ("happy-eyeballs", eyeballs::happy_eyeballs),
     ("hostile-peers", hostile::hostile_peers),
     ("crash-durability", crash::crash_durability),
     ("fail2ban", fail2ban::fail2ban_filter),

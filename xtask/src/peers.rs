@@ -260,6 +260,16 @@ impl HttpServer {
     /// the host has IPv6 loopback (so `localhost` works whichever address
     /// the proxy tries first).
     pub(crate) fn start(site: Site) -> anyhow::Result<Self> {
+        Self::start_on(site, true)
+    }
+
+    /// Serves `site` on `127.0.0.1:0` only, leaving `[::1]` on its port to
+    /// the caller (the Happy Eyeballs scenario puts a silent listener there).
+    pub(crate) fn start_v4_only(site: Site) -> anyhow::Result<Self> {
+        Self::start_on(site, false)
+    }
+
+    fn start_on(site: Site, with_v6: bool) -> anyhow::Result<Self> {
         let site = Arc::new(site);
         let requests = Arc::new(Mutex::new(Vec::new()));
         let make = || {
@@ -272,6 +282,9 @@ impl HttpServer {
         let mut services = vec![];
         let v6_bind = SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], v4.addr().port()));
         services.push(v4);
+        if !with_v6 {
+            return Ok(Self { services, requests });
+        }
         if let Ok(v6) = TcpService::start(v6_bind, 8, make()) {
             services.push(v6);
         }
