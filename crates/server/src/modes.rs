@@ -1,4 +1,5 @@
 //! The registered modes, one module each.
 
 pub mod crc_tcp;
+pub mod doors;
 pub mod socks5;

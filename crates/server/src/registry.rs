@@ -238,6 +238,7 @@ impl Prepared {
                 Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats, sinks, access_log)?))
             }
             ModeSettings::Socks5(options) => Service::Socks5(Arc::new(socks5::Socks5::new(
+                "socks5",
                 options.clone(),
                 stats,
                 access_log,

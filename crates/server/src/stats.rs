@@ -56,7 +56,24 @@ pub struct ListenerStats {
     pub socks5: Socks5Stats,
     /// `access_log` lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// socks5 and http: sessions by the protocol they spoke ([`PROTOCOLS`]).
+    pub protocols: [AtomicU64; PROTOCOLS.len()],
+    /// The HTTP door: sessions by method class ([`HTTP_METHODS`]) and status class of the last
+    /// response ([`HTTP_STATUSES`]).
+    pub http: [[AtomicU64; HTTP_STATUSES.len()]; HTTP_METHODS.len()],
 }
+
+/// The `protocol` label of `netkit_proxy_sessions_total`, by
+/// [`crate::modes::doors::ProtocolName::index`].
+pub const PROTOCOLS: [&str; 3] = ["socks5", "socks4", "http"];
+
+/// The `method` label of `netkit_http_sessions_total`: a CONNECT tunnel, or forwarded
+/// absolute-form requests (and anything answered by the proxy itself).
+pub const HTTP_METHODS: [&str; 2] = ["connect", "other"];
+
+/// The `status` label of `netkit_http_sessions_total`: the class of the last status sent;
+/// `none` when the connection ended before a response.
+pub const HTTP_STATUSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 /// The ack status names, by status code: the `status` label of `netkit_frames_total`.
 pub const FRAME_STATUSES: [&str; 7] = [

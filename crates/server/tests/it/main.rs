@@ -11,6 +11,7 @@ mod common;
 mod config;
 mod crash;
 mod crc_tcp;
+mod doors;
 mod file_sink;
 mod login_log;
 mod per_ip;
