@@ -21,7 +21,11 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
-use proto::{Ack, AckStatus, Decoded, FrameRef, HEADER_LEN, Limits, decode_frame, encode_ack};
+use proto::{
+    Ack, AckStatus, Decoded, FrameRef, HEADER_LEN, Limits, SESSION_FRAME_LEN, decode_frame,
+    decode_session, encode_ack,
+    session::{SessionError, starts_session},
+};
 use serde::Deserialize;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -298,6 +302,7 @@ pub struct CrcTcp {
     write_timeout: Duration,
     budget: Arc<Budget>,
     stats: Arc<ListenerStats>,
+    streams: StreamIds,
 }
 
 #[derive(Debug)]
@@ -369,6 +374,7 @@ impl CrcTcp {
             write_timeout: config.write_timeout,
             budget: Arc::new(Budget::new(config.max_buffered_bytes())),
             stats,
+            streams: StreamIds::new(),
         })
     }
 
@@ -385,22 +391,26 @@ impl CrcTcp {
             buf: ReadBuffer::new(Arc::clone(&self.budget)),
             out: BytesMut::new(),
             seq: 0,
+            frames: 0,
             frames_ok: 0,
+            stream_id: self.streams.next(),
+            started: false,
         };
         match self.serve(&mut stream, &mut conn, &stop).await {
             Ok(reason) => debug!(
-                frames = conn.seq,
+                frames = conn.frames,
+                stream = %Hex(&conn.stream_id),
                 frames_ok = conn.frames_ok,
                 reason,
                 "connection closed"
             ),
             Err(ConnError::Io(error)) => {
-                debug!(frames = conn.seq, %error, "connection ended by an i/o error")
+                debug!(frames = conn.frames, %error, "connection ended by an i/o error")
             }
             // Port scanners and connect-only health checks do this all day:
             // not worth a warning each.
             Err(error @ ConnError::FirstByte(_)) => debug!(%error, "connection closed"),
-            Err(error) => warn!(frames = conn.seq, %error, "connection closed"),
+            Err(error) => warn!(frames = conn.frames, %error, "connection closed"),
         }
     }
 
@@ -425,9 +435,10 @@ impl CrcTcp {
         let mut last_read = accepted;
         let mut silent = true;
         loop {
-            let seq_before = conn.seq;
+            let (frames_before, started_before) = (conn.frames, conn.started);
             let fatal = self.process(conn).await;
-            let completed = conn.seq != seq_before;
+            // A data frame, or the session frame, was taken off the buffer.
+            let completed = conn.frames != frames_before || conn.started != started_before;
             if !conn.out.is_empty() {
                 ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
                 timeout(self.write_timeout, stream.write_all(&conn.out))
@@ -437,7 +448,7 @@ impl CrcTcp {
                     // Every frame of the batch was completed by the last read.
                     self.stats
                         .frame_ack
-                        .observe_n(last_read.elapsed(), conn.seq - seq_before);
+                        .observe_n(last_read.elapsed(), conn.frames - frames_before);
                 }
                 conn.out.clear();
                 if conn.out.capacity() > BASE_LEN {
@@ -507,7 +518,14 @@ impl CrcTcp {
     /// Handles every complete frame in the buffer as one batch and queues
     /// their acks (and echoes). Returns the header error that ends the
     /// connection, after queueing its NACK.
-    async fn process(&self, conn: &mut Conn) -> Option<proto::HeaderError> {
+    async fn process(&self, conn: &mut Conn) -> Option<Fatal> {
+        if !conn.started {
+            match self.session(conn) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(error) => return Some(error),
+            }
+        }
         let mut used = 0;
         let mut fatal = None;
         // (seq, crc ok) of each frame, and the byte ranges of the accepted ones.
@@ -518,7 +536,7 @@ impl CrcTcp {
             let rest = conn.buf.bytes.get(used..).unwrap_or_default();
             match decode_frame(rest, &self.limits) {
                 Ok(Decoded::Done(frame, len)) => {
-                    let seq = first_seq + verdicts.len() as u64;
+                    let seq = first_seq.wrapping_add(verdicts.len() as u64);
                     let ok = frame.crc_ok();
                     if ok {
                         self.on_frame(&frame, seq, &mut conn.out);
@@ -539,7 +557,7 @@ impl CrcTcp {
                 }
                 Ok(Decoded::NeedMore(_)) => break,
                 Err(error) => {
-                    fatal = Some(error);
+                    fatal = Some(Fatal::from(error));
                     break;
                 }
             }
@@ -580,13 +598,14 @@ impl CrcTcp {
                 encode_ack(
                     &Ack {
                         status,
-                        seq: first_seq + offset as u64,
+                        seq: first_seq.wrapping_add(offset as u64),
                     },
                     &mut conn.out,
                 );
             }
         }
-        conn.seq += verdicts.len() as u64;
+        conn.seq = conn.seq.wrapping_add(verdicts.len() as u64);
+        conn.frames += verdicts.len() as u64;
         let batch_ok = conn.frames_ok - ok_before;
         ListenerStats::add(&self.stats.frames_ok, batch_ok);
         ListenerStats::add(
@@ -618,6 +637,49 @@ impl CrcTcp {
         fatal
     }
 
+    /// Looks at the first bytes of a connection: a session frame there sets the
+    /// stream id and the first seq. `Ok(true)` once the data frames can be
+    /// read, `Ok(false)` while the first bytes are still to come; an error
+    /// after queueing its NACK (seq 0), which ends the connection.
+    fn session(&self, conn: &mut Conn) -> Result<bool, Fatal> {
+        let bytes = &conn.buf.bytes;
+        match starts_session(bytes) {
+            None => return Ok(false),
+            Some(false) => {
+                conn.started = true;
+                return Ok(true);
+            }
+            Some(true) => {}
+        }
+        match decode_session(bytes) {
+            Ok(Decoded::NeedMore(_)) => Ok(false),
+            Ok(Decoded::Done(session, len)) => {
+                debug!(
+                    stream = %Hex(&session.stream_id),
+                    first_seq = session.first_seq,
+                    "session frame"
+                );
+                conn.buf.bytes.advance(len.min(SESSION_FRAME_LEN));
+                conn.stream_id = session.stream_id;
+                conn.seq = session.first_seq;
+                conn.started = true;
+                Ok(true)
+            }
+            Err(error) => {
+                let fatal = Fatal::from(error);
+                let status = fatal.ack_status();
+                ListenerStats::add(&self.stats.frames_rejected, 1);
+                if let Some(counter) = self.stats.frames.get(usize::from(u8::from(status))) {
+                    ListenerStats::add(counter, 1);
+                }
+                if self.ack {
+                    encode_ack(&Ack { status, seq: 0 }, &mut conn.out);
+                }
+                Err(fatal)
+            }
+        }
+    }
+
     fn on_frame(&self, frame: &FrameRef<'_>, seq: u64, out: &mut BytesMut) {
         match &self.handler {
             Handler::Log { level, preview_len } => {
@@ -646,8 +708,80 @@ impl CrcTcp {
 struct Conn {
     buf: ReadBuffer,
     out: BytesMut,
+    /// The seq of the next data frame: 0, or the session frame's `first_seq`.
     seq: u64,
+    /// Data frames taken off the buffer on this connection.
+    frames: u64,
     frames_ok: u64,
+    /// The connection's stream id: the session frame's, or one made up for it.
+    stream_id: [u8; 16],
+    /// Whether the first 4 bytes were seen (a session frame can only come first).
+    started: bool,
+}
+
+/// What ends a connection after its NACK: a header that can never be valid,
+/// or a session frame that cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    #[error(transparent)]
+    Header(#[from] proto::HeaderError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+impl Fatal {
+    /// The NACK's status (docs/PROTOCOL.md, "Sessions and resending").
+    fn ack_status(&self) -> AckStatus {
+        match self {
+            Self::Header(error) => error.ack_status(),
+            Self::Session(SessionError::Crc) => AckStatus::CrcMismatch,
+            Self::Session(_) => AckStatus::MalformedHeader,
+        }
+    }
+}
+
+/// Bytes as lowercase hex.
+pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+/// Makes up a stream id for each connection without a session frame: 8 bytes
+/// chosen at random when the listener starts, then the connection's number,
+/// so that no two connections (of this or any other run) share one.
+#[derive(Debug)]
+struct StreamIds {
+    prefix: [u8; 8],
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl StreamIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS; the time and pid make two runs differ even so.
+        let mut hasher = std::hash::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            hasher.write_u128(now.as_nanos());
+        }
+        Self {
+            prefix: hasher.finish().to_be_bytes(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The connection's number and its made-up stream id.
+    fn next(&self) -> [u8; 16] {
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut id = [0u8; 16];
+        let (prefix, rest) = id.split_at_mut(8);
+        prefix.copy_from_slice(&self.prefix);
+        rest.copy_from_slice(&number.to_be_bytes());
+        id
+    }
 }
 
 /// The first bytes of a payload, escaped (`\n`, `\xff`), with `…` if cut.
