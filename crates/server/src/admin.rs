@@ -55,6 +55,9 @@ const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub(crate) struct State {
     pub(crate) registry: Registry,
     pub(crate) ready: AtomicBool,
+    /// Every listener by name, for what keeps one from being ready (a `nats`
+    /// handler without its connection or its stream).
+    pub(crate) listeners: Vec<(String, Arc<crate::stats::ListenerStats>)>,
 }
 
 /// Binds the admin address.
@@ -154,11 +157,29 @@ fn respond(state: &State, request: &Request<hyper::body::Incoming>) -> Response<
                 "cannot encode the metrics\n",
             ),
         },
-        "/readyz" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(
+        "/readyz" if !state.ready.load(Ordering::Relaxed) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: shutting down\n",
         ),
+        "/readyz" => {
+            let reasons: Vec<String> = state
+                .listeners
+                .iter()
+                .filter_map(|(name, stats)| {
+                    stats
+                        .nats
+                        .not_ready()
+                        .map(|reason| format!("not ready: listener {name}: {reason}\n"))
+                })
+                .collect();
+            if reasons.is_empty() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "");
+                *response.body_mut() = Full::new(Bytes::from(reasons.concat()));
+                response
+            }
+        }
         _ => text(StatusCode::OK, "ok\n"),
     }
 }

@@ -76,7 +76,7 @@ impl Server {
             .filter_map(registry::ListenerConfig::proxy_bind)
             .collect();
         for (index, listener_config) in config.listeners.iter().enumerate() {
-            let (common, service) = listener_config.build(index, &proxies)?;
+            let (common, service) = listener_config.build(index, &proxies).await?;
             let listener = listener::bind(&common)?;
             let addr = listener
                 .local_addr()
@@ -110,6 +110,10 @@ impl Server {
                     state: Arc::new(admin::State {
                         registry,
                         ready: false.into(),
+                        listeners: listeners
+                            .iter()
+                            .map(|b| (b.common.name.clone(), Arc::clone(&b.common.stats)))
+                            .collect(),
                     }),
                 })
             }

@@ -172,7 +172,7 @@ impl ListenerConfig {
     ///
     /// `proxies` are the bind addresses of every proxy listener of the config, which a
     /// proxy listener refuses to connect to (a loop through two listeners is still a loop).
-    pub(crate) fn build(
+    pub(crate) async fn build(
         &self,
         index: usize,
         proxies: &[SocketAddr],
@@ -181,8 +181,8 @@ impl ListenerConfig {
         let stats = Arc::new(ListenerStats::default());
         Ok(match self {
             Self::CrcTcp(c) => (
-                c.common(name, Arc::clone(&stats)),
-                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats)?)),
+                c.common(name.clone(), Arc::clone(&stats)),
+                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, &name, stats).await?)),
             ),
             Self::Socks5(c) => (
                 c.common(name, Arc::clone(&stats))?,

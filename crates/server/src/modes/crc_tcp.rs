@@ -21,6 +21,7 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
+use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
 use proto::{
     Ack, AckStatus, Decoded, FrameRef, HEADER_LEN, Limits, SESSION_FRAME_LEN, decode_frame,
     decode_session, encode_ack,
@@ -42,7 +43,10 @@ use crate::{
     config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration},
     proxy_protocol::{ProxyProtocol, ProxySettings},
     registry::Common,
-    sinks::file::{FileSink, SyncPolicy},
+    sinks::{
+        file::{FileSink, SyncPolicy},
+        nats::{self, ConnHeaders, NatsConfig, NatsSink, Outcome},
+    },
     stats::{FRAME_STATUSES, ListenerStats},
 };
 
@@ -135,6 +139,8 @@ pub enum HandlerConfig {
     },
     /// Verifies and acks, nothing else (for load tests).
     Discard,
+    /// Publishes every accepted frame to NATS JetStream; acks ok once stored.
+    Nats(Box<NatsConfig>),
 }
 
 impl Default for HandlerConfig {
@@ -254,6 +260,9 @@ impl CrcTcpConfig {
                 MIN_TIMEOUT,
                 MAX_DURATION,
             )?,
+            HandlerConfig::Nats(nats) => {
+                nats.validate(self.name.as_deref().unwrap_or("crc-tcp"))?
+            }
             HandlerConfig::Echo | HandlerConfig::Discard => {}
         }
         Ok(())
@@ -311,6 +320,7 @@ enum Handler {
     Echo,
     File(FileSink),
     Discard,
+    Nats(Arc<NatsSink>),
 }
 
 /// Why a connection ended early.
@@ -331,12 +341,17 @@ enum ConnError {
 }
 
 impl CrcTcp {
-    /// Builds the listener's runtime; opens the file sink, if any.
+    /// Builds the listener's runtime; opens the file sink or starts the NATS
+    /// client, if any.
     ///
     /// # Errors
     ///
-    /// When the sink's file cannot be opened.
-    pub fn new(config: &CrcTcpConfig, stats: Arc<ListenerStats>) -> anyhow::Result<Self> {
+    /// When the sink's file cannot be opened, or a file the NATS client needs read.
+    pub async fn new(
+        config: &CrcTcpConfig,
+        name: &str,
+        stats: Arc<ListenerStats>,
+    ) -> anyhow::Result<Self> {
         let handler = match &config.handler {
             HandlerConfig::Log { level, preview_len } => Handler::Log {
                 level: match level {
@@ -360,6 +375,9 @@ impl CrcTcp {
                 Arc::clone(&stats.sink_sync),
             )?),
             HandlerConfig::Discard => Handler::Discard,
+            HandlerConfig::Nats(nats) => Handler::Nats(Arc::new(
+                NatsSink::start(nats, name, Arc::clone(&stats)).await?,
+            )),
         };
         Ok(Self {
             limits: Limits {
@@ -383,18 +401,23 @@ impl CrcTcp {
     pub(crate) async fn handle(
         &self,
         mut stream: TcpStream,
-        _peer: SocketAddr,
+        peer: SocketAddr,
         stop: CancellationToken,
     ) {
         let _ = stream.set_nodelay(true);
+        let (number, stream_id) = self.streams.next();
         let mut conn = Conn {
             buf: ReadBuffer::new(Arc::clone(&self.budget)),
             out: BytesMut::new(),
             seq: 0,
             frames: 0,
             frames_ok: 0,
-            stream_id: self.streams.next(),
+            stream_id,
             started: false,
+            peer,
+            number,
+            inflight: FuturesOrdered::new(),
+            headers: None,
         };
         match self.serve(&mut stream, &mut conn, &stop).await {
             Ok(reason) => debug!(
@@ -416,17 +439,51 @@ impl CrcTcp {
 
     /// Waits for the file sink, if any, to write what it holds and sync.
     pub(crate) async fn finish(&self) {
-        if let Handler::File(sink) = &self.handler {
-            sink.close().await;
+        match &self.handler {
+            Handler::File(sink) => sink.close().await,
+            Handler::Nats(sink) => sink.finish(),
+            _ => {}
         }
     }
 
+    /// [`Self::serve_frames`], then (`nats`) the acks of the frames still in
+    /// flight, in order, each within `publish_timeout`: a connection that ends
+    /// for any reason (a bad header, the peer's close, shutdown, a timeout)
+    /// still answers what it took.
     async fn serve(
         &self,
         stream: &mut TcpStream,
         conn: &mut Conn,
         stop: &CancellationToken,
     ) -> Result<&'static str, ConnError> {
+        let served = self.serve_frames(stream, conn, stop).await;
+        if !conn.inflight.is_empty() {
+            conn.out.clear();
+            while let Some(result) = conn.inflight.next().await {
+                self.settle(conn, result);
+            }
+            if !conn.out.is_empty()
+                && !matches!(served, Err(ConnError::Io(_) | ConnError::WriteTimeout(_)))
+            {
+                ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
+                timeout(self.write_timeout, stream.write_all(&conn.out))
+                    .await
+                    .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
+            }
+        }
+        served
+    }
+
+    async fn serve_frames(
+        &self,
+        stream: &mut TcpStream,
+        conn: &mut Conn,
+        stop: &CancellationToken,
+    ) -> Result<&'static str, ConnError> {
+        let max_in_flight = match &self.handler {
+            Handler::Nats(sink) => sink.max_in_flight(),
+            _ => usize::MAX,
+        };
         // When the frame at the front of the buffer started: the read that
         // brought its first byte, or the one that completed the frame before
         // it. The frame timeout times one frame, not a stream of them.
@@ -439,13 +496,18 @@ impl CrcTcp {
             let fatal = self.process(conn).await;
             // A data frame, or the session frame, was taken off the buffer.
             let completed = conn.frames != frames_before || conn.started != started_before;
+            // `nats`: the acks JetStream has answered already, in order.
+            while let Some(Some(result)) = conn.inflight.next().now_or_never() {
+                self.settle(conn, result);
+            }
             if !conn.out.is_empty() {
                 ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
                 timeout(self.write_timeout, stream.write_all(&conn.out))
                     .await
                     .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
-                if self.ack {
-                    // Every frame of the batch was completed by the last read.
+                if self.ack && !matches!(self.handler, Handler::Nats(_)) {
+                    // Every frame of the batch was completed by the last read (`nats`
+                    // observes each frame as it settles).
                     self.stats
                         .frame_ack
                         .observe_n(last_read.elapsed(), conn.frames - frames_before);
@@ -487,9 +549,16 @@ impl CrcTcp {
                 buf.make_room(&self.limits).await?;
                 Ok::<_, ConnError>(stream.read_buf(&mut buf.bytes).await?)
             };
+            // `nats`: a connection with max_in_flight frames awaiting their ack reads no more.
+            let may_read = conn.inflight.len() < max_in_flight;
+            let inflight = &mut conn.inflight;
             let read = tokio::select! {
                 () = stop.cancelled() => return Ok("shutdown"),
-                read = timeout_at(deadline, room_and_read) => read,
+                Some(result) = inflight.next(), if !inflight.is_empty() => {
+                    self.settle(conn, result);
+                    continue;
+                }
+                read = timeout_at(deadline, room_and_read), if may_read => read,
             };
             last_read = Instant::now();
             match read {
@@ -531,6 +600,9 @@ impl CrcTcp {
         // (seq, crc ok) of each frame, and the byte ranges of the accepted ones.
         let mut verdicts: Vec<bool> = Vec::new();
         let mut accepted: Vec<Range<usize>> = Vec::new();
+        // `nats`: each frame's payload range, version and crc_size.
+        let nats = matches!(self.handler, Handler::Nats(_));
+        let mut published: Vec<(Range<usize>, u32, u32)> = Vec::new();
         let first_seq = conn.seq;
         loop {
             let rest = conn.buf.bytes.get(used..).unwrap_or_default();
@@ -538,6 +610,14 @@ impl CrcTcp {
                 Ok(Decoded::Done(frame, len)) => {
                     let seq = first_seq.wrapping_add(verdicts.len() as u64);
                     let ok = frame.crc_ok();
+                    if nats {
+                        let start = used + HEADER_LEN;
+                        published.push((
+                            start..start + frame.payload.len(),
+                            u32::from(frame.header.version),
+                            frame.header.crc_size.len() as u32,
+                        ));
+                    }
                     if ok {
                         self.on_frame(&frame, seq, &mut conn.out);
                         match accepted.last_mut() {
@@ -564,6 +644,10 @@ impl CrcTcp {
         }
         if verdicts.is_empty() && fatal.is_none() {
             return None;
+        }
+        if let Handler::Nats(sink) = &self.handler {
+            self.enqueue(sink, conn, used, &verdicts, published, fatal.as_ref());
+            return fatal;
         }
         let handler_ok = match &self.handler {
             Handler::File(sink) if !accepted.is_empty() => {
@@ -700,7 +784,81 @@ impl CrcTcp {
                 }
             }
             Handler::Echo => out.extend_from_slice(frame.raw),
-            Handler::File(_) | Handler::Discard => {}
+            Handler::File(_) | Handler::Discard | Handler::Nats(_) => {}
+        }
+    }
+
+    /// `nats`: starts the publish of every accepted frame of the batch (the
+    /// first `used` bytes of the buffer), and queues every frame's answer, and
+    /// the NACK of a `fatal` header, in order behind those already in flight.
+    fn enqueue(
+        &self,
+        sink: &Arc<NatsSink>,
+        conn: &mut Conn,
+        used: usize,
+        verdicts: &[bool],
+        published: Vec<(Range<usize>, u32, u32)>,
+        fatal: Option<&Fatal>,
+    ) {
+        let data = conn.buf.bytes.split_to(used).freeze();
+        let read_at = Instant::now();
+        let received = nats::received_now();
+        let headers = Arc::clone(conn.headers.get_or_insert_with(|| {
+            Arc::new(ConnHeaders::new(conn.peer, conn.number, &conn.stream_id))
+        }));
+        for (offset, (&crc_ok, (payload, version, crc_size))) in
+            verdicts.iter().zip(published).enumerate()
+        {
+            let seq = conn.seq.wrapping_add(offset as u64);
+            if crc_ok {
+                let frame = nats::Frame {
+                    payload: data.slice(payload),
+                    version,
+                    crc_size,
+                    seq,
+                };
+                let publish =
+                    Arc::clone(sink).publish(frame, Arc::clone(&headers), Arc::clone(&received));
+                conn.inflight
+                    .push_back(Box::pin(publish.map(move |outcome| {
+                        let status = match outcome {
+                            Outcome::Stored => AckStatus::Ok,
+                            Outcome::Failed => AckStatus::HandlerFailed,
+                        };
+                        (seq, status, read_at)
+                    })));
+            } else {
+                debug!(seq, "crc mismatch");
+                conn.inflight.push_back(Box::pin(std::future::ready((
+                    seq,
+                    AckStatus::CrcMismatch,
+                    read_at,
+                ))));
+            }
+        }
+        conn.seq = conn.seq.wrapping_add(verdicts.len() as u64);
+        conn.frames += verdicts.len() as u64;
+        if let Some(error) = fatal {
+            let answer = (conn.seq, error.ack_status(), read_at);
+            conn.inflight
+                .push_back(Box::pin(std::future::ready(answer)));
+        }
+    }
+
+    /// `nats`: counts a frame's answer and queues its ack.
+    fn settle(&self, conn: &mut Conn, (seq, status, read_at): (u64, AckStatus, Instant)) {
+        if status == AckStatus::Ok {
+            conn.frames_ok += 1;
+            ListenerStats::add(&self.stats.frames_ok, 1);
+        } else {
+            ListenerStats::add(&self.stats.frames_rejected, 1);
+        }
+        if let Some(counter) = self.stats.frames.get(usize::from(u8::from(status))) {
+            ListenerStats::add(counter, 1);
+        }
+        if self.ack {
+            encode_ack(&Ack { status, seq }, &mut conn.out);
+            self.stats.frame_ack.observe(read_at.elapsed());
         }
     }
 }
@@ -717,7 +875,19 @@ struct Conn {
     stream_id: [u8; 16],
     /// Whether the first 4 bytes were seen (a session frame can only come first).
     started: bool,
+    /// The client (the PROXY protocol's when it is on).
+    peer: SocketAddr,
+    /// The connection's number on its listener.
+    number: u64,
+    /// `nats`: every frame from its read to its ack, in frame order.
+    inflight: FuturesOrdered<Pending>,
+    /// `nats`: the headers every message of the connection carries.
+    headers: Option<Arc<ConnHeaders>>,
 }
+
+/// A frame on its way to its ack (`nats`): its seq, when its read completed and, once
+/// settled, its status.
+type Pending = std::pin::Pin<Box<dyn Future<Output = (u64, AckStatus, Instant)> + Send>>;
 
 /// What ends a connection after its NACK: a header that can never be valid,
 /// or a session frame that cannot be trusted.
@@ -774,13 +944,13 @@ impl StreamIds {
     }
 
     /// The connection's number and its made-up stream id.
-    fn next(&self) -> [u8; 16] {
+    fn next(&self) -> (u64, [u8; 16]) {
         let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut id = [0u8; 16];
         let (prefix, rest) = id.split_at_mut(8);
         prefix.copy_from_slice(&self.prefix);
         rest.copy_from_slice(&number.to_be_bytes());
-        id
+        (number, id)
     }
 }
 
@@ -826,7 +996,7 @@ mod tests {
         ))
         .unwrap();
         config.validate().unwrap();
-        let service = Arc::new(CrcTcp::new(&config, Arc::default()).unwrap());
+        let service = Arc::new(CrcTcp::new(&config, "test", Arc::default()).await.unwrap());
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(len) = send_buffer {
             socket.set_send_buffer_size(len).unwrap();
