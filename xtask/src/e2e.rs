@@ -25,6 +25,7 @@ mod frames;
 mod haproxy;
 mod hostile;
 mod interop;
+pub(crate) mod nats;
 mod prometheus;
 mod proxy;
 mod shutdown;
@@ -188,6 +189,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("systemd-unit", deploy::systemd_unit),
     ("k8s-manifests", deploy::k8s_manifests),
     ("haproxy", haproxy::haproxy),
+    ("nats", nats::nats),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 
