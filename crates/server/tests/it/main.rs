@@ -13,6 +13,7 @@ mod crash;
 mod crc_tcp;
 mod file_sink;
 mod login_log;
+mod nats;
 mod per_ip;
 mod process;
 mod proxy_protocol;
