@@ -30,6 +30,7 @@ mod haproxy;
 mod hostile;
 mod interop;
 mod jetstream;
+pub(crate) mod nats;
 mod prometheus;
 mod proxy;
 mod reload;
@@ -197,6 +198,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("jetstream-cluster", jetstream::jetstream_cluster),
     ("collectors-file-sink", jetstream::file_sink_limit),
     ("reload", reload::reload),
+    ("nats", nats::nats),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 

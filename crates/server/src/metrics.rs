@@ -290,6 +290,7 @@ impl NetkitCollector {
             mode,
             |m, l, labels| histogram(m, &labels, &l.stats.frame_ack),
         )?;
+        self.nats(e)?;
         if self
             .of_mode("crc-tcp")
             .any(|l| l.stats.sink_sync.count() > 0)
@@ -307,6 +308,48 @@ impl NetkitCollector {
             )?;
         }
         Ok(())
+    }
+
+    /// The `nats` handler's families, for the listeners that have one.
+    fn nats(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        let with_nats = |l: &ListenerEntry| l.stats.nats.enabled.load(Relaxed);
+        if !self.of_mode("crc-tcp").any(with_nats) {
+            return Ok(());
+        }
+        let mode = Some("crc-tcp");
+        self.family(
+            e,
+            "netkit_nats_connected",
+            "Whether the nats handler is connected to a NATS server (1) or not (0).",
+            MetricType::Gauge,
+            mode,
+            |m, l, labels| match with_nats(l) {
+                true => gauge(m, &labels, i64::from(l.stats.nats.connected.load(Relaxed))),
+                false => Ok(()),
+            },
+        )?;
+        self.family(
+            e,
+            "netkit_nats_disconnects",
+            "Connections to NATS lost.",
+            MetricType::Counter,
+            mode,
+            |m, l, labels| match with_nats(l) {
+                true => counter(m, &labels, load(&l.stats.nats.disconnects)),
+                false => Ok(()),
+            },
+        )?;
+        self.family(
+            e,
+            "netkit_nats_publish_seconds",
+            "From a frame handed to the NATS client to JetStream's ack or the failure.",
+            MetricType::Histogram,
+            mode,
+            |m, l, labels| match with_nats(l) {
+                true => histogram(m, &labels, &l.stats.nats.publish),
+                false => Ok(()),
+            },
+        )
     }
 
     /// The families of every proxy listener (`socks5`, `http`): sessions by protocol, and the

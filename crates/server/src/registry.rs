@@ -216,7 +216,7 @@ impl Prepared {
     ///
     /// The same goes for the `access_log`: one running for the same file (in `logs`) is
     /// shared.
-    pub(crate) fn build(
+    pub(crate) async fn build(
         &self,
         sinks: &crc_tcp::Sinks,
         logs: &[Arc<AccessLog>],
@@ -234,9 +234,9 @@ impl Prepared {
             None => None,
         };
         Ok(match &self.settings {
-            ModeSettings::CrcTcp(c) => {
-                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats, sinks, access_log)?))
-            }
+            ModeSettings::CrcTcp(c) => Service::CrcTcp(Arc::new(
+                crc_tcp::CrcTcp::new(c, &self.common.name, stats, sinks, access_log).await?,
+            )),
             ModeSettings::Socks5(options) => Service::Socks5(Arc::new(socks5::Socks5::new(
                 "socks5",
                 options.clone(),

@@ -14,6 +14,7 @@ mod crc_tcp;
 mod doors;
 mod file_sink;
 mod login_log;
+mod nats;
 mod per_ip;
 mod process;
 mod proxy_protocol;
