@@ -2,4 +2,5 @@
 
 pub mod crc_tcp;
 pub mod doors;
+pub mod http;
 pub mod socks5;

@@ -116,7 +116,7 @@ pub struct Socks5Config {
     pub max_header_len: usize,
 }
 
-fn default_max_header_len() -> usize {
+pub(crate) fn default_max_header_len() -> usize {
     http_proxy::ProxyOptions::default().max_header_len
 }
 /// The bounds of `max_header_len`: hyper's smallest buffer, and 1 MiB.
@@ -229,21 +229,21 @@ fn all_commands() -> Vec<CommandName> {
     ]
 }
 // The timeouts' defaults are the library's (`socks5::ServerOptions`), written in one place.
-fn default_handshake_timeout() -> Duration {
+pub(crate) fn default_handshake_timeout() -> Duration {
     socks5::ServerOptions::default().handshake_timeout
 }
-fn default_connect_timeout() -> Duration {
+pub(crate) fn default_connect_timeout() -> Duration {
     socks5::ServerOptions::default().connect_timeout
 }
-fn happy_eyeballs_delay() -> Duration {
+pub(crate) fn happy_eyeballs_delay() -> Duration {
     socks5::ServerOptions::default().happy_eyeballs_delay
 }
 /// The shortest `happy_eyeballs_delay` but `0s` (off): RFC 8305 §5 sets 10 ms as the floor.
 const MIN_HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(10);
-fn default_idle_timeout() -> Duration {
+pub(crate) fn default_idle_timeout() -> Duration {
     socks5::ServerOptions::default().idle_timeout
 }
-fn default_bind_timeout() -> Duration {
+pub(crate) fn default_bind_timeout() -> Duration {
     socks5::ServerOptions::default().bind_timeout
 }
 

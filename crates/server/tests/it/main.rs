@@ -13,6 +13,7 @@ mod crash;
 mod crc_tcp;
 mod doors;
 mod file_sink;
+mod http;
 mod login_log;
 mod nats;
 mod per_ip;
