@@ -35,6 +35,7 @@ mod haproxy;
 mod hostile;
 mod interop;
 mod jetstream;
+pub(crate) mod nats;
 mod prometheus;
 mod proxy;
 mod reload;
@@ -204,6 +205,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("jetstream-cluster", jetstream::jetstream_cluster),
     ("collectors-file-sink", jetstream::file_sink_limit),
     ("reload", reload::reload),
+    ("nats", nats::nats),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 

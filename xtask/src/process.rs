@@ -145,6 +145,11 @@ impl Proc {
         })
     }
 
+    /// The child's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The child's stdout pipe, when spawned with [`Stdout::Take`].
     pub(crate) fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()

@@ -160,6 +160,42 @@ pub fn ack(data: &[u8]) {
     }
 }
 
+/// `decode_session`: decides from the 12-byte header whether the sizes are a
+/// session frame's; what it accepts is exactly 40 bytes that `encode_session`
+/// writes back (the version word aside, which the caller has checked), and a
+/// data frame decoder refuses a session frame as an unknown version.
+pub fn session(data: &[u8]) {
+    let whole = prefix::check(data, |b| Outcome::from(proto::decode_session(b)));
+    match whole {
+        Outcome::Done(session, used) => {
+            assert_eq!(used, proto::SESSION_FRAME_LEN);
+            let mut encoded = Vec::new();
+            proto::encode_session(&session, &mut encoded);
+            assert_eq!(encoded[4..], data[4..used]);
+            if proto::session::starts_session(data) == Some(true) {
+                assert_eq!(encoded, data[..used]);
+                let refused = decode_header(data, &Limits::default());
+                assert!(matches!(refused, Err(e) if u8::from(e.ack_status()) == 2));
+            }
+        }
+        Outcome::NeedMore(n) => {
+            let want = if data.len() < 12 {
+                12
+            } else {
+                proto::SESSION_FRAME_LEN
+            };
+            assert_eq!(n, want - data.len());
+        }
+        Outcome::Error(proto::SessionError::Shape {
+            body_size,
+            crc_size,
+        }) => {
+            assert!(data.len() >= 12 && (body_size, crc_size) != (28, 4));
+        }
+        Outcome::Error(_) => assert!(data.len() >= proto::SESSION_FRAME_LEN),
+    }
+}
+
 /// The biggest capacity the codec's buffer may reach for these small inputs:
 /// it reserves at most 256 KiB at a time for a body still arriving, never the
 /// announced size (up to 4 GiB here).

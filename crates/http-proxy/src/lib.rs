@@ -86,5 +86,7 @@ mod proxy;
 pub use auth::{AuthFuture, BasicAuth, LoginFailure};
 pub use dial::{BoxedStream, DialError, DialFuture, Dialer, ProxyStream, Target};
 pub use error::Error;
+/// The request methods of [`SessionReport::last_method`] (hyper's).
+pub use hyper::Method;
 pub use options::{MIN_HEADER_LEN, ProxyOptions};
 pub use proxy::{Body, HttpProxy, REALM, SessionReport};

@@ -64,6 +64,11 @@ pub struct SessionReport {
     pub requests: u64,
     /// The status of the last response sent.
     pub last_status: Option<StatusCode>,
+    /// The method of the last request answered.
+    pub last_method: Option<Method>,
+    /// The host and port the last request named (its CONNECT target or its URI's authority,
+    /// without any user info), for the log.
+    pub last_host: Option<String>,
     /// The CONNECT target, once a tunnel was granted (200 sent).
     pub tunnel: Option<Target>,
     /// Bytes read from the client: request heads and bodies, and tunnel data.
@@ -165,6 +170,8 @@ impl HttpProxy {
             user: state.user.take(),
             requests: state.requests,
             last_status: state.last_status,
+            last_method: state.last_method.take(),
+            last_host: state.last_host.take(),
             tunnel: state.tunnel_target.take(),
             bytes_in: counters.read.load(Ordering::Relaxed),
             bytes_out: counters.written.load(Ordering::Relaxed),
@@ -188,6 +195,8 @@ struct State {
     user: Option<String>,
     requests: u64,
     last_status: Option<StatusCode>,
+    last_method: Option<Method>,
+    last_host: Option<String>,
     error: Option<Error>,
     upstream: Option<Upstream>,
     tunnel: Option<Tunnel>,
@@ -208,6 +217,13 @@ impl Session {
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let method = request.method().clone();
         let uri = request.uri().to_string();
+        let host = request
+            .uri()
+            .authority()
+            .map(|authority| match authority.port_u16() {
+                Some(port) => format!("{}:{port}", authority.host()),
+                None => authority.host().to_owned(),
+            });
         let answered = if method == Method::CONNECT {
             self.connect(request).await
         } else {
@@ -225,6 +241,8 @@ impl Session {
         let mut state = self.state();
         state.requests += 1;
         state.last_status = Some(response.status());
+        state.last_method = Some(method);
+        state.last_host = host;
         response
     }
 

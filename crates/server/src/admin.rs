@@ -55,6 +55,10 @@ const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub(crate) struct State {
     pub(crate) registry: Registry,
     pub(crate) ready: AtomicBool,
+    /// Every listener by name, for what keeps one from being ready (a `nats`
+    /// handler without its connection or its stream).
+    /// The same list `/metrics` reads, so a reload's listeners count at once.
+    pub(crate) listeners: crate::metrics::Listeners,
 }
 
 /// Binds the admin address.
@@ -154,11 +158,32 @@ fn respond(state: &State, request: &Request<hyper::body::Incoming>) -> Response<
                 "cannot encode the metrics\n",
             ),
         },
-        "/readyz" if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
-        "/readyz" => text(
+        "/readyz" if !state.ready.load(Ordering::Relaxed) => text(
             StatusCode::SERVICE_UNAVAILABLE,
             "not ready: shutting down\n",
         ),
+        "/readyz" => {
+            let reasons: Vec<String> = state
+                .listeners
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter_map(|entry| {
+                    entry
+                        .stats
+                        .nats
+                        .not_ready()
+                        .map(|reason| format!("not ready: listener {}: {reason}\n", entry.name))
+                })
+                .collect();
+            if reasons.is_empty() {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "");
+                *response.body_mut() = Full::new(Bytes::from(reasons.concat()));
+                response
+            }
+        }
         _ => text(StatusCode::OK, "ok\n"),
     }
 }

@@ -486,6 +486,17 @@ mod tests {
             ),
         )
     }
+    fn nats_key(key: &str, value: &str) -> String {
+        let key = key.trim_start_matches("handler.");
+        let setting = match key.strip_prefix("create_stream.") {
+            Some(key) => format!("create_stream = {{ {key} = {value} }}"),
+            None => format!("{key} = {value}"),
+        };
+        crc_key(
+            "handler",
+            &format!("{{ type = \"nats\", servers = [\"nats://127.0.0.1:4222\"], {setting} }}"),
+        )
+    }
     fn socks_key(key: &str, value: &str) -> String {
         format!(
             "[[listener]]\nname = \"l\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n{key} = {value}\n"
@@ -618,6 +629,38 @@ mod tests {
             OVER_DAYS,
         ),
         (
+            nats_key,
+            "handler.max_in_flight",
+            Some("0"),
+            "1",
+            "65536",
+            "65537",
+        ),
+        (
+            nats_key,
+            "handler.publish_timeout",
+            Some(UNDER_1MS),
+            MS,
+            "\"1h\"",
+            "\"1h 1ns\"",
+        ),
+        (
+            nats_key,
+            "handler.create_stream.replicas",
+            Some("0"),
+            "1",
+            "5",
+            "6",
+        ),
+        (
+            nats_key,
+            "handler.create_stream.duplicate_window",
+            Some("\"999ms\""),
+            "\"1s\"",
+            DAYS,
+            OVER_DAYS,
+        ),
+        (
             socks_key,
             "max_connections",
             Some("0"),
@@ -719,6 +762,84 @@ mod tests {
     fn zero_stats_interval_still_means_only_at_shutdown() {
         let config = Config::parse(&server_key("stats_interval", "\"0s\""), "test.toml").unwrap();
         assert!(config.server.stats_interval.is_zero());
+    }
+
+    #[test]
+    fn the_nats_handler_needs_servers_that_parse_and_one_way_to_log_in() {
+        let nats = |keys: &str| {
+            crc_key(
+                "handler",
+                &format!("{{ type = \"nats\", servers = [\"nats://127.0.0.1:4222\"]{keys} }}"),
+            )
+        };
+        let config = Config::parse(&nats(""), "test.toml").unwrap();
+        let crate::registry::ListenerConfig::CrcTcp(crc) = &config.listeners[0] else {
+            panic!("not crc-tcp");
+        };
+        let crate::modes::crc_tcp::HandlerConfig::Nats(handler) = &crc.handler else {
+            panic!("not nats");
+        };
+        assert_eq!(
+            (
+                handler.subject.as_str(),
+                handler.stream.as_str(),
+                handler.max_in_flight
+            ),
+            ("frames.{listener}", "FRAMES", 1024)
+        );
+        assert_eq!(handler.publish_timeout, Duration::from_secs(5));
+        assert!(handler.create_stream.is_none() && !handler.tls_required);
+        let empty = crc_key("handler", "{ type = \"nats\", servers = [] }");
+        for (text, expected) in [
+            (
+                empty,
+                "listener[0] (l): handler.servers: must name at least one server",
+            ),
+            (
+                crc_key(
+                    "handler",
+                    "{ type = \"nats\", servers = [\"nats://[::1\"] }",
+                ),
+                "listener[0] (l): handler.servers: \"nats://[::1\" is not a NATS URL",
+            ),
+            (
+                nats(", user = \"u\""),
+                "handler.user: needs handler.password",
+            ),
+            (
+                nats(", password = \"p\""),
+                "handler.password: needs handler.user",
+            ),
+            (
+                nats(", user = \"u\", password = \"p\", token = \"t\""),
+                "set one of user and password, token, or creds_file",
+            ),
+            (
+                nats(", tls_cert_file = \"/c.pem\""),
+                "handler.tls_cert_file: needs handler.tls_key_file",
+            ),
+            (
+                nats(", subject = \"frames.*\""),
+                "handler.subject: \"frames.*\" has an empty token or a wildcard",
+            ),
+            (nats(", subject = \"frames..x\""), "handler.subject"),
+            (
+                nats(", subject = \"\""),
+                "handler.subject: must not be empty",
+            ),
+            (nats(", stream = \"A.B\""), "handler.stream: \"A.B\""),
+            (nats(", create_stream = { storage = \"disk\" }"), "disk"),
+            (nats(", servers2 = 1"), "servers2"),
+        ] {
+            let message = error_of(&text);
+            assert!(message.contains(expected), "{text}: {message}");
+        }
+        // The listener's name goes into the subject, and must fit there.
+        let named = "[[listener]]\nname = \"in gest\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n\
+                     handler = { type = \"nats\", servers = [\"nats://127.0.0.1:4222\"] }\n";
+        assert!(error_of(named).contains("handler.subject: \"frames.in gest\" has white space"));
+        let fixed = named.replace("servers", "subject = \"frames\", servers");
+        assert!(Config::parse(&fixed, "test.toml").is_ok());
     }
 
     #[test]

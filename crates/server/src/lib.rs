@@ -97,7 +97,7 @@ impl Server {
         let (mut sinks, mut logs) = (Vec::new(), Vec::new());
         for prepared in ready.iter() {
             let common = prepared.common.clone();
-            let service = prepared.build(&sinks, &logs)?;
+            let service = prepared.build(&sinks, &logs).await?;
             sinks.extend(service.sink());
             logs.extend(service.access_log());
             let listener = listener::bind(&common)?;
@@ -137,6 +137,7 @@ impl Server {
                     state: Arc::new(admin::State {
                         registry,
                         ready: false.into(),
+                        listeners: Arc::clone(&metric_listeners),
                     }),
                 })
             }

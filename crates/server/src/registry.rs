@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     access_log::{self, AccessLog},
     config::invalid,
-    modes::{crc_tcp, socks5},
+    modes::{crc_tcp, http, socks5},
     proxy_protocol::{ProxyProtocol, ProxySettings},
     stats::ListenerStats,
 };
@@ -26,7 +26,12 @@ pub const MODES: &[(&str, &str)] = &[
     ),
     (
         "socks5",
-        "a SOCKS5 proxy (RFC 1928: CONNECT, BIND, UDP ASSOCIATE; RFC 1929 passwords)",
+        "a SOCKS5 proxy (RFC 1928: CONNECT, BIND, UDP ASSOCIATE; RFC 1929 passwords), \
+         optionally SOCKS4/4a and HTTP on the same port (protocols)",
+    ),
+    (
+        "http",
+        "an HTTP/1.1 proxy (CONNECT tunnels, absolute-form http:// requests, Basic passwords)",
     ),
 ];
 
@@ -38,6 +43,8 @@ pub enum ListenerConfig {
     CrcTcp(crc_tcp::CrcTcpConfig),
     /// `mode = "socks5"`.
     Socks5(socks5::Socks5Config),
+    /// `mode = "http"`.
+    Http(http::HttpConfig),
 }
 
 /// What every listener has, whatever its mode.
@@ -69,6 +76,7 @@ impl ListenerConfig {
         match self {
             Self::CrcTcp(_) => "crc-tcp",
             Self::Socks5(_) => "socks5",
+            Self::Http(_) => "http",
         }
     }
 
@@ -77,7 +85,7 @@ impl ListenerConfig {
     pub fn name(&self, index: usize) -> String {
         let name = match self {
             Self::CrcTcp(c) => c.name.clone(),
-            Self::Socks5(c) => c.name.clone(),
+            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => c.name.clone(),
         };
         name.unwrap_or_else(|| format!("{}[{index}]", self.mode()))
     }
@@ -87,7 +95,7 @@ impl ListenerConfig {
     pub fn bind(&self) -> SocketAddr {
         match self {
             Self::CrcTcp(c) => c.bind,
-            Self::Socks5(c) => c.bind,
+            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => c.bind,
         }
     }
 
@@ -96,7 +104,7 @@ impl ListenerConfig {
     pub fn max_connections_per_ip(&self) -> Option<usize> {
         match self {
             Self::CrcTcp(c) => c.max_connections_per_ip,
-            Self::Socks5(c) => c.max_connections_per_ip,
+            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => c.max_connections_per_ip,
         }
     }
 
@@ -110,7 +118,7 @@ impl ListenerConfig {
                 &c.proxy_protocol_from,
                 c.proxy_protocol_timeout,
             ),
-            Self::Socks5(c) => (
+            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => (
                 c.proxy_protocol,
                 &c.proxy_protocol_from,
                 c.proxy_protocol_timeout,
@@ -123,7 +131,7 @@ impl ListenerConfig {
     pub fn sink_path(&self) -> Option<&Path> {
         match self {
             Self::CrcTcp(c) => c.sink_path(),
-            Self::Socks5(_) => None,
+            Self::Socks5(_) | Self::Http(_) => None,
         }
     }
 
@@ -131,7 +139,7 @@ impl ListenerConfig {
     /// for other modes.
     pub(crate) fn proxy_bind(&self) -> Option<SocketAddr> {
         match self {
-            Self::Socks5(c) => Some(c.bind),
+            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => Some(c.bind),
             Self::CrcTcp(_) => None,
         }
     }
@@ -172,7 +180,7 @@ impl ListenerConfig {
                 c.validate()?;
                 (c.common(name, stats), ModeSettings::CrcTcp(c.clone()))
             }
-            Self::Socks5(c) => {
+            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => {
                 let options = c.prepare(proxies)?;
                 (c.common(name, stats), ModeSettings::Socks5(options))
             }
@@ -216,7 +224,7 @@ impl Prepared {
     ///
     /// The same goes for the `access_log`: one running for the same file (in `logs`) is
     /// shared.
-    pub(crate) fn build(
+    pub(crate) async fn build(
         &self,
         sinks: &crc_tcp::Sinks,
         logs: &[Arc<AccessLog>],
@@ -234,10 +242,11 @@ impl Prepared {
             None => None,
         };
         Ok(match &self.settings {
-            ModeSettings::CrcTcp(c) => {
-                Service::CrcTcp(Arc::new(crc_tcp::CrcTcp::new(c, stats, sinks, access_log)?))
-            }
+            ModeSettings::CrcTcp(c) => Service::CrcTcp(Arc::new(
+                crc_tcp::CrcTcp::new(c, &self.common.name, stats, sinks, access_log).await?,
+            )),
             ModeSettings::Socks5(options) => Service::Socks5(Arc::new(socks5::Socks5::new(
+                self.mode,
                 options.clone(),
                 stats,
                 access_log,

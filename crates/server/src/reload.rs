@@ -300,7 +300,7 @@ impl Running {
                         prepared.common.stats = Arc::clone(&old.common.stats);
                     }
                 }
-                match prepared.build(&running, &logs) {
+                match prepared.build(&running, &logs).await {
                     Ok(service) => {
                         // Two listeners of the new config may share a new access log.
                         if let Some(log) = service.access_log()

@@ -5,7 +5,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed},
     },
     time::Duration,
 };
@@ -56,6 +56,73 @@ pub struct ListenerStats {
     pub socks5: Socks5Stats,
     /// `access_log` lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// crc-tcp with a `nats` handler: its connection and publishes.
+    pub nats: NatsStats,
+    /// socks5 and http: sessions by the protocol they spoke ([`PROTOCOLS`]).
+    pub protocols: [AtomicU64; PROTOCOLS.len()],
+    /// The HTTP door: sessions by method class ([`HTTP_METHODS`]) and status class of the last
+    /// response ([`HTTP_STATUSES`]).
+    pub http: [[AtomicU64; HTTP_STATUSES.len()]; HTTP_METHODS.len()],
+}
+
+/// The `protocol` label of `netkit_proxy_sessions_total`, by
+/// [`crate::modes::doors::ProtocolName::index`].
+pub const PROTOCOLS: [&str; 3] = ["socks5", "socks4", "http"];
+
+/// The `method` label of `netkit_http_sessions_total`: a CONNECT tunnel, or forwarded
+/// absolute-form requests (and anything answered by the proxy itself).
+pub const HTTP_METHODS: [&str; 2] = ["connect", "other"];
+
+/// The `status` label of `netkit_http_sessions_total`: the class of the last status sent;
+/// `none` when the connection ended before a response.
+pub const HTTP_STATUSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// The state of a `nats` handler's stream, as [`NatsStats::stream`] holds it.
+pub mod stream_state {
+    /// Not looked at yet (no connection so far).
+    pub const UNKNOWN: u8 = 0;
+    /// Found (or created).
+    pub const OK: u8 = 1;
+    /// Missing, and `create_stream` is not set.
+    pub const MISSING: u8 = 2;
+    /// Looking it up or creating it failed.
+    pub const FAILED: u8 = 3;
+}
+
+/// The `nats` handler's part of [`ListenerStats`].
+#[derive(Debug, Default)]
+pub struct NatsStats {
+    /// Whether the listener has a `nats` handler at all.
+    pub enabled: AtomicBool,
+    /// Whether the handler is connected to a NATS server now.
+    pub connected: AtomicBool,
+    /// The stream, as [`stream_state`] says.
+    pub stream: AtomicU8,
+    /// Connections to NATS lost.
+    pub disconnects: AtomicU64,
+    /// From a frame handed to the client to JetStream's ack (or the failure).
+    pub publish: DurationHistogram,
+}
+
+impl NatsStats {
+    /// Why the listener is not ready, if it has a `nats` handler that cannot store frames now.
+    #[must_use]
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if !self.enabled.load(Relaxed) {
+            return None;
+        }
+        if !self.connected.load(Relaxed) {
+            return Some("nats: not connected");
+        }
+        match self.stream.load(Relaxed) {
+            stream_state::OK => None,
+            stream_state::MISSING => {
+                Some("nats: the stream does not exist (create it, or set create_stream)")
+            }
+            stream_state::FAILED => Some("nats: the stream could not be looked up or created"),
+            _ => Some("nats: the stream is being looked up"),
+        }
+    }
 }
 
 /// The ack status names, by status code: the `status` label of `netkit_frames_total`.

@@ -21,7 +21,12 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
-use proto::{Ack, AckStatus, Decoded, FrameRef, HEADER_LEN, Limits, decode_frame, encode_ack};
+use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
+use proto::{
+    Ack, AckStatus, Decoded, FrameRef, HEADER_LEN, Limits, SESSION_FRAME_LEN, decode_frame,
+    decode_session, encode_ack,
+    session::{SessionError, starts_session},
+};
 use serde::Deserialize;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -39,7 +44,10 @@ use crate::{
     config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration},
     proxy_protocol::{ProxyProtocol, ProxySettings},
     registry::Common,
-    sinks::file::{FileSink, SyncPolicy},
+    sinks::{
+        file::{FileSink, SyncPolicy},
+        nats::{self, ConnHeaders, NatsConfig, NatsSink, Outcome},
+    },
     stats::{FRAME_STATUSES, ListenerStats},
 };
 
@@ -135,6 +143,8 @@ pub enum HandlerConfig {
     },
     /// Verifies and acks, nothing else (for load tests).
     Discard,
+    /// Publishes every accepted frame to NATS JetStream; acks ok once stored.
+    Nats(Box<NatsConfig>),
 }
 
 impl Default for HandlerConfig {
@@ -254,6 +264,9 @@ impl CrcTcpConfig {
                 MIN_TIMEOUT,
                 MAX_DURATION,
             )?,
+            HandlerConfig::Nats(nats) => {
+                nats.validate(self.name.as_deref().unwrap_or("crc-tcp"))?
+            }
             HandlerConfig::Echo | HandlerConfig::Discard => {}
         }
         Ok(())
@@ -308,6 +321,7 @@ pub struct CrcTcp {
     budget: Arc<Budget>,
     stats: Arc<ListenerStats>,
     access_log: Option<access_log::Sink>,
+    streams: StreamIds,
 }
 
 #[derive(Debug)]
@@ -316,6 +330,7 @@ enum Handler {
     Echo,
     File(Arc<FileSink>),
     Discard,
+    Nats(Arc<NatsSink>),
 }
 
 /// Why a connection ended early.
@@ -336,16 +351,18 @@ enum ConnError {
 }
 
 impl CrcTcp {
-    /// Builds the listener's runtime; opens the file sink, if any.
+    /// Builds the listener's runtime; opens the file sink or starts the NATS
+    /// client, if any.
     ///
     /// # Errors
     ///
-    /// When the sink's file cannot be opened.
+    /// When the sink's file cannot be opened, or a file the NATS client needs read.
     /// A file sink already running for the same file (in `sinks`) is shared, not opened a
     /// second time (its exclusive lock would refuse that): it keeps the `sync` and
     /// `sync_interval` it was opened with, and says so when they differ.
-    pub(crate) fn new(
+    pub(crate) async fn new(
         config: &CrcTcpConfig,
+        name: &str,
         stats: Arc<ListenerStats>,
         sinks: &Sinks,
         access_log: Option<access_log::Sink>,
@@ -385,6 +402,9 @@ impl CrcTcp {
                 )?)),
             },
             HandlerConfig::Discard => Handler::Discard,
+            HandlerConfig::Nats(nats) => Handler::Nats(Arc::new(
+                NatsSink::start(nats, name, Arc::clone(&stats)).await?,
+            )),
         };
         Ok(Self {
             limits: Limits {
@@ -400,6 +420,7 @@ impl CrcTcp {
             budget: Arc::new(Budget::new(config.max_buffered_bytes())),
             stats,
             access_log,
+            streams: StreamIds::new(),
         })
     }
 
@@ -413,13 +434,21 @@ impl CrcTcp {
     ) {
         let started = std::time::Instant::now();
         let _ = stream.set_nodelay(true);
+        let (number, stream_id) = self.streams.next();
         let mut conn = Conn {
             buf: ReadBuffer::new(Arc::clone(&self.budget)),
             out: BytesMut::new(),
             seq: 0,
+            frames: 0,
             frames_ok: 0,
             bytes_in: 0,
             bytes_out: 0,
+            stream_id,
+            started: false,
+            peer,
+            number,
+            inflight: FuturesOrdered::new(),
+            headers: None,
         };
         let served = self.serve(&mut stream, &mut conn, &stop).await;
         if let Some(log) = &self.access_log {
@@ -441,18 +470,19 @@ impl CrcTcp {
         }
         match served {
             Ok(reason) => debug!(
-                frames = conn.seq,
+                frames = conn.frames,
+                stream = %Hex(&conn.stream_id),
                 frames_ok = conn.frames_ok,
                 reason,
                 "connection closed"
             ),
             Err(ConnError::Io(error)) => {
-                debug!(frames = conn.seq, %error, "connection ended by an i/o error")
+                debug!(frames = conn.frames, %error, "connection ended by an i/o error")
             }
             // Port scanners and connect-only health checks do this all day:
             // not worth a warning each.
             Err(error @ ConnError::FirstByte(_)) => debug!(%error, "connection closed"),
-            Err(error) => warn!(frames = conn.seq, %error, "connection closed"),
+            Err(error) => warn!(frames = conn.frames, %error, "connection closed"),
         }
     }
 
@@ -469,12 +499,44 @@ impl CrcTcp {
         }
     }
 
+    /// [`Self::serve_frames`], then (`nats`) the acks of the frames still in
+    /// flight, in order, each within `publish_timeout`: a connection that ends
+    /// for any reason (a bad header, the peer's close, shutdown, a timeout)
+    /// still answers what it took.
     async fn serve(
         &self,
         stream: &mut TcpStream,
         conn: &mut Conn,
         stop: &CancellationToken,
     ) -> Result<&'static str, ConnError> {
+        let served = self.serve_frames(stream, conn, stop).await;
+        if !conn.inflight.is_empty() {
+            conn.out.clear();
+            while let Some(result) = conn.inflight.next().await {
+                self.settle(conn, result);
+            }
+            if !conn.out.is_empty()
+                && !matches!(served, Err(ConnError::Io(_) | ConnError::WriteTimeout(_)))
+            {
+                ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
+                timeout(self.write_timeout, stream.write_all(&conn.out))
+                    .await
+                    .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
+            }
+        }
+        served
+    }
+
+    async fn serve_frames(
+        &self,
+        stream: &mut TcpStream,
+        conn: &mut Conn,
+        stop: &CancellationToken,
+    ) -> Result<&'static str, ConnError> {
+        let max_in_flight = match &self.handler {
+            Handler::Nats(sink) => sink.max_in_flight(),
+            _ => usize::MAX,
+        };
         // When the frame at the front of the buffer started: the read that
         // brought its first byte, or the one that completed the frame before
         // it. The frame timeout times one frame, not a stream of them.
@@ -483,20 +545,26 @@ impl CrcTcp {
         let mut last_read = accepted;
         let mut silent = true;
         loop {
-            let seq_before = conn.seq;
+            let (frames_before, started_before) = (conn.frames, conn.started);
             let fatal = self.process(conn).await;
-            let completed = conn.seq != seq_before;
+            // A data frame, or the session frame, was taken off the buffer.
+            let completed = conn.frames != frames_before || conn.started != started_before;
+            // `nats`: the acks JetStream has answered already, in order.
+            while let Some(Some(result)) = conn.inflight.next().now_or_never() {
+                self.settle(conn, result);
+            }
             if !conn.out.is_empty() {
                 ListenerStats::add(&self.stats.bytes_out, conn.out.len() as u64);
                 conn.bytes_out += conn.out.len() as u64;
                 timeout(self.write_timeout, stream.write_all(&conn.out))
                     .await
                     .map_err(|_| ConnError::WriteTimeout(self.write_timeout))??;
-                if self.ack {
-                    // Every frame of the batch was completed by the last read.
+                if self.ack && !matches!(self.handler, Handler::Nats(_)) {
+                    // Every frame of the batch was completed by the last read (`nats`
+                    // observes each frame as it settles).
                     self.stats
                         .frame_ack
-                        .observe_n(last_read.elapsed(), conn.seq - seq_before);
+                        .observe_n(last_read.elapsed(), conn.frames - frames_before);
                 }
                 conn.out.clear();
                 if conn.out.capacity() > BASE_LEN {
@@ -535,9 +603,16 @@ impl CrcTcp {
                 buf.make_room(&self.limits).await?;
                 Ok::<_, ConnError>(stream.read_buf(&mut buf.bytes).await?)
             };
+            // `nats`: a connection with max_in_flight frames awaiting their ack reads no more.
+            let may_read = conn.inflight.len() < max_in_flight;
+            let inflight = &mut conn.inflight;
             let read = tokio::select! {
                 () = stop.cancelled() => return Ok("shutdown"),
-                read = timeout_at(deadline, room_and_read) => read,
+                Some(result) = inflight.next(), if !inflight.is_empty() => {
+                    self.settle(conn, result);
+                    continue;
+                }
+                read = timeout_at(deadline, room_and_read), if may_read => read,
             };
             last_read = Instant::now();
             match read {
@@ -567,19 +642,37 @@ impl CrcTcp {
     /// Handles every complete frame in the buffer as one batch and queues
     /// their acks (and echoes). Returns the header error that ends the
     /// connection, after queueing its NACK.
-    async fn process(&self, conn: &mut Conn) -> Option<proto::HeaderError> {
+    async fn process(&self, conn: &mut Conn) -> Option<Fatal> {
+        if !conn.started {
+            match self.session(conn) {
+                Ok(true) => {}
+                Ok(false) => return None,
+                Err(error) => return Some(error),
+            }
+        }
         let mut used = 0;
         let mut fatal = None;
         // (seq, crc ok) of each frame, and the byte ranges of the accepted ones.
         let mut verdicts: Vec<bool> = Vec::new();
         let mut accepted: Vec<Range<usize>> = Vec::new();
+        // `nats`: each frame's payload range, version and crc_size.
+        let nats = matches!(self.handler, Handler::Nats(_));
+        let mut published: Vec<(Range<usize>, u32, u32)> = Vec::new();
         let first_seq = conn.seq;
         loop {
             let rest = conn.buf.bytes.get(used..).unwrap_or_default();
             match decode_frame(rest, &self.limits) {
                 Ok(Decoded::Done(frame, len)) => {
-                    let seq = first_seq + verdicts.len() as u64;
+                    let seq = first_seq.wrapping_add(verdicts.len() as u64);
                     let ok = frame.crc_ok();
+                    if nats {
+                        let start = used + HEADER_LEN;
+                        published.push((
+                            start..start + frame.payload.len(),
+                            u32::from(frame.header.version),
+                            frame.header.crc_size.len() as u32,
+                        ));
+                    }
                     if ok {
                         self.on_frame(&frame, seq, &mut conn.out);
                         match accepted.last_mut() {
@@ -599,13 +692,17 @@ impl CrcTcp {
                 }
                 Ok(Decoded::NeedMore(_)) => break,
                 Err(error) => {
-                    fatal = Some(error);
+                    fatal = Some(Fatal::from(error));
                     break;
                 }
             }
         }
         if verdicts.is_empty() && fatal.is_none() {
             return None;
+        }
+        if let Handler::Nats(sink) = &self.handler {
+            self.enqueue(sink, conn, used, &verdicts, published, fatal.as_ref());
+            return fatal;
         }
         let handler_ok = match &self.handler {
             Handler::File(sink) if !accepted.is_empty() => {
@@ -640,13 +737,14 @@ impl CrcTcp {
                 encode_ack(
                     &Ack {
                         status,
-                        seq: first_seq + offset as u64,
+                        seq: first_seq.wrapping_add(offset as u64),
                     },
                     &mut conn.out,
                 );
             }
         }
-        conn.seq += verdicts.len() as u64;
+        conn.seq = conn.seq.wrapping_add(verdicts.len() as u64);
+        conn.frames += verdicts.len() as u64;
         let batch_ok = conn.frames_ok - ok_before;
         ListenerStats::add(&self.stats.frames_ok, batch_ok);
         ListenerStats::add(
@@ -678,6 +776,49 @@ impl CrcTcp {
         fatal
     }
 
+    /// Looks at the first bytes of a connection: a session frame there sets the
+    /// stream id and the first seq. `Ok(true)` once the data frames can be
+    /// read, `Ok(false)` while the first bytes are still to come; an error
+    /// after queueing its NACK (seq 0), which ends the connection.
+    fn session(&self, conn: &mut Conn) -> Result<bool, Fatal> {
+        let bytes = &conn.buf.bytes;
+        match starts_session(bytes) {
+            None => return Ok(false),
+            Some(false) => {
+                conn.started = true;
+                return Ok(true);
+            }
+            Some(true) => {}
+        }
+        match decode_session(bytes) {
+            Ok(Decoded::NeedMore(_)) => Ok(false),
+            Ok(Decoded::Done(session, len)) => {
+                debug!(
+                    stream = %Hex(&session.stream_id),
+                    first_seq = session.first_seq,
+                    "session frame"
+                );
+                conn.buf.bytes.advance(len.min(SESSION_FRAME_LEN));
+                conn.stream_id = session.stream_id;
+                conn.seq = session.first_seq;
+                conn.started = true;
+                Ok(true)
+            }
+            Err(error) => {
+                let fatal = Fatal::from(error);
+                let status = fatal.ack_status();
+                ListenerStats::add(&self.stats.frames_rejected, 1);
+                if let Some(counter) = self.stats.frames.get(usize::from(u8::from(status))) {
+                    ListenerStats::add(counter, 1);
+                }
+                if self.ack {
+                    encode_ack(&Ack { status, seq: 0 }, &mut conn.out);
+                }
+                Err(fatal)
+            }
+        }
+    }
+
     fn on_frame(&self, frame: &FrameRef<'_>, seq: u64, out: &mut BytesMut) {
         match &self.handler {
             Handler::Log { level, preview_len } => {
@@ -698,7 +839,81 @@ impl CrcTcp {
                 }
             }
             Handler::Echo => out.extend_from_slice(frame.raw),
-            Handler::File(_) | Handler::Discard => {}
+            Handler::File(_) | Handler::Discard | Handler::Nats(_) => {}
+        }
+    }
+
+    /// `nats`: starts the publish of every accepted frame of the batch (the
+    /// first `used` bytes of the buffer), and queues every frame's answer, and
+    /// the NACK of a `fatal` header, in order behind those already in flight.
+    fn enqueue(
+        &self,
+        sink: &Arc<NatsSink>,
+        conn: &mut Conn,
+        used: usize,
+        verdicts: &[bool],
+        published: Vec<(Range<usize>, u32, u32)>,
+        fatal: Option<&Fatal>,
+    ) {
+        let data = conn.buf.bytes.split_to(used).freeze();
+        let read_at = Instant::now();
+        let received = nats::received_now();
+        let headers = Arc::clone(conn.headers.get_or_insert_with(|| {
+            Arc::new(ConnHeaders::new(conn.peer, conn.number, &conn.stream_id))
+        }));
+        for (offset, (&crc_ok, (payload, version, crc_size))) in
+            verdicts.iter().zip(published).enumerate()
+        {
+            let seq = conn.seq.wrapping_add(offset as u64);
+            if crc_ok {
+                let frame = nats::Frame {
+                    payload: data.slice(payload),
+                    version,
+                    crc_size,
+                    seq,
+                };
+                let publish =
+                    Arc::clone(sink).publish(frame, Arc::clone(&headers), Arc::clone(&received));
+                conn.inflight
+                    .push_back(Box::pin(publish.map(move |outcome| {
+                        let status = match outcome {
+                            Outcome::Stored => AckStatus::Ok,
+                            Outcome::Failed => AckStatus::HandlerFailed,
+                        };
+                        (seq, status, read_at)
+                    })));
+            } else {
+                debug!(seq, "crc mismatch");
+                conn.inflight.push_back(Box::pin(std::future::ready((
+                    seq,
+                    AckStatus::CrcMismatch,
+                    read_at,
+                ))));
+            }
+        }
+        conn.seq = conn.seq.wrapping_add(verdicts.len() as u64);
+        conn.frames += verdicts.len() as u64;
+        if let Some(error) = fatal {
+            let answer = (conn.seq, error.ack_status(), read_at);
+            conn.inflight
+                .push_back(Box::pin(std::future::ready(answer)));
+        }
+    }
+
+    /// `nats`: counts a frame's answer and queues its ack.
+    fn settle(&self, conn: &mut Conn, (seq, status, read_at): (u64, AckStatus, Instant)) {
+        if status == AckStatus::Ok {
+            conn.frames_ok += 1;
+            ListenerStats::add(&self.stats.frames_ok, 1);
+        } else {
+            ListenerStats::add(&self.stats.frames_rejected, 1);
+        }
+        if let Some(counter) = self.stats.frames.get(usize::from(u8::from(status))) {
+            ListenerStats::add(counter, 1);
+        }
+        if self.ack {
+            encode_ack(&Ack { status, seq }, &mut conn.out);
+            self.stats.frame_ack.observe(read_at.elapsed());
         }
     }
 }
@@ -706,11 +921,95 @@ impl CrcTcp {
 struct Conn {
     buf: ReadBuffer,
     out: BytesMut,
+    /// The seq of the next data frame: 0, or the session frame's `first_seq`.
     seq: u64,
+    /// Data frames taken off the buffer on this connection.
+    frames: u64,
     frames_ok: u64,
     /// Bytes read from the client and written to it, for the access log.
     bytes_in: u64,
     bytes_out: u64,
+    /// The connection's stream id: the session frame's, or one made up for it.
+    stream_id: [u8; 16],
+    /// Whether the first 4 bytes were seen (a session frame can only come first).
+    started: bool,
+    /// The client (the PROXY protocol's when it is on).
+    peer: SocketAddr,
+    /// The connection's number on its listener.
+    number: u64,
+    /// `nats`: every frame from its read to its ack, in frame order.
+    inflight: FuturesOrdered<Pending>,
+    /// `nats`: the headers every message of the connection carries.
+    headers: Option<Arc<ConnHeaders>>,
+}
+
+/// A frame on its way to its ack (`nats`): its seq, when its read completed and, once
+/// settled, its status.
+type Pending = std::pin::Pin<Box<dyn Future<Output = (u64, AckStatus, Instant)> + Send>>;
+
+/// What ends a connection after its NACK: a header that can never be valid,
+/// or a session frame that cannot be trusted.
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    #[error(transparent)]
+    Header(#[from] proto::HeaderError),
+    #[error(transparent)]
+    Session(#[from] SessionError),
+}
+
+impl Fatal {
+    /// The NACK's status (docs/PROTOCOL.md, "Sessions and resending").
+    fn ack_status(&self) -> AckStatus {
+        match self {
+            Self::Header(error) => error.ack_status(),
+            Self::Session(SessionError::Crc) => AckStatus::CrcMismatch,
+            Self::Session(_) => AckStatus::MalformedHeader,
+        }
+    }
+}
+
+/// Bytes as lowercase hex.
+pub(crate) struct Hex<'a>(pub(crate) &'a [u8]);
+
+impl std::fmt::Display for Hex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+/// Makes up a stream id for each connection without a session frame: 8 bytes
+/// chosen at random when the listener starts, then the connection's number,
+/// so that no two connections (of this or any other run) share one.
+#[derive(Debug)]
+struct StreamIds {
+    prefix: [u8; 8],
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl StreamIds {
+    fn new() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS; the time and pid make two runs differ even so.
+        let mut hasher = std::hash::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+            hasher.write_u128(now.as_nanos());
+        }
+        Self {
+            prefix: hasher.finish().to_be_bytes(),
+            next: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The connection's number and its made-up stream id.
+    fn next(&self) -> (u64, [u8; 16]) {
+        let number = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut id = [0u8; 16];
+        let (prefix, rest) = id.split_at_mut(8);
+        prefix.copy_from_slice(&self.prefix);
+        rest.copy_from_slice(&number.to_be_bytes());
+        (number, id)
+    }
 }
 
 /// The first bytes of a payload, escaped (`\n`, `\xff`), with `…` if cut.
@@ -755,7 +1054,11 @@ mod tests {
         ))
         .unwrap();
         config.validate().unwrap();
-        let service = Arc::new(CrcTcp::new(&config, Arc::default(), &[], None).unwrap());
+        let service = Arc::new(
+            CrcTcp::new(&config, "test", Arc::default(), &[], None)
+                .await
+                .unwrap(),
+        );
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         if let Some(len) = send_buffer {
             socket.set_send_buffer_size(len).unwrap();

@@ -47,7 +47,7 @@ impl Admin {
             .expect("listener exists")
     }
 
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         request(self.admin, "GET", path).await
     }
 

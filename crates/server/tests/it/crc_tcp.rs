@@ -523,3 +523,136 @@ fn max_buffered_bytes_must_hold_the_largest_frame() {
     assert!(parse("max_frame_size = 1073741824").is_ok());
     assert!(parse("max_buffered_bytes = 2000000000000").is_err());
 }
+
+fn session_frame(first_seq: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    proto::encode_session(
+        &proto::Session {
+            stream_id: *b"netkit-stream-id",
+            first_seq,
+        },
+        &mut out,
+    );
+    out
+}
+
+#[tokio::test]
+async fn a_session_frame_numbers_the_frames_after_it_from_first_seq() {
+    let server = Running::start(&listener("handler = { type = \"discard\" }")).await;
+    let mut bytes = session_frame(41);
+    for payload in [&b"a"[..], b"b", b"c"] {
+        bytes.extend(frame(Version::V2, CrcSize::Crc32, payload));
+    }
+    let mut stream = send(server.addr("frames"), &bytes).await;
+    assert_eq!(
+        read_acks(&mut stream, 3).await,
+        [
+            ack(AckStatus::Ok, 41),
+            ack(AckStatus::Ok, 42),
+            ack(AckStatus::Ok, 43)
+        ],
+        "the session frame gets no ack and the data frames count from first_seq"
+    );
+    // A CRC mismatch after it still takes the next number.
+    let mut bad = frame(Version::V2, CrcSize::Crc32, b"bad");
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    within(STEP, stream.write_all(&bad)).await.unwrap();
+    assert_eq!(
+        read_acks(&mut stream, 1).await,
+        [ack(AckStatus::CrcMismatch, 44)]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_frame_split_across_reads_is_put_together() {
+    let server = Running::start(&listener("handler = { type = \"discard\" }")).await;
+    let mut stream = within(STEP, TcpStream::connect(server.addr("frames")))
+        .await
+        .unwrap();
+    stream.set_nodelay(true).unwrap();
+    let mut bytes = session_frame(7);
+    bytes.extend(frame(Version::V1, CrcSize::Crc8, b"after"));
+    // Cut at 2 (before the version word is whole) and 20 (in the middle of the stream id).
+    for piece in [&bytes[..2], &bytes[2..20], &bytes[20..]] {
+        within(STEP, stream.write_all(piece)).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 7)]);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_first_seq_near_the_end_of_u64_wraps_instead_of_failing() {
+    let server = Running::start(&listener("handler = { type = \"discard\" }")).await;
+    let mut bytes = session_frame(u64::MAX);
+    bytes.extend(frame(Version::V2, CrcSize::Crc32, b"last"));
+    bytes.extend(frame(Version::V2, CrcSize::Crc32, b"wrapped"));
+    let mut stream = send(server.addr("frames"), &bytes).await;
+    assert_eq!(
+        read_acks(&mut stream, 2).await,
+        [ack(AckStatus::Ok, u64::MAX), ack(AckStatus::Ok, 0)]
+    );
+    server.stop().await;
+}
+
+/// Sends `bytes` as the start of a connection; expects one NACK (`status`, seq 0) and the close.
+async fn expect_session_nack(bytes: &[u8], status: AckStatus) {
+    let server = Running::start(&listener("handler = { type = \"discard\" }")).await;
+    let mut stream = send(server.addr("frames"), bytes).await;
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(status, 0)]);
+    assert!(
+        read_to_close(&mut stream).await.is_empty(),
+        "the server closes after a bad session frame"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_frame_of_the_wrong_size_gets_nack_6_and_a_close() {
+    for (body, crc) in [(27u32, 4u32), (29, 4), (28, 2), (u32::MAX, 4)] {
+        let mut bytes = session_frame(0);
+        bytes[4..8].copy_from_slice(&body.to_be_bytes());
+        bytes[8..12].copy_from_slice(&crc.to_be_bytes());
+        // Only the header: the sizes are judged before the rest arrives.
+        expect_session_nack(&bytes[..12], AckStatus::MalformedHeader).await;
+    }
+}
+
+#[tokio::test]
+async fn a_session_frame_with_a_bad_crc_gets_nack_1_and_a_close() {
+    let mut bytes = session_frame(5);
+    bytes[20] ^= 0x10;
+    bytes.extend(frame(Version::V2, CrcSize::Crc32, b"never taken"));
+    expect_session_nack(&bytes, AckStatus::CrcMismatch).await;
+}
+
+#[tokio::test]
+async fn a_session_frame_after_the_first_frame_gets_nack_2_as_before() {
+    let server = Running::start(&listener("handler = { type = \"discard\" }")).await;
+    let mut bytes = frame(Version::V2, CrcSize::Crc32, b"first");
+    bytes.extend(session_frame(9));
+    let mut stream = send(server.addr("frames"), &bytes).await;
+    assert_eq!(
+        read_acks(&mut stream, 2).await,
+        [ack(AckStatus::Ok, 0), ack(AckStatus::UnsupportedVersion, 1)]
+    );
+    assert!(read_to_close(&mut stream).await.is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_frame_cut_short_is_closed_by_the_frame_timeout() {
+    let server = Running::start(&listener(
+        "handler = { type = \"discard\" }\nframe_timeout = \"200ms\"",
+    ))
+    .await;
+    let bytes = session_frame(0);
+    let mut stream = send(server.addr("frames"), &bytes[..30]).await;
+    assert!(
+        read_to_close(&mut stream).await.is_empty(),
+        "closed without an ack"
+    );
+    server.stop().await;
+}

@@ -1,0 +1,724 @@
+//! The `nats` handler of `crc-tcp`: every accepted frame becomes one
+//! JetStream message (the frame's payload, with the headers of
+//! docs/PROTOCOL.md and a `Nats-Msg-Id` of `STREAM-SEQ`), and its ack is ok
+//! only once JetStream has acknowledged the message (stored, and replicated
+//! when the stream has replicas). A publish that fails or is not
+//! acknowledged within `publish_timeout` answers status 5.
+//!
+//! One NATS client per listener, made with `async-nats`: it reconnects by
+//! itself; while it is disconnected frames get status 5 at once, `/readyz`
+//! says 503, and the listener's `netkit_nats_*` metrics say so. Publishes
+//! are pipelined: a connection keeps up to `max_in_flight` frames awaiting
+//! their ack (and the listener as a whole as many, JetStream's ack window),
+//! and the crc-tcp connection writes the acks in frame order.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context as _;
+use async_nats::{
+    ConnectOptions, Event, HeaderMap, HeaderName, HeaderValue, ServerAddr, Subject,
+    jetstream::{self, context::GetStreamErrorKind, message::PublishMessage},
+};
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::{sync::Notify, time::Instant};
+use tracing::{debug, info, warn};
+
+use crate::{
+    config::{MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
+    stats::{ListenerStats, stream_state},
+};
+
+/// The `handler = { type = "nats", ... }` keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// NATS server URLs, tried in turn (`nats://host:port`, `tls://host:port`).
+    pub servers: Vec<String>,
+    /// The subject of every message; `{listener}` becomes the listener's name.
+    #[serde(default = "default_subject")]
+    pub subject: String,
+    /// The JetStream stream that stores the subject.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// User name (with `password`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password (with `user`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Authentication token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A `.creds` file (JWT and NKey seed).
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// PEM file of the CAs that sign the servers' certificates.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse a server that does not offer TLS.
+    #[serde(default)]
+    pub tls_required: bool,
+    /// Create the stream when it is missing; absent: it must exist.
+    #[serde(default)]
+    pub create_stream: Option<CreateStream>,
+    /// Frames awaiting JetStream's ack, per connection and per listener.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// A publish not acknowledged within this answers status 5.
+    #[serde(default = "default_publish_timeout", with = "humantime_serde")]
+    pub publish_timeout: Duration,
+}
+
+/// `create_stream = { ... }`: the stream made when it is missing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStream {
+    /// Copies of each message in the cluster (1 to 5).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// `file` or `memory`.
+    #[serde(default)]
+    pub storage: Storage,
+    /// How long JetStream remembers a `Nats-Msg-Id` to drop a duplicate.
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+}
+
+/// Where JetStream keeps the stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs, reason = "the names are the storage types")]
+pub enum Storage {
+    #[default]
+    File,
+    Memory,
+}
+
+fn default_subject() -> String {
+    "frames.{listener}".to_owned()
+}
+fn default_stream() -> String {
+    "FRAMES".to_owned()
+}
+fn default_max_in_flight() -> usize {
+    1024
+}
+fn default_publish_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// The largest `max_in_flight`.
+pub const MAX_IN_FLIGHT: usize = 65_536;
+
+/// The longest `publish_timeout`: a frame's ack waits at most this.
+pub const MAX_PUBLISH_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The most replicas JetStream allows.
+pub const MAX_REPLICAS: usize = 5;
+
+/// What `{listener}` becomes in the subject when the stream is created: every
+/// listener's subject, so collectors with other names share the stream.
+const ANY_LISTENER: &str = "*";
+
+impl NatsConfig {
+    /// Checks the keys (README, "Bounds"); `listener` is the listener's name,
+    /// which the subject may include.
+    pub(crate) fn validate(&self, listener: &str) -> anyhow::Result<()> {
+        if self.servers.is_empty() {
+            return Err(invalid(
+                "handler.servers",
+                "must name at least one server, e.g. [\"nats://127.0.0.1:4222\"]",
+            ));
+        }
+        for server in &self.servers {
+            ServerAddr::from_str(server).map_err(|error| {
+                invalid(
+                    "handler.servers",
+                    format!(
+                        "{server:?} is not a NATS URL ({error}), e.g. \"nats://127.0.0.1:4222\""
+                    ),
+                )
+            })?;
+        }
+        check_subject(&self.subject(listener))
+            .map_err(|reason| invalid("handler.subject", reason))?;
+        check_stream_name(&self.stream).map_err(|reason| invalid("handler.stream", reason))?;
+        check_count(
+            "handler.max_in_flight",
+            self.max_in_flight as u64,
+            1,
+            MAX_IN_FLIGHT as u64,
+            "",
+        )?;
+        check_duration(
+            "handler.publish_timeout",
+            self.publish_timeout,
+            MIN_TIMEOUT,
+            MAX_PUBLISH_TIMEOUT,
+        )?;
+        if let Some(create) = &self.create_stream {
+            check_count(
+                "handler.create_stream.replicas",
+                create.replicas as u64,
+                1,
+                MAX_REPLICAS as u64,
+                "",
+            )?;
+            check_duration(
+                "handler.create_stream.duplicate_window",
+                create.duplicate_window,
+                Duration::from_secs(1),
+                MAX_DURATION,
+            )?;
+        }
+        match (&self.user, &self.password) {
+            (Some(_), None) => return Err(invalid("handler.user", "needs handler.password")),
+            (None, Some(_)) => return Err(invalid("handler.password", "needs handler.user")),
+            _ => {}
+        }
+        let ways = [
+            self.user.is_some(),
+            self.token.is_some(),
+            self.creds_file.is_some(),
+        ];
+        if ways.iter().filter(|&&set| set).count() > 1 {
+            return Err(invalid(
+                "handler.token",
+                "set one of user and password, token, or creds_file",
+            ));
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "handler.tls_cert_file",
+                    "needs handler.tls_key_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "handler.tls_key_file",
+                    "needs handler.tls_cert_file",
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The subject, with `{listener}` replaced.
+    fn subject(&self, listener: &str) -> String {
+        self.subject.replace("{listener}", listener)
+    }
+
+    /// The subjects of a stream `create_stream` makes: the subject with any
+    /// listener's name in place of `{listener}` when that is a whole token.
+    fn stream_subject(&self, listener: &str) -> String {
+        let tokens: Vec<&str> = self.subject.split('.').collect();
+        if tokens.contains(&"{listener}") {
+            tokens
+                .iter()
+                .map(|&token| {
+                    if token == "{listener}" {
+                        ANY_LISTENER
+                    } else {
+                        token
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(".")
+        } else {
+            self.subject(listener)
+        }
+    }
+}
+
+/// A subject to publish to: tokens separated by dots, none empty, no
+/// wildcard, no white space.
+fn check_subject(subject: &str) -> Result<(), String> {
+    if subject.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if subject.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{subject:?} has white space or a control character"
+        ));
+    }
+    if subject
+        .split('.')
+        .any(|token| token.is_empty() || token == "*" || token == ">")
+    {
+        return Err(format!(
+            "{subject:?} has an empty token or a wildcard: messages are published to one subject"
+        ));
+    }
+    Ok(())
+}
+
+/// A stream name: JetStream refuses dots, wildcards, slashes and white space.
+fn check_stream_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if name
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '.' | '*' | '>' | '/' | '\\'))
+    {
+        return Err(format!(
+            "{name:?}: a stream name has no white space, '.', '*', '>', '/' or '\\\\'"
+        ));
+    }
+    Ok(())
+}
+
+/// The running handler of one listener.
+pub(crate) struct NatsSink {
+    js: jetstream::Context,
+    subject: Subject,
+    listener: HeaderValue,
+    publish_timeout: Duration,
+    max_in_flight: usize,
+    stats: Arc<ListenerStats>,
+    failures: FailureLog,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for NatsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSink")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
+const VERSION: HeaderName = HeaderName::from_static("Netkit-Version");
+const CRC_SIZE: HeaderName = HeaderName::from_static("Netkit-Crc-Size");
+const CLIENT: HeaderName = HeaderName::from_static("Netkit-Client");
+const LISTENER: HeaderName = HeaderName::from_static("Netkit-Listener");
+const CONNECTION: HeaderName = HeaderName::from_static("Netkit-Connection");
+const STREAM: HeaderName = HeaderName::from_static("Netkit-Stream");
+const SEQ: HeaderName = HeaderName::from_static("Netkit-Seq");
+const RECEIVED: HeaderName = HeaderName::from_static("Netkit-Received");
+
+/// What every message of one crc-tcp connection says the same.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnHeaders {
+    client: HeaderValue,
+    connection: HeaderValue,
+    stream_hex: String,
+    stream: HeaderValue,
+}
+
+impl ConnHeaders {
+    pub(crate) fn new(client: SocketAddr, connection: u64, stream_id: &[u8; 16]) -> Self {
+        let stream_hex: String = stream_id.iter().map(|b| format!("{b:02x}")).collect();
+        Self {
+            client: value(&client.to_string()),
+            connection: value(&connection.to_string()),
+            stream: value(&stream_hex),
+            stream_hex,
+        }
+    }
+}
+
+/// A header value from text the server made (digits, hex, addresses), which
+/// never holds a line break; one that did would be left empty.
+fn value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_default()
+}
+
+/// One accepted frame, as the handler publishes it.
+#[derive(Debug)]
+pub(crate) struct Frame {
+    pub(crate) payload: Bytes,
+    pub(crate) version: u32,
+    pub(crate) crc_size: u32,
+    pub(crate) seq: u64,
+}
+
+/// How a publish ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Stored (or already stored: a duplicate within the window).
+    Stored,
+    /// Not confirmed: status 5.
+    Failed,
+}
+
+impl NatsSink {
+    /// Starts the client (it connects, and reconnects, in the background) and
+    /// the task that looks up or creates the stream on each connection.
+    ///
+    /// # Errors
+    ///
+    /// When a credentials or TLS file cannot be read, or a server URL parsed.
+    pub(crate) async fn start(
+        config: &NatsConfig,
+        listener: &str,
+        stats: Arc<ListenerStats>,
+    ) -> anyhow::Result<Self> {
+        stats.nats.enabled.store(true, Relaxed);
+        let wake = Arc::new(Notify::new());
+        let mut options = ConnectOptions::new()
+            .retry_on_initial_connect()
+            .name(format!("netkit {listener}"))
+            .require_tls(config.tls_required)
+            .client_capacity(config.max_in_flight.max(2048))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis(100u64.saturating_mul(attempts as u64).min(2000))
+            })
+            .event_callback({
+                let (stats, wake, listener) =
+                    (Arc::clone(&stats), Arc::clone(&wake), listener.to_owned());
+                move |event| {
+                    on_event(&event, &stats, &wake, &listener);
+                    std::future::ready(())
+                }
+            });
+        if let (Some(user), Some(password)) = (&config.user, &config.password) {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+        if let Some(token) = &config.token {
+            options = options.token(token.clone());
+        }
+        if let Some(path) = &config.creds_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .with_context(|| format!("handler.creds_file: cannot read {}", path.display()))?;
+        }
+        if let Some(path) = &config.tls_ca_file {
+            readable("handler.tls_ca_file", path)?;
+            options = options.add_root_certificates(path.clone());
+        }
+        if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+            readable("handler.tls_cert_file", cert)?;
+            readable("handler.tls_key_file", key)?;
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        let servers = config
+            .servers
+            .iter()
+            .map(|server| ServerAddr::from_str(server))
+            .collect::<Result<Vec<_>, _>>()
+            .context("handler.servers")?;
+        let client = options
+            .connect(servers)
+            .await
+            .context("handler.servers: cannot start the NATS client")?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(config.publish_timeout)
+            .ack_timeout(config.publish_timeout)
+            .max_ack_inflight(config.max_in_flight)
+            .backpressure_on_inflight(true)
+            .build(client);
+        let supervisor = tokio::spawn(supervise(
+            js.clone(),
+            config.clone(),
+            listener.to_owned(),
+            Arc::clone(&stats),
+            wake,
+        ));
+        Ok(Self {
+            js,
+            subject: Subject::from(config.subject(listener)),
+            listener: value(listener),
+            publish_timeout: config.publish_timeout,
+            max_in_flight: config.max_in_flight,
+            stats,
+            failures: FailureLog::default(),
+            supervisor,
+        })
+    }
+
+    /// Frames a connection may have awaiting their ack.
+    pub(crate) fn max_in_flight(&self) -> usize {
+        self.max_in_flight
+    }
+
+    /// Publishes `frame` and waits for JetStream's ack, at most `publish_timeout`.
+    pub(crate) async fn publish(
+        self: Arc<Self>,
+        frame: Frame,
+        conn: Arc<ConnHeaders>,
+        received: Arc<HeaderValue>,
+    ) -> Outcome {
+        if !self.stats.nats.connected.load(Relaxed) {
+            self.failures.note(&self.stats, "not connected to NATS");
+            return Outcome::Failed;
+        }
+        let started = Instant::now();
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID, value(&format!("{}-{}", conn.stream_hex, frame.seq)));
+        headers.insert(VERSION, value(&frame.version.to_string()));
+        headers.insert(CRC_SIZE, value(&frame.crc_size.to_string()));
+        headers.insert(CLIENT, conn.client.clone());
+        headers.insert(LISTENER, self.listener.clone());
+        headers.insert(CONNECTION, conn.connection.clone());
+        headers.insert(STREAM, conn.stream.clone());
+        headers.insert(SEQ, value(&frame.seq.to_string()));
+        headers.insert(RECEIVED, (*received).clone());
+        let message = PublishMessage::build()
+            .payload(frame.payload)
+            .headers(headers);
+        let published = tokio::time::timeout(self.publish_timeout, async {
+            let ack = self.js.send_publish(self.subject.clone(), message).await?;
+            ack.await
+        })
+        .await;
+        self.stats.nats.publish.observe(started.elapsed());
+        match published {
+            Ok(Ok(ack)) => {
+                if ack.duplicate {
+                    debug!(seq = frame.seq, "nats: a duplicate, already stored");
+                }
+                Outcome::Stored
+            }
+            Ok(Err(error)) => {
+                self.failures.note(&self.stats, &error.to_string());
+                Outcome::Failed
+            }
+            Err(_) => {
+                self.failures
+                    .note(&self.stats, "no ack within publish_timeout");
+                Outcome::Failed
+            }
+        }
+    }
+}
+
+impl Drop for NatsSink {
+    /// Stops the stream task when the last connection of the listener's generation is done
+    /// (a reload builds a new sink; the client closes when its last handle goes).
+    fn drop(&mut self) {
+        self.supervisor.abort();
+    }
+}
+
+fn readable(key: &'static str, path: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::File::open(path)
+        .map(drop)
+        .with_context(|| format!("{key}: cannot read {}", path.display()))
+}
+
+/// The client's events: the connection state for readiness and metrics, and
+/// one log line per change.
+fn on_event(event: &Event, stats: &ListenerStats, wake: &Notify, listener: &str) {
+    let nats = &stats.nats;
+    match event {
+        Event::Connected => {
+            let reconnect = nats.disconnects.load(Relaxed) > 0;
+            nats.connected.store(true, Relaxed);
+            if reconnect {
+                info!(listener, "nats: reconnected");
+            } else {
+                info!(listener, "nats: connected");
+            }
+            wake.notify_one();
+        }
+        Event::Disconnected => {
+            if nats.connected.swap(false, Relaxed) {
+                ListenerStats::add(&nats.disconnects, 1);
+                warn!(
+                    listener,
+                    "nats: connection lost; frames get status 5 until it is back (reconnecting)"
+                );
+            }
+        }
+        // Only a client we dropped closes (it reconnects forever otherwise): after a reload
+        // that is the old generation's, whose counters the new one shares, so `connected`
+        // stays as the new client set it.
+        Event::Closed => debug!(listener, "nats: client closed"),
+        other => debug!(listener, event = %other, "nats event"),
+    }
+}
+
+/// On each connection, looks up (or creates) the stream, retrying while connected until it
+/// exists, so that `/readyz` can say whether frames have somewhere to go.
+async fn supervise(
+    js: jetstream::Context,
+    config: NatsConfig,
+    listener: String,
+    stats: Arc<ListenerStats>,
+    wake: Arc<Notify>,
+) {
+    let name = config.stream.as_str();
+    loop {
+        wake.notified().await;
+        let mut delay = Duration::from_millis(100);
+        while stats.nats.connected.load(Relaxed) {
+            let found = match &config.create_stream {
+                Some(create) => js
+                    .get_or_create_stream(jetstream::stream::Config {
+                        name: name.to_owned(),
+                        subjects: vec![config.stream_subject(&listener)],
+                        num_replicas: create.replicas,
+                        storage: match create.storage {
+                            Storage::File => jetstream::stream::StorageType::File,
+                            Storage::Memory => jetstream::stream::StorageType::Memory,
+                        },
+                        duplicate_window: create.duplicate_window,
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop)
+                    .map_err(|error| (stream_state::FAILED, error.to_string())),
+                None => js.get_stream(name).await.map(drop).map_err(|error| {
+                    if matches!(error.kind(), GetStreamErrorKind::JetStream(e)
+                        if e.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+                    {
+                        (stream_state::MISSING, error.to_string())
+                    } else {
+                        (stream_state::FAILED, error.to_string())
+                    }
+                }),
+            };
+            match found {
+                Ok(()) => {
+                    if stats.nats.stream.swap(stream_state::OK, Relaxed) != stream_state::OK {
+                        info!(listener, stream = name, "nats: stream ready");
+                    }
+                    break;
+                }
+                Err((state, error)) => {
+                    if stats.nats.stream.swap(state, Relaxed) != state {
+                        warn!(listener, stream = name, %error, "nats: the stream is not usable; frames get status 5 (retrying)");
+                    }
+                }
+            }
+            // A backoff between lookups, cut short by a new connection.
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = wake.notified() => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// At most one warning per [`FailureLog::EVERY`] for failed publishes, with
+/// the count since the last (a lost connection fails every frame).
+#[derive(Debug, Default)]
+struct FailureLog {
+    /// Failures not yet logged.
+    count: AtomicU64,
+    /// When the last line was logged, in ms since the epoch.
+    last: AtomicU64,
+}
+
+impl FailureLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn note(&self, stats: &ListenerStats, reason: &str) {
+        let _ = stats;
+        self.count.fetch_add(1, Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let last = self.last.load(Relaxed);
+        if now.saturating_sub(last) >= Self::EVERY.as_millis() as u64
+            && self
+                .last
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let failed = self.count.swap(0, Relaxed);
+            warn!(failed, reason, "nats: publishes failed; answered status 5");
+        }
+    }
+}
+
+/// `time` as RFC 3339 in UTC with nanoseconds: `2026-12-01T10:58:00.123456789Z`.
+pub(crate) fn rfc3339_nanos(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_nanos()
+    )
+}
+
+/// The proleptic Gregorian date of `days` after 1970-01-01 (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The `Netkit-Received` value of frames completed now.
+pub(crate) fn received_now() -> Arc<HeaderValue> {
+    Arc::new(value(&rfc3339_nanos(SystemTime::now())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_rfc3339_with_nanoseconds() {
+        let at = |secs, nanos| rfc3339_nanos(UNIX_EPOCH + Duration::new(secs, nanos));
+        assert_eq!(at(0, 0), "1970-01-01T00:00:00.000000000Z");
+        // `date -u -d @1795862280` = 2026-11-28T10:38:00Z
+        assert_eq!(at(1_795_862_280, 5), "2026-11-28T10:38:00.000000005Z");
+        // A leap day: 2024-02-29T23:59:59Z = 1709251199.
+        assert_eq!(
+            at(1_709_251_199, 123_456_789),
+            "2024-02-29T23:59:59.123456789Z"
+        );
+        assert_eq!(at(951_868_800, 0), "2000-03-01T00:00:00.000000000Z");
+    }
+
+    #[test]
+    fn the_stream_covers_every_listener_when_the_name_is_a_token() {
+        let config: NatsConfig = toml::from_str("servers = [\"nats://127.0.0.1:4222\"]").unwrap();
+        assert_eq!(config.subject("ingest"), "frames.ingest");
+        assert_eq!(config.stream_subject("ingest"), "frames.*");
+        let config: NatsConfig =
+            toml::from_str("servers = [\"nats://127.0.0.1:4222\"]\nsubject = \"f-{listener}\"")
+                .unwrap();
+        assert_eq!(config.stream_subject("ingest"), "f-ingest");
+    }
+
+    #[test]
+    fn message_ids_are_the_stream_hex_and_the_seq() {
+        let headers = ConnHeaders::new("127.0.0.1:9".parse().unwrap(), 3, &[0xab; 16]);
+        assert_eq!(headers.stream_hex, "ab".repeat(16));
+        assert_eq!(headers.connection.as_str(), "3");
+        assert_eq!(headers.client.as_str(), "127.0.0.1:9");
+    }
+}
