@@ -12,7 +12,9 @@
 //! through the proxy), [`proxy`] (curl, Chromium, ncat, PySocks UDP),
 //! [`chain`] (two instances of their own, A chained to B with `via`),
 //! [`eyeballs`] (Happy Eyeballs with a silent IPv6 address, the server in a
-//! mount namespace of its own with its own `/etc/hosts`),
+//! mount namespace of its own with its own `/etc/hosts`), [`httpproxy`]
+//! (`mode = "http"`: curl with plain HTTP and TLS through CONNECT, 407 and
+//! 403, Chromium, ncat), [`shared`] (SOCKS4, 4a, 5 and HTTP on one port),
 //! [`hostile`] (bad peers while good ones are served), [`crash`] (a file
 //! sink of its own, killed with SIGKILL and restarted twenty times),
 //! [`fail2ban`] (contrib's filter on a server's real log), [`prometheus`]
@@ -33,12 +35,14 @@ mod fail2ban;
 mod frames;
 mod haproxy;
 mod hostile;
+mod httpproxy;
 mod interop;
 mod jetstream;
 pub(crate) mod nats;
 mod prometheus;
 mod proxy;
 mod reload;
+mod shared;
 mod shutdown;
 
 use std::{
@@ -194,6 +198,10 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("pysocks-connect", interop::pysocks_connect),
     ("socks5-chain", chain::socks5_chain),
     ("happy-eyeballs", eyeballs::happy_eyeballs),
+    ("http-proxy-curl", httpproxy::http_proxy_curl),
+    ("http-proxy-chromium", httpproxy::http_proxy_chromium),
+    ("ncat-http-proxy", httpproxy::ncat_http_proxy),
+    ("shared-port", shared::shared_port),
     ("hostile-peers", hostile::hostile_peers),
     ("crash-durability", crash::crash_durability),
     ("fail2ban", fail2ban::fail2ban_filter),

@@ -137,13 +137,21 @@ pub(crate) fn curl(ctx: &mut Ctx) -> anyhow::Result<String> {
 
 /// Scenario 4: headless Chromium loads a page through the proxy.
 pub(crate) fn chromium(ctx: &mut Ctx) -> anyhow::Result<String> {
+    let port = ctx.http.port();
+    let mark = ctx.server.events().mark();
+    let dom = render(ctx, &format!("socks5://{}", ctx.addr(PROXY)))?;
+    chromium_session(ctx, mark, port, &dom)
+}
+
+/// Headless Chromium loads the local `/page.html` through `proxy_server`
+/// (its `--proxy-server` value); returns the dumped DOM, which holds the
+/// run's marker.
+pub(super) fn render(ctx: &Ctx, proxy_server: &str) -> anyhow::Result<String> {
     let chromium = require("chromium", "apt-get install chromium")?;
     let profile = tempfile::Builder::new()
         .prefix("chromium-")
         .tempdir_in(ctx.dir.path())?;
-    let port = ctx.http.port();
-    let url = format!("http://127.0.0.1:{port}/page.html");
-    let mark = ctx.server.events().mark();
+    let url = format!("http://127.0.0.1:{}/page.html", ctx.http.port());
     let mut cmd = Command::new(chromium);
     cmd.env("HOME", profile.path())
         .args([
@@ -166,7 +174,7 @@ pub(crate) fn chromium(ctx: &mut Ctx) -> anyhow::Result<String> {
             "--disable-features=OptimizationHints,Translate,MediaRouter,AutofillServerCommunication,SafeBrowsing",
         ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(format!("--proxy-server=socks5://{}", ctx.addr(PROXY)))
+        .arg(format!("--proxy-server={proxy_server}"))
         .arg("--proxy-bypass-list=<-loopback>")
         .arg("--dump-dom")
         .arg(&url);
@@ -191,6 +199,11 @@ pub(crate) fn chromium(ctx: &mut Ctx) -> anyhow::Result<String> {
                 .join(" | ")
         );
     }
+    Ok(dom)
+}
+
+/// Scenario 4, continued: the session that carried the page.
+fn chromium_session(ctx: &Ctx, mark: usize, port: u16, dom: &str) -> anyhow::Result<String> {
     let session = ctx.session(mark, Duration::from_secs(5), |e| {
         e["command"]
             .as_str()
