@@ -63,6 +63,14 @@ enum Command {
         /// Where to write the results (relative to the workspace root).
         #[arg(long, value_name = "DIR", default_value = "target/bench")]
         out: PathBuf,
+        /// Install missing peers (microsocks, dante-server) with apt-get (as root;
+        /// also done when CI=true).
+        #[arg(long)]
+        install_peers: bool,
+        /// Also measure this `server` binary beside the one built now (a
+        /// change's before and after in one run).
+        #[arg(long, value_name = "PATH")]
+        baseline_server: Option<PathBuf>,
     },
     /// Run every cargo-fuzz target of fuzz/ for a bounded time (needs nightly).
     Fuzz {
@@ -81,7 +89,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::E2e { only } => e2e::run(&only),
-        Command::Bench { quick, out } => bench::run(quick, &out),
+        Command::Bench {
+            quick,
+            out,
+            install_peers,
+            baseline_server,
+        } => bench::run(
+            quick,
+            &out,
+            &bench::Options {
+                install_peers,
+                baseline_server,
+            },
+        ),
         Command::Fuzz { seconds, only } => fuzz::run(seconds, &only),
         Command::Ci => ci::run(),
     };
