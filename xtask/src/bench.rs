@@ -129,14 +129,14 @@ impl Plan {
                 crc_bytes: 16 << 20,
                 crc_min_time: Duration::from_millis(150),
                 budget: Duration::from_secs(45),
-                // netkit and microsocks only; CPU is counted in 10 ms clock
-                // ticks, so each round spends about 20 of them per subject.
+                // netkit and microsocks only. Tunnel CPU is counted in 10 ms
+                // clock ticks: each round spends about 100 of them per subject.
                 compare: ComparePlan {
                     rounds: 5,
-                    echo_iterations: 8_000,
+                    echo_iterations: 20_000,
                     echo_cap: Duration::from_secs(3),
                     tunnel_clients: 64,
-                    tunnels: 4_000,
+                    tunnels: 8_000,
                     tunnel_cap: Duration::from_secs(3),
                     bulk_bytes: 0,
                     bulk_cap: Duration::from_secs(3),
@@ -303,9 +303,11 @@ pub(crate) fn run(quick: bool, out: &Path, options: &Options) -> anyhow::Result<
     let started = Instant::now();
     let mut results = Results::default();
     compare::run(&bins.server, dir.path(), &plan, options, &mut results);
-    relay::run(&server, &plan, started, &mut results);
-    frames::run(&bins, &server, &plan, started, &mut results);
-    checksums::run(&plan, &mut results);
+    if !options.compare_only {
+        relay::run(&server, &plan, started, &mut results);
+        frames::run(&bins, &server, &plan, started, &mut results);
+        checksums::run(&plan, &mut results);
+    }
     let stop = server.stop(Duration::from_secs(15));
     let elapsed = started.elapsed();
 
@@ -357,6 +359,9 @@ fn rerun_optimised(quick: bool, out: &Path, options: &Options) -> anyhow::Result
     }
     if options.install_peers {
         cmd.arg("--install-peers");
+    }
+    if options.compare_only {
+        cmd.arg("--compare-only");
     }
     if let Some(baseline) = &options.baseline_server {
         cmd.arg("--baseline-server").arg(baseline);

@@ -71,6 +71,9 @@ enum Command {
         /// change's before and after in one run).
         #[arg(long, value_name = "PATH")]
         baseline_server: Option<PathBuf>,
+        /// Run only the comparison with other SOCKS5 servers.
+        #[arg(long)]
+        compare_only: bool,
     },
     /// Run every cargo-fuzz target of fuzz/ for a bounded time (needs nightly).
     Fuzz {
@@ -94,12 +97,14 @@ fn main() -> ExitCode {
             out,
             install_peers,
             baseline_server,
+            compare_only,
         } => bench::run(
             quick,
             &out,
             &bench::Options {
                 install_peers,
                 baseline_server,
+                compare_only,
             },
         ),
         Command::Fuzz { seconds, only } => fuzz::run(seconds, &only),

@@ -28,7 +28,7 @@ use std::{
     process::{Command, Stdio},
     sync::mpsc,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
@@ -127,6 +127,8 @@ pub(crate) struct Options {
     pub(crate) install_peers: bool,
     /// Another `server` binary to measure beside this one.
     pub(crate) baseline_server: Option<PathBuf>,
+    /// Only the comparison (no relay bulk, crc-tcp or CRC figures).
+    pub(crate) compare_only: bool,
 }
 
 /// Runs the comparison, adding its rows (and a regression as an error in `--quick`).
@@ -202,19 +204,29 @@ fn compare(
             .join(", "),
         c.rounds
     );
-    // Echo round trips.
+    // Echo round trips, everything on one core: the load generator, the echo
+    // server and the proxy. On two shared vCPUs a ping-pong spread over both
+    // switches at random between a fast and a three times slower mode (a
+    // wake-up across cores), for every server alike, which buried the
+    // difference between the servers; on one core it is the same each round.
+    let pinned = pin_to_one_core(&subjects)?;
+    println!("echo runs pinned to CPU {pinned}");
     for round in 0..c.rounds {
         for subject in rotated(&subjects, round) {
-            let before = tree_cpu(subject.pid, ticks)?;
-            let times =
-                relay::round_trips(subject.proxy, echo.addr(), c.echo_iterations, c.echo_cap)
-                    .with_context(|| format!("echo through {}", subject.name))?;
-            let cpu = tree_cpu(subject.pid, ticks)? - before;
+            let (times, cpu) = echo_run(subject, echo.addr(), c.echo_iterations, c.echo_cap)
+                .with_context(|| format!("echo through {}", subject.name))?;
             let f = figures.entry(subject.name.clone()).or_default();
-            f.echo_cpu.push(cpu * 1e6 / times.len().max(1) as f64);
+            let per = cpu * 1e6 / times.len().max(1) as f64;
+            println!(
+                "  echo round {round}, {}: p50 {:.1} us, CPU {per:.1} us per round trip",
+                subject.name,
+                percentile(&times, 0.5)
+            );
+            f.echo_cpu.push(per);
             f.echo_times.extend(times);
         }
     }
+    unpin(&subjects)?;
     // New tunnels: CONNECT, 1-byte echo, close.
     for round in 0..c.rounds {
         for subject in rotated(&subjects, round) {
@@ -229,8 +241,14 @@ fn compare(
             .with_context(|| format!("tunnels through {}", subject.name))?;
             let cpu = tree_cpu(subject.pid, ticks)? - before;
             let f = figures.entry(subject.name.clone()).or_default();
+            let per = cpu * 1e6 / rate.done.max(1) as f64;
+            println!(
+                "  tunnel round {round}, {}: {:.0}/s, CPU {per:.1} us per tunnel",
+                subject.name,
+                rate.rate()
+            );
             f.tunnel_rate.push(rate.rate());
-            f.tunnel_cpu.push(cpu * 1e6 / rate.done.max(1) as f64);
+            f.tunnel_cpu.push(per);
             if rate.errors > 0 {
                 f.notes.push(rate.describe("tunnels"));
             }
@@ -248,8 +266,14 @@ fn compare(
                         .with_context(|| format!("bulk through {}", subject.name))?;
                 let cpu = tree_cpu(subject.pid, ticks)? - before;
                 let f = figures.entry(subject.name.clone()).or_default();
+                let per = cpu / (run.bytes as f64 / GIB);
+                println!(
+                    "  bulk round {round}, {}: {:.0} MiB/s, CPU {per:.2} s per GiB",
+                    subject.name,
+                    run.mib_per_sec()
+                );
                 f.bulk_rate.push(run.mib_per_sec());
-                f.bulk_cpu.push(cpu / (run.bytes as f64 / GIB));
+                f.bulk_cpu.push(per);
             }
         }
     }
@@ -264,6 +288,108 @@ fn compare(
         }
     }
     report(&subjects, &figures, &notes, plan, results);
+    Ok(())
+}
+
+/// Sorted round-trip times (µs) of 1-byte echoes through `subject`, and the
+/// CPU seconds its server spent meanwhile, read while the connection is still
+/// open (so every thread that served it is still there to be counted).
+fn echo_run(
+    subject: &Subject,
+    echo: SocketAddr,
+    iterations: usize,
+    cap: Duration,
+) -> anyhow::Result<(Vec<f64>, f64)> {
+    let mut stream = relay::open(subject.proxy, echo)?;
+    let mut byte = [0u8; 1];
+    for _ in 0..100 {
+        stream.write_all(&[1])?;
+        stream.read_exact(&mut byte)?;
+    }
+    let before = threads_cpu(subject.pid)?;
+    let deadline = Instant::now() + cap;
+    let mut times = Vec::with_capacity(iterations);
+    while times.len() < iterations && Instant::now() < deadline {
+        let start = Instant::now();
+        stream.write_all(&[1])?;
+        stream.read_exact(&mut byte).context("echo")?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    let cpu = threads_cpu(subject.pid)? - before;
+    drop(stream);
+    times.sort_by(f64::total_cmp);
+    Ok((times, cpu))
+}
+
+/// CPU seconds of the live threads of `root`'s process tree, from
+/// `/proc/PID/task/TID/schedstat` (nanoseconds, where `/proc/PID/stat` counts
+/// 10 ms ticks). Threads that exit between two readings are lost, so this is
+/// only for spans in which the server's threads stay (an echo run).
+fn threads_cpu(pid: Option<u32>) -> anyhow::Result<f64> {
+    let Some(root) = pid else { return Ok(0.0) };
+    let stats = read_stats()?;
+    let mut nanos = 0u64;
+    for pid in descendants(root, &stats) {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            nanos += std::fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|t| t.split_whitespace().next()?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(nanos as f64 / 1e9)
+}
+
+/// Every thread of this process and of the subjects' process trees, by
+/// thread id.
+fn all_threads(subjects: &[Subject]) -> anyhow::Result<Vec<rustix::process::Pid>> {
+    let stats = read_stats()?;
+    let mut roots = vec![std::process::id()];
+    roots.extend(subjects.iter().filter_map(|s| s.pid));
+    let mut threads = Vec::new();
+    for root in roots {
+        for pid in descendants(root, &stats) {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                continue;
+            };
+            threads.extend(tasks.flatten().filter_map(|t| {
+                let tid = t.file_name().to_str()?.parse::<i32>().ok()?;
+                rustix::process::Pid::from_raw(tid)
+            }));
+        }
+    }
+    Ok(threads)
+}
+
+/// Pins every thread of this process and of the subjects to the last CPU we
+/// may run on (threads created later inherit it); returns that CPU.
+fn pin_to_one_core(subjects: &[Subject]) -> anyhow::Result<usize> {
+    let allowed = rustix::thread::sched_getaffinity(None).context("sched_getaffinity")?;
+    let cpu = (0..rustix::thread::CpuSet::MAX_CPU)
+        .rev()
+        .find(|&c| allowed.is_set(c))
+        .context("no CPU in our affinity mask")?;
+    let mut one = rustix::thread::CpuSet::new();
+    one.set(cpu);
+    for tid in all_threads(subjects)? {
+        // A thread may have exited since the listing.
+        let _ = rustix::thread::sched_setaffinity(Some(tid), &one);
+    }
+    Ok(cpu)
+}
+
+/// Lets every thread of this process and of the subjects run on every CPU again.
+fn unpin(subjects: &[Subject]) -> anyhow::Result<()> {
+    let mut all = rustix::thread::CpuSet::new();
+    for cpu in 0..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+        all.set(cpu);
+    }
+    for tid in all_threads(subjects)? {
+        let _ = rustix::thread::sched_setaffinity(Some(tid), &all);
+    }
     Ok(())
 }
 

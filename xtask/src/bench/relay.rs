@@ -211,7 +211,7 @@ pub(super) fn bulk(
 }
 
 /// A connection to `target`, through the proxy `via` if given.
-fn open(via: Option<SocketAddr>, target: SocketAddr) -> anyhow::Result<TcpStream> {
+pub(super) fn open(via: Option<SocketAddr>, target: SocketAddr) -> anyhow::Result<TcpStream> {
     match via {
         Some(proxy) => socks::connect(proxy, target, IO_TIMEOUT),
         None => {
@@ -223,31 +223,6 @@ fn open(via: Option<SocketAddr>, target: SocketAddr) -> anyhow::Result<TcpStream
             Ok(stream)
         }
     }
-}
-
-/// Sorted round-trip times in microseconds.
-pub(super) fn round_trips(
-    via: Option<SocketAddr>,
-    echo: SocketAddr,
-    iterations: usize,
-    cap: Duration,
-) -> anyhow::Result<Vec<f64>> {
-    let mut stream = open(via, echo)?;
-    let mut byte = [0u8; 1];
-    for _ in 0..100 {
-        stream.write_all(&[1])?;
-        stream.read_exact(&mut byte)?;
-    }
-    let deadline = Instant::now() + cap;
-    let mut times = Vec::with_capacity(iterations);
-    while times.len() < iterations && Instant::now() < deadline {
-        let start = Instant::now();
-        stream.write_all(&[1])?;
-        stream.read_exact(&mut byte).context("echo")?;
-        times.push(start.elapsed().as_secs_f64() * 1e6);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times)
 }
 
 /// One connection-rate run.
