@@ -37,17 +37,13 @@ impl Session<'_> {
             open(self.client_ip, destination, self.options, &own),
         );
         let connecting = std::time::Instant::now();
-        let mut target = match opened.await {
-            Ok(target) => {
+        let (mut target, bound) = match opened.await {
+            Ok(opened) => {
                 self.report.connect_time = Some(connecting.elapsed());
-                target
+                opened
             }
             Err(error @ Error::Cancelled { .. }) => return Err(error),
             Err(error) => return Err(self.fail(error).await),
-        };
-        let bound = match target.local_addr() {
-            Ok(bound) => bound,
-            Err(error) => return Err(self.fail(error.into()).await),
         };
         self.reply(Reply::Succeeded, Address::Ip(bound)).await?;
         self.relay(&mut target, pending).await
@@ -225,13 +221,13 @@ impl Session<'_> {
 }
 
 /// Resolves (if needed) and connects, trying each allowed address in turn, all within
-/// `connect_timeout`.
+/// `connect_timeout`. Returns the stream and its local address.
 async fn open(
     client_ip: IpAddr,
     destination: &Address,
     options: &ServerOptions,
     own: &OwnListeners,
-) -> Result<TcpStream, Error> {
+) -> Result<(TcpStream, SocketAddr), Error> {
     let limit = options.connect_timeout;
     let rules = &options.rules;
     let denied = || Error::Denied {
@@ -279,11 +275,12 @@ async fn open(
 }
 
 /// Connects to `address` unless it is, or turns out to be, one of the server's own listeners.
+/// Returns the stream and its local address.
 async fn connect_one(
     address: SocketAddr,
     bind: Option<IpAddr>,
     own: &OwnListeners,
-) -> Result<TcpStream, Error> {
+) -> Result<(TcpStream, SocketAddr), Error> {
     if own.reached_by(address, None)
         || (own.wildcard_on(address.port()) && is_local_address(address.ip()))
     {
@@ -303,13 +300,26 @@ async fn connect_one(
     let stream = attempt
         .await
         .map_err(|error| Error::Connect { address, error })?;
-    let source = stream.local_addr()?.ip();
-    let reached = stream.peer_addr()?;
-    if own.reached_by(reached, Some(source)) {
+    let local = stream.local_addr()?;
+    // A connection reaches the address it was asked for, except the unspecified address (and,
+    // to be safe, the rest of 0.0.0.0/8), which the kernel turns into a local one: only then is
+    // the peer worth a getpeername(2).
+    let translated = match address.ip() {
+        IpAddr::V4(ip) => ip.octets()[0] == 0,
+        IpAddr::V6(ip) => {
+            ip.is_unspecified() || ip.to_ipv4_mapped().is_some_and(|v4| v4.octets()[0] == 0)
+        }
+    };
+    let reached = if translated {
+        stream.peer_addr()?
+    } else {
+        address
+    };
+    if own.reached_by(reached, Some(local.ip())) {
         drop(stream);
         return Err(Error::OwnAddress { address: reached });
     }
-    Ok(stream)
+    Ok((stream, local))
 }
 
 /// Whether `ip` is an address of this host. The kernel routes a local address through the
