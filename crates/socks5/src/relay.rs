@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::time::{Instant, sleep_until, timeout};
@@ -103,20 +103,12 @@ fn ended(error: io::Error) -> Result<(), Error> {
 
 /// One direction: readable → take a buffer → drain `from` into `to` → give the buffer back.
 ///
-/// A burst ends when the socket is known to be empty, and the read readiness is then cleared
-/// with the event taken *before* the read that found it empty (tokio's `try_io`), so an edge
-/// that arrives while a piece is being written is never thrown away. (An earlier version
-/// cleared the readiness observed *after* the write and lost such edges; uploads hung until
-/// the idle timeout.)
-///
-/// What proves the socket empty: a read that says `WouldBlock` always; a short read (less than
-/// the buffer) only when no urgent data is pending, because Linux's `recv` stops at a TCP
-/// urgent mark with more bytes queued behind it. Whether urgent data is pending is known only
-/// from `EPOLLPRI`, which tokio's own registration of the socket does not ask for; so a
-/// direction that keeps seeing short bursts (an interactive tunnel: [`WATCH_AFTER_BURSTS`])
-/// registers a duplicate of its socket for `EPOLLPRI` alone ([`urgent::Watch`]) and from then
-/// on ends a short burst without the extra read. Until then, and in any burst that starts
-/// with urgent data signalled, it reads on until `WouldBlock`: the one extra read per burst.
+/// Only a read that says `WouldBlock` ends a burst, and it clears the read readiness with the
+/// event taken *before* that read (tokio's `try_read`), so an edge that arrives while a piece
+/// is being written is never thrown away. A short read proves nothing: Linux's `recv` stops at
+/// a TCP urgent mark with more bytes queued behind it, and so the one extra read per burst is
+/// the price of never stalling. (An earlier version cleared the readiness observed *after* the
+/// write and lost such edges; uploads hung until the idle timeout.)
 async fn pump(
     from: &ReadHalf<'_>,
     to: &mut WriteHalf<'_>,
@@ -124,54 +116,12 @@ async fn pump(
     count: &mut u64,
     clock: &Clock,
 ) -> io::Result<()> {
-    #[cfg(target_os = "linux")]
-    let mut watch: Option<urgent::Watch> = None;
-    #[cfg(target_os = "linux")]
-    let mut bursts = 0u32;
     loop {
-        #[cfg(target_os = "linux")]
-        let urgent = match &watch {
-            Some(watch) => watch.wait(from).await?,
-            None => {
-                from.readable().await?;
-                urgent::Pending::Unknown
-            }
-        };
-        #[cfg(not(target_os = "linux"))]
         from.readable().await?;
-        // A short read may end the burst only when urgent data is known not to be pending.
-        #[cfg(target_os = "linux")]
-        let short_ends_burst = matches!(urgent, urgent::Pending::No);
-        #[cfg(not(target_os = "linux"))]
-        let short_ends_burst = false;
         let mut buf = Vec::with_capacity(buffer_len);
         loop {
             buf.clear();
-            let mut ended = false;
-            let read = if short_ends_burst {
-                // The readiness event is taken before the read: returning WouldBlock from the
-                // closure clears exactly that event, and any edge raised since survives.
-                let mut got = 0;
-                let socket: &TcpStream = from.as_ref();
-                match socket.try_io(Interest::READABLE, || {
-                    let n = from.try_read_buf(&mut buf)?;
-                    got = n;
-                    if n > 0 && n < buffer_len {
-                        Err(io::ErrorKind::WouldBlock.into())
-                    } else {
-                        Ok(n)
-                    }
-                }) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => {
-                        ended = true;
-                        Ok(got)
-                    }
-                    other => other,
-                }
-            } else {
-                from.try_read_buf(&mut buf)
-            };
-            let n = match read {
+            let n = match from.try_read_buf(&mut buf) {
                 Ok(0) => {
                     to.shutdown().await?;
                     return Ok(());
@@ -187,9 +137,6 @@ async fn pump(
             // tunnel that always has data would never give its worker back to handshakes, acks
             // and timers. Spend one unit per chunk; when the budget is gone, this yields.
             tokio::task::consume_budget().await;
-            if ended {
-                break;
-            }
             if n < buf.capacity() {
                 continue;
             }
@@ -209,104 +156,6 @@ async fn pump(
                     splice::Ended::NoPipe => {}
                 }
             }
-        }
-        #[cfg(target_os = "linux")]
-        {
-            // The burst read on to WouldBlock, so it also read past any urgent mark signalled
-            // before it started: that signal is spent.
-            if let urgent::Pending::Yes(signal) = urgent {
-                signal.spent();
-            }
-            bursts = bursts.saturating_add(1);
-            if watch.is_none() && bursts >= WATCH_AFTER_BURSTS {
-                // Without a watch (no descriptor to spare, say) the extra read simply stays.
-                watch = urgent::Watch::new(from).ok();
-            }
-        }
-    }
-}
-
-/// Bursts after which a direction watches for urgent data ([`pump`]): the watch costs four
-/// syscalls over the tunnel's life (dup, register, deregister, close) and saves one read per
-/// burst, so a tunnel that moves a request and its answer does not take it, and one that
-/// moves many does.
-#[cfg(target_os = "linux")]
-const WATCH_AFTER_BURSTS: u32 = 8;
-
-#[cfg(target_os = "linux")]
-mod urgent {
-    //! Watching a socket for TCP urgent data (`EPOLLPRI`) beside tokio's own registration.
-    use std::io;
-    use std::os::fd::AsFd;
-
-    use tokio::io::Interest;
-    use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
-    use tokio::net::TcpStream;
-    use tokio::net::tcp::ReadHalf;
-
-    /// A duplicate of a socket's descriptor, registered for `EPOLLPRI` only. The kernel
-    /// reports `EPOLLPRI` while urgent data sits unread, and raises the event each time data
-    /// arrives then, so the readiness tokio keeps for it is never older than the data.
-    pub(super) struct Watch(AsyncFd<std::net::TcpStream>);
-
-    /// Whether urgent data was signalled when a burst started.
-    pub(super) enum Pending<'a> {
-        /// No watch yet: assume it may be.
-        Unknown,
-        /// Watched, and not signalled.
-        No,
-        /// Signalled: the burst reads to `WouldBlock`, then the signal is spent.
-        Yes(Signal<'a>),
-    }
-
-    /// A signal of urgent data, cleared (if nothing newer came) once spent.
-    pub(super) struct Signal<'a>(AsyncFdReadyGuard<'a, std::net::TcpStream>);
-
-    impl Signal<'_> {
-        /// Clears the readiness this signal observed (a newer one survives).
-        pub(super) fn spent(mut self) {
-            self.0.clear_ready();
-        }
-    }
-
-    impl Watch {
-        pub(super) fn new(from: &ReadHalf<'_>) -> io::Result<Self> {
-            let socket: &TcpStream = from.as_ref();
-            let duplicate = std::net::TcpStream::from(socket.as_fd().try_clone_to_owned()?);
-            // The safe constructor is deprecated because an `AsRawFd` type need not own its
-            // descriptor; a std TcpStream does, for as long as the AsyncFd holds it, which is
-            // what `register_with_interest` asks.
-            #[allow(
-                deprecated,
-                reason = "the inner type owns its descriptor: the I/O-safety condition holds"
-            )]
-            let watch = AsyncFd::with_interest(duplicate, Interest::PRIORITY)?;
-            Ok(Self(watch))
-        }
-
-        /// Waits until `from` is readable or urgent data is signalled, and says which.
-        pub(super) async fn wait(&self, from: &ReadHalf<'_>) -> io::Result<Pending<'_>> {
-            let guard = tokio::select! {
-                biased;
-                signalled = self.0.ready(Interest::PRIORITY) => Some(signalled?),
-                readable = from.readable() => {
-                    readable?;
-                    // Readable: look (without waiting) whether urgent data is signalled too.
-                    let mut signalled = std::pin::pin!(self.0.ready(Interest::PRIORITY));
-                    std::future::poll_fn(|cx| {
-                        std::task::Poll::Ready(match signalled.as_mut().poll(cx) {
-                            std::task::Poll::Ready(result) => Some(result),
-                            std::task::Poll::Pending => None,
-                        })
-                    })
-                    .await
-                    .transpose()?
-                }
-            };
-            Ok(match guard {
-                Some(guard) => Pending::Yes(Signal(guard)),
-                None => Pending::No,
-            })
         }
     }
 }
@@ -639,72 +488,6 @@ mod tests {
             .expect("the bytes after the urgent byte reach the target")
             .expect("read");
         assert_eq!(got.get(before..), Some(&[b'b'; 100][..]));
-        drop((client, target));
-        let _ = timeout(Duration::from_secs(10), relay).await;
-    }
-
-    /// A direction that has seen enough short bursts ends them without the extra read, watching
-    /// for urgent data instead. Bytes, an urgent byte and more bytes arrive while the relay is
-    /// blocked writing an earlier piece: the read after that write stops at the urgent mark,
-    /// and nothing new arrives after it. Only the urgent-data signal can tell the relay that
-    /// bytes wait behind the mark; without it they sit there until the idle timeout.
-    #[cfg(target_os = "linux")]
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_watched_direction_relays_past_an_urgent_mark_that_arrives_during_a_write() {
-        const FIRST: usize = 60 * 1024;
-        let (client, client_side) = pair().await;
-        // Small buffers toward the target, so writing FIRST to it waits until it reads.
-        let listening = tokio::net::TcpSocket::new_v4().expect("socket");
-        listening.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        listening
-            .bind("127.0.0.1:0".parse().expect("valid"))
-            .expect("bind");
-        let listener = listening.listen(1).expect("listen");
-        let connecting = tokio::net::TcpSocket::new_v4().expect("socket");
-        connecting.set_send_buffer_size(4096).expect("SO_SNDBUF");
-        let address = listener.local_addr().expect("address");
-        let (connected, accepted) = tokio::join!(connecting.connect(address), listener.accept());
-        let (mut target_side, mut target) =
-            (connected.expect("connect"), accepted.expect("accept").0);
-        let watched = client_side.into_std().expect("std");
-        let watcher = watched.try_clone().expect("clone");
-        let client_side = TcpStream::from_std(watched).expect("tokio");
-        let relay = tokio::spawn(async move {
-            let mut client_side = client_side;
-            relay(
-                &mut client_side,
-                &mut target_side,
-                BytesMut::new(),
-                64 * 1024,
-                Duration::from_secs(30),
-            )
-            .await
-        });
-        let client = socket2::Socket::from(client.into_std().expect("std"));
-        client.set_nonblocking(false).expect("blocking");
-        // One burst per byte: each is through before the next is sent.
-        let mut byte = [0u8; 1];
-        for _ in 0..WATCH_AFTER_BURSTS + 2 {
-            std::io::Write::write_all(&mut &client, b"x").expect("byte");
-            timeout(Duration::from_secs(5), target.read_exact(&mut byte))
-                .await
-                .expect("a byte through")
-                .expect("read");
-        }
-        std::io::Write::write_all(&mut &client, &[1; FIRST]).expect("first piece");
-        // The relay has taken the first piece and cannot write it all: the target reads nothing.
-        until(|| queued(&watcher) == 0).await;
-        std::io::Write::write_all(&mut &client, &[b'a'; 100]).expect("before the mark");
-        client.send_out_of_band(b"!").expect("urgent byte");
-        std::io::Write::write_all(&mut &client, &[b'b'; 100]).expect("after the mark");
-        until(|| queued(&watcher) >= 100).await;
-        let mut got = vec![0; FIRST + 200];
-        timeout(Duration::from_secs(5), target.read_exact(&mut got))
-            .await
-            .expect("the bytes after the urgent byte reach the target")
-            .expect("read");
-        assert_eq!(got.get(FIRST..FIRST + 100), Some(&[b'a'; 100][..]));
-        assert_eq!(got.get(FIRST + 100..), Some(&[b'b'; 100][..]));
         drop((client, target));
         let _ = timeout(Duration::from_secs(10), relay).await;
     }
