@@ -5,9 +5,9 @@
 //!   peers through it (the Python reference client, our client, curl,
 //!   Chromium, ncat, PySocks, hostile peers, fail2ban-regex; systemd-analyze
 //!   and python3 check the unit and the manifests), then stops it with SIGTERM;
-//! - `cargo xtask bench [--quick] [--out DIR]` measures the SOCKS5 relay and
-//!   the crc-tcp listener against loopback baselines and writes
-//!   `bench.json` and `bench.md`;
+//! - `cargo xtask bench [--quick] [--out DIR]` measures the SOCKS5 relay beside
+//!   microsocks, Dante and direct loopback, and the crc-tcp listener against a
+//!   loopback baseline, and writes `bench.json` and `bench.md`;
 //! - `cargo xtask fuzz --seconds N [--only NAME]` runs each `cargo fuzz`
 //!   target of `fuzz/` for N seconds and reports executions and crashes;
 //! - `cargo xtask ci` runs the gates of STYLE.md in order, then `e2e` and
@@ -57,7 +57,7 @@ enum Command {
     },
     /// Measure the relay and the frame listener; write bench.json and bench.md.
     Bench {
-        /// Small counts: finishes in under a minute (for CI).
+        /// Small counts, netkit beside microsocks only: well under two minutes (for CI).
         #[arg(long)]
         quick: bool,
         /// Where to write the results (relative to the workspace root).

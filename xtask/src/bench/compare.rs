@@ -48,6 +48,8 @@ const GROUP: &str = "compare";
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 /// `--quick` fails when netkit's CPU per unit exceeds microsocks's by more than this.
 pub(crate) const REGRESSION_LIMIT: f64 = 1.25;
+/// netkit's log filter here: its default.
+const NETKIT_LOG_LEVEL: &str = "info";
 /// How long a peer may take to accept connections.
 const STARTUP: Duration = Duration::from_secs(10);
 /// How often the "metrics on" subject's `/metrics` is scraped.
@@ -209,8 +211,9 @@ fn compare(
     // switches at random between a fast and a three times slower mode (a
     // wake-up across cores), for every server alike, which buried the
     // difference between the servers; on one core it is the same each round.
-    let pinned = pin_to_one_core(&subjects)?;
-    println!("echo runs pinned to CPU {pinned}");
+    let allowed = rustix::thread::sched_getaffinity(None).context("sched_getaffinity")?;
+    let pinned = pin_to_one_core(&subjects, &allowed)?;
+    println!("echo and tunnel runs pinned to CPU {pinned}");
     for round in 0..c.rounds {
         for subject in rotated(&subjects, round) {
             let (times, cpu) = echo_run(subject, echo.addr(), c.echo_iterations, c.echo_cap)
@@ -226,8 +229,8 @@ fn compare(
             f.echo_times.extend(times);
         }
     }
-    unpin(&subjects)?;
-    // New tunnels: CONNECT, 1-byte echo, close.
+    // New tunnels: CONNECT, 1-byte echo, close; on the same one core, for the same reason
+    // (unpinned, CPU per tunnel of one server moved by 40 % between rounds).
     for round in 0..c.rounds {
         for subject in rotated(&subjects, round) {
             let before = tree_cpu(subject.pid, ticks)?;
@@ -255,6 +258,7 @@ fn compare(
         }
     }
     drop(echo);
+    unpin(&subjects, &allowed)?;
     // Bulk, one stream.
     if c.bulk_bytes > 0 {
         let (sink, _) = discard_sink(4)?;
@@ -364,10 +368,12 @@ fn all_threads(subjects: &[Subject]) -> anyhow::Result<Vec<rustix::process::Pid>
     Ok(threads)
 }
 
-/// Pins every thread of this process and of the subjects to the last CPU we
-/// may run on (threads created later inherit it); returns that CPU.
-fn pin_to_one_core(subjects: &[Subject]) -> anyhow::Result<usize> {
-    let allowed = rustix::thread::sched_getaffinity(None).context("sched_getaffinity")?;
+/// Pins every thread of this process and of the subjects to the last CPU of
+/// `allowed` (threads created later inherit it); returns that CPU.
+fn pin_to_one_core(
+    subjects: &[Subject],
+    allowed: &rustix::thread::CpuSet,
+) -> anyhow::Result<usize> {
     let cpu = (0..rustix::thread::CpuSet::MAX_CPU)
         .rev()
         .find(|&c| allowed.is_set(c))
@@ -381,14 +387,11 @@ fn pin_to_one_core(subjects: &[Subject]) -> anyhow::Result<usize> {
     Ok(cpu)
 }
 
-/// Lets every thread of this process and of the subjects run on every CPU again.
-fn unpin(subjects: &[Subject]) -> anyhow::Result<()> {
-    let mut all = rustix::thread::CpuSet::new();
-    for cpu in 0..std::thread::available_parallelism().map_or(1, |n| n.get()) {
-        all.set(cpu);
-    }
+/// Lets every thread of this process and of the subjects run on the CPUs of
+/// `allowed` (the mask from before the pinning) again.
+fn unpin(subjects: &[Subject], allowed: &rustix::thread::CpuSet) -> anyhow::Result<()> {
     for tid in all_threads(subjects)? {
-        let _ = rustix::thread::sched_setaffinity(Some(tid), &all);
+        let _ = rustix::thread::sched_setaffinity(Some(tid), allowed);
     }
     Ok(())
 }
@@ -416,7 +419,9 @@ fn start_netkit(name: &str, binary: &Path, dir: &Path, admin: bool) -> anyhow::R
         &ServerSpec {
             config: &config,
             listeners: &["proxy"],
-            log_level: super::LOG_LEVEL,
+            // The production default: one `session` line per tunnel, as microsocks logs one
+            // line per connection.
+            log_level: NETKIT_LOG_LEVEL,
             keep: |e| message(e) == "admin listening",
             log_name: &log_name,
         },
@@ -535,7 +540,11 @@ fn start_dante(path: &Path, dir: &Path) -> anyhow::Result<Subject> {
     let addr = testkit::free_loopback_port()?;
     let config = dir.join("danted.conf");
     // As root, Dante drops to `nobody` for its children; the rules let
-    // loopback clients reach loopback targets without authentication.
+    // loopback clients reach loopback targets without authentication. Dante
+    // binds each outbound socket before connecting, so it needs a local port
+    // of its own per connection, which also no socket in TIME_WAIT may hold:
+    // its own source address (127.0.0.2) keeps the other subjects' closed
+    // connections out of its way.
     let user = if rustix::process::geteuid().is_root() {
         "user.privileged: root\nuser.unprivileged: nobody\n"
     } else {
@@ -544,7 +553,7 @@ fn start_dante(path: &Path, dir: &Path) -> anyhow::Result<Subject> {
     std::fs::write(
         &config,
         format!(
-            "logoutput: /dev/null\ninternal: 127.0.0.1 port = {}\nexternal: 127.0.0.1\n\
+            "logoutput: /dev/null\ninternal: 127.0.0.1 port = {}\nexternal: 127.0.0.2\n\
              clientmethod: none\nsocksmethod: none\n{user}\
              client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\n\
              socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\n",
@@ -799,7 +808,9 @@ fn report(
         "{} rounds, subjects interleaved; echo: {} round trips of 1 byte per round (p50/p99 over all \
          rounds, CPU the median round); tunnels: {} per round (CONNECT, 1-byte echo, close) by {} \
          clients; bulk: {} MiB over 1 stream per round, / the median direct run; idle: {} tunnels \
-         open, proportional set size of the server's process tree.\n\n\
+         open, proportional set size of the server's process tree. Echo and tunnels on one core \
+         (load generator, echo server and proxy pinned to it). netkit logs at `{NETKIT_LOG_LEVEL}` \
+         (a line per session), microsocks a line per connection, Dante to /dev/null.\n\n\
          | server | echo p50 µs | echo p99 µs | CPU µs per echo round trip | tunnels/s | CPU µs per tunnel | bulk 1 stream / direct | CPU s per GiB | KiB per idle tunnel |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         c.rounds,
