@@ -196,6 +196,18 @@ fn compare(
     let c = &plan.compare;
     let ticks = relay::clock_ticks();
     let echo = echo_server(c.tunnel_clients + 8)?;
+    // Every listener is bound before the tunnels run: tens of thousands of
+    // connections in TIME_WAIT can leave bind(port 0) no port on a busy host.
+    let sink = if c.bulk_bytes > 0 {
+        Some(discard_sink(4)?)
+    } else {
+        None
+    };
+    let hold = if c.idle_tunnels > 0 {
+        Some(hold_server()?)
+    } else {
+        None
+    };
     let mut figures: HashMap<String, Figures> = HashMap::new();
     println!(
         "comparing {} (echo, then tunnels, then bulk; {} rounds each)",
@@ -260,8 +272,7 @@ fn compare(
     drop(echo);
     unpin(&subjects, &allowed)?;
     // Bulk, one stream.
-    if c.bulk_bytes > 0 {
-        let (sink, _) = discard_sink(4)?;
+    if let Some((sink, _)) = &sink {
         for round in 0..c.rounds {
             for subject in rotated(&subjects, round) {
                 let before = tree_cpu(subject.pid, ticks)?;
@@ -282,10 +293,10 @@ fn compare(
         }
     }
     // Memory per idle tunnel.
-    if c.idle_tunnels > 0 {
+    if let Some((hold, held)) = &hold {
         for subject in subjects.iter().filter(|s| s.proxy.is_some()) {
             let f = figures.entry(subject.name.clone()).or_default();
-            match idle_kib(subject, c.idle_tunnels) {
+            match idle_kib(subject, c.idle_tunnels, hold, held) {
                 Ok(kib) => f.idle_kib = Some(kib),
                 Err(error) => f.notes.push(format!("idle tunnels: {error:#}")),
             }
@@ -695,11 +706,18 @@ fn tree_pss_kib(root: u32) -> anyhow::Result<u64> {
 }
 
 /// KiB of server memory per open, idle tunnel.
-fn idle_kib(subject: &Subject, count: usize) -> anyhow::Result<f64> {
+fn idle_kib(
+    subject: &Subject,
+    count: usize,
+    hold: &crate::peers::TcpService,
+    held: &std::sync::Mutex<Vec<TcpStream>>,
+) -> anyhow::Result<f64> {
     let (Some(proxy), Some(pid)) = (subject.proxy, subject.pid) else {
         bail!("no proxy");
     };
-    let (hold, held) = hold_server()?;
+    if let Ok(mut held) = held.lock() {
+        held.clear();
+    }
     let before = tree_pss_kib(pid)?;
     let openers = 4;
     let handles: Vec<_> = (0..openers)
@@ -744,7 +762,13 @@ fn median(values: &[f64]) -> f64 {
         return f64::NAN;
     }
     sorted.sort_by(f64::total_cmp);
-    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
+    let upper = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+    if sorted.len() % 2 == 1 {
+        return upper;
+    }
+    // An even count: the mean of the two middle values.
+    let lower = sorted.get(sorted.len() / 2 - 1).copied().unwrap_or(upper);
+    (lower + upper) / 2.0
 }
 
 fn percentile(values: &[f64], p: f64) -> f64 {
