@@ -1061,3 +1061,48 @@ fn fmt_x(value: f64) -> String {
         "—".to_owned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
+        assert_eq!(median(&[10.9, 10.3, 10.9, 10.4]), 10.65);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[f64::NAN, 4.0, 2.0]), 3.0);
+        assert!(median(&[]).is_nan());
+    }
+
+    #[test]
+    fn percentiles_pick_from_the_sorted_values() {
+        let values: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&values, 0.5), 51.0);
+        assert_eq!(percentile(&values, 0.99), 99.0);
+    }
+
+    #[test]
+    fn descendants_include_grandchildren_and_not_strangers() {
+        let stat = |ppid| Stat {
+            ppid,
+            utime: 0,
+            stime: 0,
+            cutime: 0,
+            cstime: 0,
+        };
+        let stats = HashMap::from([(10, stat(1)), (11, stat(10)), (12, stat(11)), (13, stat(1))]);
+        let mut tree = descendants(10, &stats);
+        tree.sort_unstable();
+        assert_eq!(tree, vec![10, 11, 12]);
+        assert!(descendants(99, &stats).is_empty());
+    }
+
+    #[test]
+    fn netkit_configs_differ_only_by_the_admin_table() {
+        let off = netkit_config(false);
+        let on = netkit_config(true);
+        assert!(!off.contains("[admin]"));
+        assert!(on.contains("[admin]\nbind = \"127.0.0.1:0\""));
+        assert_eq!(on.replace("[admin]\nbind = \"127.0.0.1:0\"\n\n", ""), off);
+    }
+}
