@@ -9,7 +9,8 @@
 //!   driven by `client bench --json`, vs a raw loopback stream of the same
 //!   size;
 //! - [`checksums`]: `proto::checksum` per version and CRC size as a plain
-//!   timed loop, with the `crc` crate's CRC-32 as a baseline.
+//!   timed loop, with the `crc` crate's CRC-32 as a baseline;
+//! - [`nats`]: the nats handler vs a bare JetStream publisher (full run only).
 //!
 //! Targets are printed next to the figures with pass or miss; a miss never
 //! fails the run, a measurement that cannot be made does (so the benchmark
@@ -19,6 +20,7 @@
 
 mod checksums;
 mod frames;
+mod nats;
 mod relay;
 
 use std::{
@@ -267,6 +269,7 @@ pub(crate) fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     relay::run(&server, &plan, open_files, started, &mut results);
     frames::run(&bins, &server, &plan, started, &mut results);
     checksums::run(&plan, &mut results);
+    nats::run(&bins, dir.path(), &plan, started, &mut results);
     let stop = server.stop(Duration::from_secs(15));
     let elapsed = started.elapsed();
 
@@ -377,6 +380,10 @@ fn markdown(plan: &Plan, results: &Results, elapsed: Duration) -> String {
             "crc-tcp listener (1 connection, crc-size 4, discard handler)",
         ),
         ("crc", "CRC throughput (payload bytes)"),
+        (
+            "nats",
+            "nats handler vs a bare JetStream publisher (1 connection)",
+        ),
     ] {
         let _ = writeln!(md, "## {title}\n");
         let _ = writeln!(md, "| metric | value | unit | target | result | note |");

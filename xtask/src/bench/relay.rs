@@ -521,7 +521,7 @@ fn vm_rss(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32, ticks: f64) -> anyhow::Result<f64> {
+pub(super) fn cpu_seconds(pid: u32, ticks: f64) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses: state is
@@ -541,7 +541,7 @@ fn cpu_seconds(pid: u32, ticks: f64) -> anyhow::Result<f64> {
 }
 
 /// `getconf CLK_TCK`, or the usual 100.
-fn clock_ticks() -> f64 {
+pub(super) fn clock_ticks() -> f64 {
     let mut cmd = Command::new("getconf");
     cmd.arg("CLK_TCK");
     Proc::spawn("getconf", &mut cmd, Stdio::null(), Stdout::Capture)
