@@ -12,7 +12,8 @@
 //!   driven by `client bench --json`, vs a raw loopback stream of the same
 //!   size;
 //! - [`checksums`]: `proto::checksum` per version and CRC size as a plain
-//!   timed loop, with the `crc` crate's CRC-32 as a baseline.
+//!   timed loop, with the `crc` crate's CRC-32 as a baseline;
+//! - [`nats`]: the nats handler vs a bare JetStream publisher (full run only).
 //!
 //! Targets are printed next to the figures with pass or miss; a miss never
 //! fails the run, a measurement that cannot be made does (so the benchmark
@@ -23,6 +24,7 @@
 mod checksums;
 mod compare;
 mod frames;
+mod nats;
 mod relay;
 
 pub(crate) use compare::Options;
@@ -313,6 +315,7 @@ pub(crate) fn run(quick: bool, out: &Path, options: &Options) -> anyhow::Result<
         relay::run(&server, &plan, started, &mut results);
         frames::run(&bins, &server, &plan, started, &mut results);
         checksums::run(&plan, &mut results);
+        nats::run(&bins, dir.path(), &plan, started, &mut results);
     }
     let stop = server.stop(Duration::from_secs(15));
     let elapsed = started.elapsed();
@@ -439,6 +442,10 @@ fn markdown(plan: &Plan, results: &Results, elapsed: Duration) -> String {
         (
             "compare",
             "Beside other SOCKS5 servers: the figures and checks",
+        ),
+        (
+            "nats",
+            "nats handler vs a bare JetStream publisher (1 connection)",
         ),
     ] {
         if !results.rows.iter().any(|r| r.group == group) {

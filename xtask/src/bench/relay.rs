@@ -330,7 +330,7 @@ fn one_connection(via: Option<SocketAddr>, target: SocketAddr) -> anyhow::Result
 }
 
 /// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32, ticks: f64) -> anyhow::Result<f64> {
+pub(super) fn cpu_seconds(pid: u32, ticks: f64) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses: state is
