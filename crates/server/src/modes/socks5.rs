@@ -439,6 +439,7 @@ impl Socks5Config {
         http.max_header_len = self.max_header_len;
         // The core bounds each dial by connect_timeout; this is only a backstop.
         http.dial_timeout = self.connect_timeout.saturating_add(Duration::from_secs(1));
+        http.idle_timeout = Some(self.idle_timeout);
         Ok(Socks5Options {
             mode: "socks5",
             session: Arc::new(session),
