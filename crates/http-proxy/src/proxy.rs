@@ -64,6 +64,11 @@ pub struct SessionReport {
     pub requests: u64,
     /// The status of the last response sent.
     pub last_status: Option<StatusCode>,
+    /// The method of the last request answered.
+    pub last_method: Option<Method>,
+    /// The host and port the last request named (its CONNECT target or its URI's authority,
+    /// without any user info), for the log.
+    pub last_host: Option<String>,
     /// The CONNECT target, once a tunnel was granted (200 sent).
     pub tunnel: Option<Target>,
     /// Bytes read from the client: request heads and bodies, and tunnel data.
@@ -153,7 +158,7 @@ impl HttpProxy {
         }
         let tunnel = session.state().tunnel.take();
         if let Some(tunnel) = tunnel {
-            let result = relay(tunnel).await;
+            let result = relay(tunnel, self.options.idle_timeout).await;
             if let Err(error) = result {
                 debug!(%error, "tunnel ended");
                 session.state().error = Some(error);
@@ -165,6 +170,8 @@ impl HttpProxy {
             user: state.user.take(),
             requests: state.requests,
             last_status: state.last_status,
+            last_method: state.last_method.take(),
+            last_host: state.last_host.take(),
             tunnel: state.tunnel_target.take(),
             bytes_in: counters.read.load(Ordering::Relaxed),
             bytes_out: counters.written.load(Ordering::Relaxed),
@@ -188,6 +195,8 @@ struct State {
     user: Option<String>,
     requests: u64,
     last_status: Option<StatusCode>,
+    last_method: Option<Method>,
+    last_host: Option<String>,
     error: Option<Error>,
     upstream: Option<Upstream>,
     tunnel: Option<Tunnel>,
@@ -208,6 +217,13 @@ impl Session {
     async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
         let method = request.method().clone();
         let uri = request.uri().to_string();
+        let host = request
+            .uri()
+            .authority()
+            .map(|authority| match authority.port_u16() {
+                Some(port) => format!("{}:{port}", authority.host()),
+                None => authority.host().to_owned(),
+            });
         let answered = if method == Method::CONNECT {
             self.connect(request).await
         } else {
@@ -225,6 +241,8 @@ impl Session {
         let mut state = self.state();
         state.requests += 1;
         state.last_status = Some(response.status());
+        state.last_method = Some(method);
+        state.last_host = host;
         response
     }
 
@@ -366,7 +384,7 @@ impl Session {
 }
 
 /// Relays a granted tunnel both ways until either side closes.
-async fn relay(tunnel: Tunnel) -> Result<(), Error> {
+async fn relay(tunnel: Tunnel, idle_timeout: Option<Duration>) -> Result<(), Error> {
     let Tunnel {
         client,
         mut target,
@@ -374,6 +392,22 @@ async fn relay(tunnel: Tunnel) -> Result<(), Error> {
     } = tunnel;
     let upgraded = client.await.map_err(Error::Upgrade)?;
     let mut client = TokioIo::new(upgraded);
+    if let Some(idle) = idle_timeout {
+        // The proxy core's relay: it ends a tunnel idle for `idle`.
+        let options = socks5::ServerOptions::builder().idle_timeout(idle).build();
+        let opened =
+            socks5::core::Opened::new(socks5::Outbound::Stream(Box::new(target)), Bytes::new());
+        let relayed =
+            socks5::core::relay(&mut client, opened, bytes::BytesMut::new(), &options).await;
+        debug!(%address, up = relayed.up, down = relayed.down, "tunnel closed");
+        return relayed.result.map_err(|error| Error::Tunnel {
+            target: address,
+            error: match error {
+                socks5::Error::Io(error) => error,
+                other => std::io::Error::new(std::io::ErrorKind::TimedOut, other.to_string()),
+            },
+        });
+    }
     match tokio::io::copy_bidirectional(&mut client, &mut target).await {
         Ok((up, down)) => {
             debug!(%address, up, down, "tunnel closed");

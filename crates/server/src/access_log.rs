@@ -238,11 +238,16 @@ pub(crate) struct Socks5Entry<'a> {
     pub(crate) time: String,
     pub(crate) listener: &'a str,
     pub(crate) mode: &'static str,
+    /// The door: `socks5`, `socks4` or `http`.
+    pub(crate) protocol: &'static str,
     pub(crate) client: String,
     pub(crate) user: Option<&'a str>,
     pub(crate) command: Option<&'static str>,
     pub(crate) destination: Option<String>,
     pub(crate) reply: Option<&'static str>,
+    /// HTTP: the last status sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) status: Option<u16>,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
     pub(crate) duration_ms: u64,

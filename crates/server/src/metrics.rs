@@ -19,8 +19,8 @@ use prometheus_client::{
 };
 
 use crate::stats::{
-    DurationHistogram, FRAME_STATUSES, HANDSHAKE_FAILURES, ListenerStats, SOCKS5_COMMANDS,
-    SOCKS5_REPLIES,
+    DurationHistogram, FRAME_STATUSES, HANDSHAKE_FAILURES, HTTP_METHODS, HTTP_STATUSES,
+    ListenerStats, PROTOCOLS, SOCKS5_COMMANDS, SOCKS5_REPLIES,
 };
 
 /// Config reloads (SIGHUP), by result: `netkit_config_reloads_total{result}`.
@@ -204,7 +204,7 @@ impl Collector for NetkitCollector {
                     ("proxy_untrusted", load(&s.proxy_untrusted)),
                     ("proxy_header", load(&s.proxy_header_failed)),
                 ];
-                if l.mode == "socks5" {
+                if l.mode != "crc-tcp" {
                     reasons.push(("rule", load(&s.rule_refused)));
                 }
                 for (reason, value) in reasons {
@@ -242,6 +242,7 @@ impl Collector for NetkitCollector {
         )?;
         self.crc_tcp(e)?;
         self.socks5(e)?;
+        self.doors(e)?;
         let version = [("version", env!("CARGO_PKG_VERSION"))];
         let mut build = e.encode_descriptor(
             "netkit_build_info",
@@ -347,6 +348,49 @@ impl NetkitCollector {
             |m, l, labels| match with_nats(l) {
                 true => histogram(m, &labels, &l.stats.nats.publish),
                 false => Ok(()),
+            },
+        )
+    }
+
+    /// The families of every proxy listener (`socks5`, `http`): sessions by protocol, and the
+    /// HTTP door's sessions by method and status class. Only the pairs that happened.
+    fn doors(&self, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
+        if !self.listeners.iter().any(|l| l.mode != "crc-tcp") {
+            return Ok(());
+        }
+        self.family(
+            e,
+            "netkit_proxy_sessions",
+            "Proxy sessions, by the protocol the client spoke.",
+            MetricType::Counter,
+            None,
+            |m, l, [listener, mode]| {
+                for (protocol, value) in PROTOCOLS.iter().zip(&l.stats.protocols) {
+                    let value = load(value);
+                    if value > 0 {
+                        counter(m, &[listener, mode, ("protocol", protocol)], value)?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        self.family(
+            e,
+            "netkit_http_sessions",
+            "HTTP proxy sessions, by method class (connect: a tunnel) and the class of the last status sent.",
+            MetricType::Counter,
+            None,
+            |m, l, [listener, mode]| {
+                for (method, statuses) in HTTP_METHODS.iter().zip(&l.stats.http) {
+                    for (status, value) in HTTP_STATUSES.iter().zip(statuses) {
+                        let value = load(value);
+                        if value > 0 {
+                            let labels = [listener, mode, ("method", method), ("status", status)];
+                            counter(m, &labels, value)?;
+                        }
+                    }
+                }
+                Ok(())
             },
         )
     }

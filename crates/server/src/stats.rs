@@ -16,6 +16,9 @@ use tracing::info;
 /// `active`. Updated with relaxed atomics, once per batch or session.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
+    /// Which counters the periodic `stats` line shows (the mode says, see
+    /// [`crate::registry::ModeConfig`]).
+    pub kind: StatsKind,
     /// Connections accepted.
     pub accepted: AtomicU64,
     /// Connections being served now.
@@ -58,7 +61,24 @@ pub struct ListenerStats {
     pub access_log_dropped: AtomicU64,
     /// crc-tcp with a `nats` handler: its connection and publishes.
     pub nats: NatsStats,
+    /// socks5 and http: sessions by the protocol they spoke ([`PROTOCOLS`]).
+    pub protocols: [AtomicU64; PROTOCOLS.len()],
+    /// The HTTP door: sessions by method class ([`HTTP_METHODS`]) and status class of the last
+    /// response ([`HTTP_STATUSES`]).
+    pub http: [[AtomicU64; HTTP_STATUSES.len()]; HTTP_METHODS.len()],
 }
+
+/// The `protocol` label of `netkit_proxy_sessions_total`, by
+/// [`crate::modes::doors::ProtocolName::index`].
+pub const PROTOCOLS: [&str; 3] = ["socks5", "socks4", "http"];
+
+/// The `method` label of `netkit_http_sessions_total`: a CONNECT tunnel, or forwarded
+/// absolute-form requests (and anything answered by the proxy itself).
+pub const HTTP_METHODS: [&str; 2] = ["connect", "other"];
+
+/// The `status` label of `netkit_http_sessions_total`: the class of the last status sent;
+/// `none` when the connection ended before a response.
+pub const HTTP_STATUSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 /// The state of a `nats` handler's stream, as [`NatsStats::stream`] holds it.
 pub mod stream_state {
@@ -106,6 +126,16 @@ impl NatsStats {
             _ => Some("nats: the stream is being looked up"),
         }
     }
+}
+
+/// What a listener counts, for its `stats` line: frames (crc-tcp) or sessions (the proxies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StatsKind {
+    /// Sessions: `sessions` and `sessions_failed`.
+    #[default]
+    Sessions,
+    /// Frames: `frames_ok` and `frames_rejected`.
+    Frames,
 }
 
 /// The ack status names, by status code: the `status` label of `netkit_frames_total`.
@@ -280,8 +310,8 @@ impl ListenerStats {
         let get = |counter: &AtomicU64| counter.load(Relaxed);
         let (accepted, active) = (get(&self.accepted), get(&self.active));
         let (bytes_in, bytes_out) = (get(&self.bytes_in), get(&self.bytes_out));
-        match mode {
-            "crc-tcp" => info!(
+        match self.kind {
+            StatsKind::Frames => info!(
                 listener = name,
                 mode,
                 accepted,
@@ -295,7 +325,7 @@ impl ListenerStats {
                 proxy_header_failed = get(&self.proxy_header_failed),
                 "stats"
             ),
-            _ => info!(
+            StatsKind::Sessions => info!(
                 listener = name,
                 mode,
                 accepted,

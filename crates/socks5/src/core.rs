@@ -172,6 +172,17 @@ pub struct Opened {
 }
 
 impl Opened {
+    /// A connection opened elsewhere (another front door's dialer), to [`relay`]: `early`
+    /// bytes go to the client first.
+    #[must_use]
+    pub fn new(stream: Outbound, early: Bytes) -> Self {
+        Opened {
+            stream,
+            early,
+            via: None,
+        }
+    }
+
     /// The local address of the outbound socket (BND of a SOCKS5 reply), if it is a TCP
     /// socket.
     ///

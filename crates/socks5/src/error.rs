@@ -168,6 +168,13 @@ pub enum Error {
     /// The SOCKS server answered a request with a failure code.
     #[error("proxy refused the request: {0:?}")]
     Rejected(Reply),
+    /// A malformed SOCKS4 or SOCKS4a request.
+    #[error("malformed SOCKS4 request: {0}")]
+    Socks4(#[from] crate::wire::socks4::Socks4Error),
+    /// A SOCKS4 request (which cannot carry a password) to a server that requires one from
+    /// this client: refused with 91.
+    #[error("SOCKS4 carries no password, and this client must log in (use SOCKS5)")]
+    Socks4NeedsPassword,
     /// Any other I/O error.
     #[error(transparent)]
     Io(#[from] io::Error),

@@ -59,7 +59,8 @@
 //!
 //! - GSSAPI (method X'01', RFC 1961) and any method but X'00' and X'02'.
 //! - UDP fragmentation (RFC 1928 §7 makes it optional): datagrams with FRAG ≠ 0 are dropped.
-//! - SOCKS4/4a and HTTP proxying: such greetings are recognised for the log and closed.
+//! - HTTP proxying: such greetings are recognised for the log and closed (the http-proxy
+//!   crate serves HTTP; [`serve_socks4`] serves SOCKS4 and SOCKS4a).
 //! - Configuration files, listening sockets, connection limits and logging the session line:
 //!   those belong to the server crate.
 #![cfg_attr(
@@ -90,6 +91,8 @@ pub use core::{ConnectFuture, Connector, DirectConnector, Outbound, ProxyStream}
 pub use error::Error;
 pub use resolve::{MAX_SYSTEM_LOOKUPS, ResolveFuture, Resolver, StaticResolver, SystemResolver};
 pub use rules::{Action, DomainPattern, Requester, Rule, Rules, Verdict, networks_cover_family};
-pub use server::{Commands, ServerOptions, ServerOptionsBuilder, SessionReport, serve, sniff};
+pub use server::{
+    Commands, ServerOptions, ServerOptionsBuilder, SessionReport, serve, serve_socks4, sniff,
+};
 pub use via::{Upstream, UpstreamKind, Via};
 pub use wire::{Address, Command, Reply};

@@ -2,8 +2,10 @@
 //! commands. The caller accepts connections and runs [`serve`] for each.
 
 mod command;
+mod socks4;
 
 pub(crate) use command::no_local_address;
+pub use socks4::serve_socks4;
 
 use std::any::Any;
 use std::fmt;
@@ -25,6 +27,7 @@ use crate::framing::{Deadline, read_msg, write_msg};
 use crate::resolve::{Resolver, SystemResolver};
 use crate::rules::{Requester, Rules};
 use crate::via::{Upstream, Via};
+use crate::wire::protocol::Protocol;
 use crate::wire::{
     Address, Command, Method, MethodSelection, PasswordStatus, Reply, Request, Response,
     decode_greeting, decode_password_request, decode_request, encode_method_selection,
@@ -318,13 +321,18 @@ impl fmt::Debug for ServerOptions {
 pub struct SessionReport {
     /// The client's address.
     pub client: SocketAddr,
+    /// The protocol the session spoke: [`Protocol::Socks5`] ([`serve`]) or
+    /// [`Protocol::Socks4`] ([`serve_socks4`]).
+    pub protocol: Protocol,
     /// The username it logged in with (or tried to), lossily decoded; never the password.
     pub user: Option<String>,
     /// The command it asked for.
     pub command: Option<Command>,
     /// DST of the request (for UDP ASSOCIATE, the address the client said it sends from).
     pub destination: Option<Address>,
-    /// The last reply sent (BIND sends two).
+    /// The last reply sent (BIND sends two). For SOCKS4, which has one success code (90) and
+    /// one failure code (91), the SOCKS5 reply that would have answered: `Succeeded` for 90,
+    /// the error's [`Error::reply`] for 91.
     pub reply: Option<Reply>,
     /// Bytes relayed from the client (TCP payload, or UDP DATA without headers).
     pub bytes_up: u64,
@@ -367,6 +375,20 @@ pub async fn serve<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    serve_as(Protocol::Socks5, stream, peer, options, stop).await
+}
+
+/// [`serve`] or [`serve_socks4`]: one session speaking `protocol`.
+pub(crate) async fn serve_as<S>(
+    protocol: Protocol,
+    stream: S,
+    peer: SocketAddr,
+    options: &ServerOptions,
+    stop: CancellationToken,
+) -> SessionReport
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let started = Instant::now();
     let local = (&stream as &dyn Any)
         .downcast_ref::<TcpStream>()
@@ -376,8 +398,10 @@ where
         local,
         client_ip: peer.ip().to_canonical(),
         options,
+        protocol,
         report: SessionReport {
             client: peer,
+            protocol,
             user: None,
             command: None,
             destination: None,
@@ -455,6 +479,8 @@ pub(crate) struct Session<'a, S> {
     /// The client's IP, IPv4-mapped addresses as IPv4.
     pub(crate) client_ip: IpAddr,
     pub(crate) options: &'a ServerOptions,
+    /// SOCKS5, or SOCKS4 (then replies are SOCKS4's, see [`Session::reply`]).
+    pub(crate) protocol: Protocol,
     pub(crate) report: SessionReport,
 }
 
@@ -464,10 +490,23 @@ where
 {
     async fn run(&mut self, stop: &CancellationToken) -> Result<(), Error> {
         let mut buf = BytesMut::with_capacity(HANDSHAKE_BUFFER_LEN);
-        let request = match cancellable(stop, "handshake", self.handshake(&mut buf)).await {
+        let handshake = async {
+            if self.protocol == Protocol::Socks4 {
+                self.socks4_handshake(&mut buf).await
+            } else {
+                self.handshake(&mut buf).await
+            }
+        };
+        let request = match cancellable(stop, "handshake", handshake).await {
             Ok(request) => request,
             Err(error @ Error::Cancelled { .. }) => return Err(error),
-            Err(error @ (Error::Command(_) | Error::AddressType(_) | Error::EmptyDomain)) => {
+            Err(
+                error @ (Error::Command(_)
+                | Error::AddressType(_)
+                | Error::EmptyDomain
+                | Error::Socks4(_)
+                | Error::Socks4NeedsPassword),
+            ) => {
                 return Err(self.fail(error).await);
             }
             Err(error) => {
@@ -584,6 +623,15 @@ where
     /// Sends a reply and records it.
     pub(crate) async fn reply(&mut self, reply: Reply, bound: Address) -> Result<(), Error> {
         let deadline = Deadline::after(self.options.handshake_timeout);
+        if self.protocol == Protocol::Socks4 {
+            write_msg(&mut self.stream, "reply", deadline, |out| {
+                socks4::encode(reply, &bound, out);
+                Ok(())
+            })
+            .await?;
+            self.report.reply = Some(reply);
+            return Ok(());
+        }
         let response = Response { reply, bound };
         write_msg(&mut self.stream, "reply", deadline, |out| {
             encode_response(&response, out)
@@ -657,7 +705,9 @@ fn log_failure(error: &Error, report: &SessionReport) {
         } => {
             warn!(%client, %error, "handshake timed out");
         }
+        Error::Socks4NeedsPassword => {} // logged by the SOCKS4 handshake
         Error::Version(_)
+        | Error::Socks4(_)
         | Error::AuthVersion(_)
         | Error::Command(_)
         | Error::AddressType(_)

@@ -1056,6 +1056,85 @@ impl std::fmt::Display for Preview<'_> {
     }
 }
 
+/// The registry's view of `mode = "crc-tcp"`.
+impl crate::registry::ModeConfig for CrcTcpConfig {
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn bind(&self) -> SocketAddr {
+        self.bind
+    }
+
+    fn max_connections_per_ip(&self) -> Option<usize> {
+        self.max_connections_per_ip
+    }
+
+    fn proxy_protocol(&self) -> (ProxyProtocol, &[IpNet], Duration) {
+        (
+            self.proxy_protocol,
+            &self.proxy_protocol_from,
+            self.proxy_protocol_timeout,
+        )
+    }
+
+    fn sink_path(&self) -> Option<&Path> {
+        CrcTcpConfig::sink_path(self)
+    }
+
+    fn stats_kind(&self) -> crate::stats::StatsKind {
+        crate::stats::StatsKind::Frames
+    }
+
+    fn prepare(
+        &self,
+        name: String,
+        stats: Arc<ListenerStats>,
+        _proxies: &[SocketAddr],
+    ) -> anyhow::Result<(Common, Arc<dyn crate::registry::ModeSettings>)> {
+        self.validate()?;
+        Ok((self.common(name, stats), Arc::new(self.clone())))
+    }
+}
+
+/// The checked keys are the settings (the file sink is opened when the listener starts).
+impl crate::registry::ModeSettings for CrcTcpConfig {
+    fn build<'a>(
+        &'a self,
+        context: crate::registry::BuildContext<'a>,
+    ) -> crate::registry::BuildFuture<'a> {
+        Box::pin(async move {
+            let crate::registry::BuildContext {
+                name,
+                stats,
+                sinks,
+                access_log,
+            } = context;
+            let service = CrcTcp::new(self, name, stats, sinks, access_log).await?;
+            Ok(Arc::new(service) as crate::registry::Service)
+        })
+    }
+}
+
+impl crate::registry::Mode for CrcTcp {
+    fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> crate::registry::HandleFuture<'_> {
+        Box::pin(CrcTcp::handle(self, stream, peer, stop))
+    }
+
+    fn access_log(&self) -> Option<Arc<AccessLog>> {
+        CrcTcp::access_log(self)
+    }
+
+    fn sink(&self) -> Option<Arc<FileSink>> {
+        CrcTcp::sink(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;

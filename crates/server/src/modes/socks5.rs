@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 use ipnet::IpNet;
 use serde::Deserialize;
+use socks5::wire::protocol::Protocol;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -20,9 +21,10 @@ use tracing::{debug, info, warn};
 use crate::{
     access_log::{self, AccessLog},
     config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
+    modes::doors::{self, CoreDialer, NoDoor, Prefixed, ProtocolName},
     proxy_protocol::{ProxyProtocol, ProxySettings},
     registry::Common,
-    stats::{ListenerStats, SOCKS5_REPLIES},
+    stats::{HTTP_STATUSES, ListenerStats, SOCKS5_REPLIES},
 };
 
 /// The `[[listener]]` keys of `mode = "socks5"`.
@@ -105,7 +107,20 @@ pub struct Socks5Config {
     /// `socks5://[user:password@]host:port` or `http://[user:password@]host:port`.
     #[serde(default)]
     pub via: Option<String>,
+    /// The protocols served on this port: any of `socks5`, `socks4`, `http` (default
+    /// `["socks5"]`).
+    #[serde(default = "doors::default_protocols")]
+    pub protocols: Vec<ProtocolName>,
+    /// The HTTP door: the most bytes of a request head (default 16 KiB, 8 KiB to 1 MiB).
+    #[serde(default = "default_max_header_len")]
+    pub max_header_len: usize,
 }
+
+pub(crate) fn default_max_header_len() -> usize {
+    http_proxy::ProxyOptions::default().max_header_len
+}
+/// The bounds of `max_header_len`: hyper's smallest buffer, and 1 MiB.
+const MAX_HEADER_LEN_BOUNDS: (usize, usize) = (http_proxy::MIN_HEADER_LEN, 1024 * 1024);
 
 /// `auth = "none" | "password"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -214,21 +229,21 @@ fn all_commands() -> Vec<CommandName> {
     ]
 }
 // The timeouts' defaults are the library's (`socks5::ServerOptions`), written in one place.
-fn default_handshake_timeout() -> Duration {
+pub(crate) fn default_handshake_timeout() -> Duration {
     socks5::ServerOptions::default().handshake_timeout
 }
-fn default_connect_timeout() -> Duration {
+pub(crate) fn default_connect_timeout() -> Duration {
     socks5::ServerOptions::default().connect_timeout
 }
-fn happy_eyeballs_delay() -> Duration {
+pub(crate) fn happy_eyeballs_delay() -> Duration {
     socks5::ServerOptions::default().happy_eyeballs_delay
 }
 /// The shortest `happy_eyeballs_delay` but `0s` (off): RFC 8305 §5 sets 10 ms as the floor.
 const MIN_HAPPY_EYEBALLS_DELAY: Duration = Duration::from_millis(10);
-fn default_idle_timeout() -> Duration {
+pub(crate) fn default_idle_timeout() -> Duration {
     socks5::ServerOptions::default().idle_timeout
 }
-fn default_bind_timeout() -> Duration {
+pub(crate) fn default_bind_timeout() -> Duration {
     socks5::ServerOptions::default().bind_timeout
 }
 
@@ -251,9 +266,21 @@ fn connections_for_fd_limit(limit: u64) -> usize {
     usize::try_from(sessions.clamp(1, MAX_DEFAULT_CONNECTIONS)).unwrap_or(1)
 }
 
-/// The session options of a `socks5` listener, as the validation builds them from a
-/// [`Socks5Config`].
-pub type Socks5Options = socks5::ServerOptions;
+/// The ready-to-run settings of a proxy listener (`socks5`, or `http`), as the validation
+/// builds them from a [`Socks5Config`].
+#[derive(Debug, Clone)]
+pub struct Socks5Options {
+    /// The mode it runs as: `socks5`, or `http` (for the logs).
+    pub mode: &'static str,
+    /// The session options of every door (users, rules, timeouts, `via`...).
+    pub session: Arc<socks5::ServerOptions>,
+    /// The same users and `no_auth_networks`, for the HTTP door's `Proxy-Authorization`.
+    pub(crate) policy: Arc<socks5::AuthPolicy>,
+    /// The protocols served, never empty, no duplicates.
+    pub protocols: Vec<ProtocolName>,
+    /// The HTTP door's options.
+    pub http: http_proxy::ProxyOptions,
+}
 
 impl Socks5Config {
     /// Checks every key and builds the session options: the users (`users_file` read here,
@@ -298,6 +325,33 @@ impl Socks5Config {
                 )));
             }
         }
+        if self.protocols.is_empty() {
+            return Err(invalid(
+                "protocols",
+                "list at least one of \"socks5\", \"socks4\", \"http\"",
+            ));
+        }
+        for (index, protocol) in self.protocols.iter().enumerate() {
+            if self
+                .protocols
+                .get(..index)
+                .unwrap_or_default()
+                .contains(protocol)
+            {
+                return Err(invalid(
+                    "protocols",
+                    format!("{:?} is listed twice", protocol.as_str()),
+                ));
+            }
+        }
+        let (min_header, max_header) = MAX_HEADER_LEN_BOUNDS;
+        check_count(
+            "max_header_len",
+            self.max_header_len as u64,
+            min_header as u64,
+            max_header as u64,
+            "",
+        )?;
         if self.commands.is_empty() {
             return Err(invalid(
                 "commands",
@@ -345,12 +399,12 @@ impl Socks5Config {
                 self.bind
             );
         }
-        let auth = match self.auth {
+        let auth = Arc::new(match self.auth {
             AuthMode::None => socks5::AuthPolicy::none(),
             AuthMode::Password => {
                 socks5::AuthPolicy::password(users, self.no_auth_networks.clone())
             }
-        };
+        });
         let has = |c| self.commands.contains(&c);
         // A CONNECT to this listener, or to another proxy listener of this server, would loop
         // back into it (port 0: the port a client reached, for this listener only).
@@ -362,7 +416,7 @@ impl Socks5Config {
                     .filter(|other| *other != self.bind && other.port() != 0),
             )
             .collect();
-        Ok(socks5::ServerOptions::builder()
+        let session = socks5::ServerOptions::builder()
             .handshake_timeout(self.handshake_timeout)
             .connect_timeout(self.connect_timeout)
             .happy_eyeballs_delay(self.happy_eyeballs_delay)
@@ -373,13 +427,26 @@ impl Socks5Config {
                 bind: has(CommandName::Bind),
                 udp_associate: has(CommandName::UdpAssociate),
             })
-            .authenticator(auth)
+            .shared_authenticator(Arc::clone(&auth) as Arc<dyn socks5::Authenticator>)
             .rules(rules)
             .udp_advertise(self.udp_advertise)
             .outbound_bind(self.outbound_bind)
             .listen_addresses(listen_addresses)
             .via(via)
-            .build())
+            .build();
+        let mut http = http_proxy::ProxyOptions::default();
+        http.header_read_timeout = self.handshake_timeout;
+        http.max_header_len = self.max_header_len;
+        // The core bounds each dial by connect_timeout; this is only a backstop.
+        http.dial_timeout = self.connect_timeout.saturating_add(Duration::from_secs(1));
+        http.idle_timeout = Some(self.idle_timeout);
+        Ok(Socks5Options {
+            mode: "socks5",
+            session: Arc::new(session),
+            policy: auth,
+            protocols: self.protocols.clone(),
+            http,
+        })
     }
 
     /// Whether any client may use the proxy without a password: no auth (or
@@ -539,28 +606,34 @@ fn read_users_file(path: &Path) -> anyhow::Result<String> {
         .with_context(|| format!("users_file: cannot read {}", path.display()))
 }
 
-/// A running `socks5` listener, shared by its sessions.
+/// A running proxy listener (`socks5`, or `http`), shared by its sessions.
 pub struct Socks5 {
-    options: socks5::ServerOptions,
+    /// `socks5` or `http`, for the log and the access log.
+    mode: &'static str,
+    options: Socks5Options,
     stats: Arc<ListenerStats>,
     access_log: Option<access_log::Sink>,
 }
 
 impl std::fmt::Debug for Socks5 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Socks5").finish_non_exhaustive()
+        f.debug_struct("Socks5")
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
     }
 }
 
 impl Socks5 {
-    /// A running listener with the options [`Socks5Config::prepare`] built.
+    /// A running listener of `mode` with the options [`Socks5Config::prepare`] built.
     #[must_use]
     pub(crate) fn new(
+        mode: &'static str,
         options: Socks5Options,
         stats: Arc<ListenerStats>,
         access_log: Option<access_log::Sink>,
     ) -> Self {
         Self {
+            mode,
             options,
             stats,
             access_log,
@@ -572,23 +645,96 @@ impl Socks5 {
         self.access_log.as_ref().map(|sink| Arc::clone(&sink.log))
     }
 
-    /// Serves one session and logs its summary.
+    /// Serves one connection through the door its first bytes choose (or the only one), and
+    /// logs its summary.
     pub(crate) async fn handle(
         &self,
-        stream: TcpStream,
+        mut stream: TcpStream,
         peer: SocketAddr,
         stop: CancellationToken,
     ) {
-        let report = socks5::serve(stream, peer, &self.options, stop).await;
+        let (door, prefix) = match self.options.protocols.as_slice() {
+            [only] => (*only, bytes::Bytes::new()),
+            served => {
+                let limit = self.options.session.handshake_timeout;
+                let chosen = tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return,
+                    chosen = doors::choose(&mut stream, limit) => chosen,
+                };
+                match chosen {
+                    Ok((protocol, prefix)) => {
+                        match ProtocolName::of(protocol).filter(|door| served.contains(door)) {
+                            Some(door) => (door, prefix),
+                            None => {
+                                debug!(client = %peer, ?protocol, "closed a connection speaking a protocol this listener does not serve");
+                                self.handshake_failed(0);
+                                return;
+                            }
+                        }
+                    }
+                    Err(reason) => {
+                        debug!(client = %peer, %reason, "closed a connection before its protocol was known");
+                        self.handshake_failed(match reason {
+                            NoDoor::Timeout => 3,
+                            NoDoor::Closed | NoDoor::Io(_) => 4,
+                        });
+                        return;
+                    }
+                }
+            }
+        };
+        if let Some(counter) = self.stats.protocols.get(door.index()) {
+            ListenerStats::add(counter, 1);
+        }
+        let options = &self.options.session;
+        match door {
+            ProtocolName::Socks5 => {
+                let report = socks5::serve(stream, peer, options, stop).await;
+                self.finish_socks(&report);
+            }
+            ProtocolName::Socks4 => {
+                let report = socks5::serve_socks4(stream, peer, options, stop).await;
+                self.finish_socks(&report);
+            }
+            ProtocolName::Http => {
+                let dialer = Arc::new(CoreDialer {
+                    options: Arc::clone(options),
+                    client: peer.ip().to_canonical(),
+                    reached: stream.local_addr().ok(),
+                });
+                let auth: Arc<dyn http_proxy::BasicAuth> = Arc::clone(&self.options.policy) as _;
+                let proxy =
+                    http_proxy::HttpProxy::new(self.options.http.clone(), dialer).with_auth(auth);
+                let report = proxy.serve(Prefixed::new(prefix, stream), peer, stop).await;
+                self.finish_http(&report);
+            }
+        }
+    }
+
+    /// Counts a connection closed before any door took it ([`HANDSHAKE_FAILURES`] index).
+    fn handshake_failed(&self, reason: usize) {
+        if let Some(counter) = self.stats.socks5.handshake_failures.get(reason) {
+            ListenerStats::add(counter, 1);
+        }
+    }
+
+    /// Counts and logs a finished SOCKS5 or SOCKS4 session.
+    fn finish_socks(&self, report: &socks5::SessionReport) {
+        let protocol = match report.protocol {
+            Protocol::Socks4 => "socks4",
+            _ => "socks5",
+        };
         let duration_ms = u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX);
         ListenerStats::add(&self.stats.bytes_in, report.bytes_up);
         ListenerStats::add(&self.stats.bytes_out, report.bytes_down);
-        count(&self.stats, &report);
+        count(&self.stats, report);
         if let Some(log) = &self.access_log {
             log.write(&access_log::Socks5Entry {
                 time: access_log::now(),
                 listener: &log.listener,
-                mode: "socks5",
+                mode: self.mode,
+                protocol,
                 client: report.client.to_string(),
                 user: report.user.as_deref(),
                 command: report.command.map(|command| match command {
@@ -600,6 +746,7 @@ impl Socks5 {
                 reply: report
                     .reply
                     .and_then(|reply| SOCKS5_REPLIES.get(usize::from(u8::from(reply))).copied()),
+                status: None,
                 bytes_in: report.bytes_up,
                 bytes_out: report.bytes_down,
                 duration_ms,
@@ -608,7 +755,7 @@ impl Socks5 {
         }
         let Some(command) = report.command else {
             if let Some(error) = &report.error {
-                debug!(client = %report.client, %error, duration_ms, "session ended before a request");
+                debug!(client = %report.client, protocol, %error, duration_ms, "session ended before a request");
             }
             return;
         };
@@ -634,6 +781,7 @@ impl Socks5 {
         let via = report.via.as_ref().map(ToString::to_string);
         info!(
             client = %report.client,
+            protocol,
             user,
             command,
             destination,
@@ -645,6 +793,163 @@ impl Socks5 {
             error,
             "session"
         );
+    }
+
+    /// Counts and logs a finished HTTP session.
+    fn finish_http(&self, report: &http_proxy::SessionReport) {
+        let duration_ms = u64::try_from(report.duration.as_millis()).unwrap_or(u64::MAX);
+        ListenerStats::add(&self.stats.bytes_in, report.bytes_in);
+        ListenerStats::add(&self.stats.bytes_out, report.bytes_out);
+        let connect = report.last_method.as_ref() == Some(&http_proxy::Method::CONNECT);
+        let command = if connect { "connect" } else { "forward" };
+        let status = report.last_status.map(|status| status.as_u16());
+        if matches!(report.error, Some(http_proxy::Error::AuthFailed)) {
+            ListenerStats::add(&self.stats.socks5.auth_failures, 1);
+        }
+        if matches!(
+            report.error,
+            Some(http_proxy::Error::Dial(
+                http_proxy::DialError::Denied { .. }
+            ))
+        ) {
+            ListenerStats::add(&self.stats.rule_refused, 1);
+        }
+        let status_class = status.map_or(HTTP_STATUSES.len() - 1, |status| {
+            usize::from((status / 100).clamp(1, 5)) - 1
+        });
+        if report.requests > 0 {
+            ListenerStats::add(&self.stats.sessions, 1);
+            if report.error.is_some() || status.is_none_or(|status| status >= 400) {
+                ListenerStats::add(&self.stats.sessions_failed, 1);
+            }
+            if let Some(counter) = self
+                .stats
+                .http
+                .get(usize::from(!connect))
+                .and_then(|statuses| statuses.get(status_class))
+            {
+                ListenerStats::add(counter, 1);
+            }
+            self.stats.socks5.session.observe(report.duration);
+        } else {
+            // Nothing answered: a head that never came, or one hyper refused (400, 431).
+            self.handshake_failed(match &report.error {
+                Some(http_proxy::Error::Http(error)) if error.is_timeout() => 3,
+                Some(http_proxy::Error::Http(error)) if error.is_incomplete_message() => 4,
+                Some(_) => 0,
+                None => 4,
+            });
+        }
+        let destination = report
+            .tunnel
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| report.last_host.clone());
+        if let Some(log) = &self.access_log {
+            log.write(&access_log::Socks5Entry {
+                time: access_log::now(),
+                listener: &log.listener,
+                mode: self.mode,
+                protocol: "http",
+                client: report.client.to_string(),
+                user: report.user.as_deref(),
+                command: report.last_method.as_ref().map(|_| command),
+                destination: destination.clone(),
+                reply: None,
+                status,
+                bytes_in: report.bytes_in,
+                bytes_out: report.bytes_out,
+                duration_ms,
+                error: report.error.as_ref().map(ToString::to_string),
+            });
+        }
+        if report.requests == 0 {
+            if let Some(error) = &report.error {
+                debug!(client = %report.client, protocol = "http", %error, duration_ms, "session ended before a request");
+            }
+            return;
+        }
+        let user = report.user.as_deref().unwrap_or("-");
+        let error = report.error.as_ref().map(ToString::to_string);
+        info!(
+            client = %report.client,
+            protocol = "http",
+            user,
+            command,
+            destination = destination.as_deref().unwrap_or("-"),
+            status,
+            requests = report.requests,
+            bytes_up = report.bytes_in,
+            bytes_down = report.bytes_out,
+            duration_ms,
+            error,
+            "session"
+        );
+    }
+}
+
+/// The registry's view of `mode = "socks5"` (and, through [`crate::modes::http`], of
+/// `mode = "http"`).
+impl crate::registry::ModeConfig for Socks5Config {
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn bind(&self) -> SocketAddr {
+        self.bind
+    }
+
+    fn max_connections_per_ip(&self) -> Option<usize> {
+        self.max_connections_per_ip
+    }
+
+    fn proxy_protocol(&self) -> (ProxyProtocol, &[IpNet], Duration) {
+        (
+            self.proxy_protocol,
+            &self.proxy_protocol_from,
+            self.proxy_protocol_timeout,
+        )
+    }
+
+    fn proxy_bind(&self) -> Option<SocketAddr> {
+        Some(self.bind)
+    }
+
+    fn prepare(
+        &self,
+        name: String,
+        stats: Arc<ListenerStats>,
+        proxies: &[SocketAddr],
+    ) -> anyhow::Result<(Common, Arc<dyn crate::registry::ModeSettings>)> {
+        let options = Socks5Config::prepare(self, proxies)?;
+        Ok((self.common(name, stats), Arc::new(options)))
+    }
+}
+
+impl crate::registry::ModeSettings for Socks5Options {
+    fn build<'a>(
+        &'a self,
+        context: crate::registry::BuildContext<'a>,
+    ) -> crate::registry::BuildFuture<'a> {
+        let service = Socks5::new(self.mode, self.clone(), context.stats, context.access_log);
+        Box::pin(std::future::ready(Ok(
+            Arc::new(service) as crate::registry::Service
+        )))
+    }
+}
+
+impl crate::registry::Mode for Socks5 {
+    fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> crate::registry::HandleFuture<'_> {
+        Box::pin(Socks5::handle(self, stream, peer, stop))
+    }
+
+    fn access_log(&self) -> Option<Arc<AccessLog>> {
+        Socks5::access_log(self)
     }
 }
 

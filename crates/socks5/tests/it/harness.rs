@@ -76,6 +76,16 @@ impl Proxy {
     }
 
     pub(crate) async fn start_on(bind: SocketAddr, options: ServerOptions) -> Proxy {
+        Proxy::start_speaking(bind, options, false).await
+    }
+
+    /// A server running `serve_socks4` for each connection.
+    pub(crate) async fn start_socks4(options: ServerOptions) -> Proxy {
+        let bind = "127.0.0.1:0".parse().expect("valid");
+        Proxy::start_speaking(bind, options, true).await
+    }
+
+    async fn start_speaking(bind: SocketAddr, options: ServerOptions, socks4: bool) -> Proxy {
         let listener = TcpListener::bind(bind).await.expect("bind the proxy");
         let address = listener.local_addr().expect("proxy address");
         let (sender, reports) = mpsc::channel(1024);
@@ -97,7 +107,11 @@ impl Proxy {
                     accept_stop.child_token(),
                 );
                 tokio::spawn(async move {
-                    let report = socks5::serve(stream, peer, &options, stop).await;
+                    let report = if socks4 {
+                        socks5::serve_socks4(stream, peer, &options, stop).await
+                    } else {
+                        socks5::serve(stream, peer, &options, stop).await
+                    };
                     let _ = sender.send(report).await;
                 });
             }

@@ -12,5 +12,6 @@ mod eyeballs;
 mod handshake;
 mod harness;
 mod replies;
+mod socks4;
 mod stress;
 mod udp;
