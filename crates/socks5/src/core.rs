@@ -180,6 +180,7 @@ impl Opened {
             stream,
             early,
             via: None,
+            local: None,
         }
     }
 
