@@ -1,15 +1,19 @@
 //! `cargo xtask bench [--quick]`: one run on this machine, loopback only,
 //! with the load generator and the server sharing its cores.
 //!
-//! Three parts, each against a baseline measured in the same run:
+//! Four parts, each against a baseline measured in the same run:
+//! - [`compare`]: netkit beside microsocks, Dante and direct loopback (echo
+//!   latency and CPU per round trip, tunnels per second and CPU per tunnel,
+//!   bulk and CPU per GiB, memory per idle tunnel; metrics on and off), and
+//!   `--quick`'s regression check against microsocks;
 //! - [`relay`]: the SOCKS5 listener: bulk MiB/s for 1 and 8 streams through
-//!   the proxy vs direct to the same sink, echo round trips, new tunnels per
-//!   second, RSS per idle tunnel, server CPU seconds per GiB relayed;
+//!   the proxy vs direct to the same sink, server CPU seconds per GiB relayed;
 //! - [`frames`]: the crc-tcp listener (discard handler, acks on and off)
 //!   driven by `client bench --json`, vs a raw loopback stream of the same
 //!   size;
 //! - [`checksums`]: `proto::checksum` per version and CRC size as a plain
-//!   timed loop, with the `crc` crate's CRC-32 as a baseline.
+//!   timed loop, with the `crc` crate's CRC-32 as a baseline;
+//! - [`nats`]: the nats handler vs a bare JetStream publisher (full run only).
 //!
 //! Targets are printed next to the figures with pass or miss; a miss never
 //! fails the run, a measurement that cannot be made does (so the benchmark
@@ -18,8 +22,12 @@
 //! so the figures measure the relay and not the per-connection log.
 
 mod checksums;
+mod compare;
 mod frames;
+mod nats;
 mod relay;
+
+pub(crate) use compare::Options;
 
 use std::{
     fmt::Write as _,
@@ -76,14 +84,6 @@ pub(crate) struct Plan {
     pub(crate) bulk_rounds: usize,
     /// The cap of each bulk run.
     pub(crate) bulk_cap: Duration,
-    /// Echo round trips per path.
-    pub(crate) echo_iterations: usize,
-    /// New tunnels in the rate test.
-    pub(crate) tunnels: u64,
-    /// The cap of the tunnel rate test.
-    pub(crate) tunnel_cap: Duration,
-    /// Idle tunnels held for the RSS figure.
-    pub(crate) idle_tunnels: usize,
     /// crc-tcp frames per run, by payload size: 64 B, 4 KiB, 64 KiB.
     pub(crate) frames: [u64; 3],
     /// The cap of each `client bench` run.
@@ -94,6 +94,31 @@ pub(crate) struct Plan {
     pub(crate) crc_min_time: Duration,
     /// The whole measurement (after the build).
     pub(crate) budget: Duration,
+    /// The comparison with other SOCKS5 servers.
+    pub(crate) compare: ComparePlan,
+}
+
+/// Counts of the comparison with other SOCKS5 servers ([`compare`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ComparePlan {
+    /// Rounds of each measurement, the subjects interleaved.
+    pub(crate) rounds: usize,
+    /// Echo round trips per subject and round.
+    pub(crate) echo_iterations: usize,
+    /// The cap of each echo run.
+    pub(crate) echo_cap: Duration,
+    /// Concurrent clients opening tunnels.
+    pub(crate) tunnel_clients: usize,
+    /// Tunnels per subject and round.
+    pub(crate) tunnels: u64,
+    /// The cap of each tunnel run.
+    pub(crate) tunnel_cap: Duration,
+    /// Bytes of each one-stream bulk run (0: none).
+    pub(crate) bulk_bytes: u64,
+    /// The cap of each bulk run.
+    pub(crate) bulk_cap: Duration,
+    /// Idle tunnels held for the memory figure (0: none).
+    pub(crate) idle_tunnels: usize,
 }
 
 impl Plan {
@@ -104,15 +129,24 @@ impl Plan {
                 bulk_bytes: 512 << 20,
                 bulk_rounds: 1,
                 bulk_cap: Duration::from_secs(3),
-                echo_iterations: 5_000,
-                tunnels: 20_000,
-                tunnel_cap: Duration::from_secs(3),
-                idle_tunnels: 1_000,
                 frames: [1_000_000, 100_000, 6_000],
                 client_cap: Duration::from_secs(15),
                 crc_bytes: 16 << 20,
                 crc_min_time: Duration::from_millis(150),
                 budget: Duration::from_secs(45),
+                // netkit and microsocks only. Tunnel CPU is counted in 10 ms
+                // clock ticks: each round spends about 100 of them per subject.
+                compare: ComparePlan {
+                    rounds: 7,
+                    echo_iterations: 20_000,
+                    echo_cap: Duration::from_secs(3),
+                    tunnel_clients: 64,
+                    tunnels: 8_000,
+                    tunnel_cap: Duration::from_secs(3),
+                    bulk_bytes: 0,
+                    bulk_cap: Duration::from_secs(3),
+                    idle_tunnels: 0,
+                },
             }
         } else {
             Self {
@@ -120,15 +154,25 @@ impl Plan {
                 bulk_bytes: 4 << 30,
                 bulk_rounds: 3,
                 bulk_cap: Duration::from_secs(20),
-                echo_iterations: 20_000,
-                tunnels: 200_000,
-                tunnel_cap: Duration::from_secs(15),
-                idle_tunnels: 5_000,
                 frames: [20_000_000, 1_000_000, 60_000],
                 client_cap: Duration::from_secs(90),
                 crc_bytes: 64 << 20,
                 crc_min_time: Duration::from_millis(500),
                 budget: Duration::from_secs(9 * 60),
+                compare: ComparePlan {
+                    rounds: 5,
+                    echo_iterations: 10_000,
+                    echo_cap: Duration::from_secs(10),
+                    tunnel_clients: 64,
+                    // Five subjects' connections share loopback's 28,000
+                    // ephemeral ports with TIME_WAIT's 60 s (and Dante binds
+                    // before it connects): 6,000 per round already ran out.
+                    tunnels: 3_000,
+                    tunnel_cap: Duration::from_secs(5),
+                    bulk_bytes: 1 << 30,
+                    bulk_cap: Duration::from_secs(10),
+                    idle_tunnels: 2_000,
+                },
             }
         }
     }
@@ -218,6 +262,8 @@ pub(crate) struct Results {
     pub(crate) raw: Vec<Value>,
     /// Measurements that could not be made.
     pub(crate) errors: Vec<String>,
+    /// Whole markdown tables, by title (the comparison).
+    pub(crate) tables: Vec<(&'static str, String)>,
 }
 
 impl Results {
@@ -234,12 +280,12 @@ impl Results {
 /// `cargo xtask` builds xtask without optimisations, which would make the
 /// load generators and the CRC loops measure the compiler's debug code; so a
 /// debug xtask builds itself in release and runs the bench from there.
-pub(crate) fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
+pub(crate) fn run(quick: bool, out: &Path, options: &Options) -> anyhow::Result<()> {
     if cfg!(debug_assertions) {
-        return rerun_optimised(quick, out);
+        return rerun_optimised(quick, out, options);
     }
     let plan = Plan::new(quick);
-    let open_files = relay::raise_open_file_limit();
+    relay::raise_open_file_limit();
     let bins = harness::build_release()?;
     let dir = tempfile::Builder::new()
         .prefix("xtask-bench-")
@@ -264,9 +310,13 @@ pub(crate) fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     );
     let started = Instant::now();
     let mut results = Results::default();
-    relay::run(&server, &plan, open_files, started, &mut results);
-    frames::run(&bins, &server, &plan, started, &mut results);
-    checksums::run(&plan, &mut results);
+    compare::run(&bins.server, dir.path(), &plan, options, &mut results);
+    if !options.compare_only {
+        relay::run(&server, &plan, started, &mut results);
+        frames::run(&bins, &server, &plan, started, &mut results);
+        checksums::run(&plan, &mut results);
+        nats::run(&bins, dir.path(), &plan, started, &mut results);
+    }
     let stop = server.stop(Duration::from_secs(15));
     let elapsed = started.elapsed();
 
@@ -303,7 +353,7 @@ pub(crate) fn run(quick: bool, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rerun_optimised(quick: bool, out: &Path) -> anyhow::Result<()> {
+fn rerun_optimised(quick: bool, out: &Path, options: &Options) -> anyhow::Result<()> {
     let mut built = harness::cargo_build_release(&["xtask"])?;
     let xtask = built
         .remove("xtask")
@@ -315,6 +365,15 @@ fn rerun_optimised(quick: bool, out: &Path) -> anyhow::Result<()> {
         .arg(out);
     if quick {
         cmd.arg("--quick");
+    }
+    if options.install_peers {
+        cmd.arg("--install-peers");
+    }
+    if options.compare_only {
+        cmd.arg("--compare-only");
+    }
+    if let Some(baseline) = &options.baseline_server {
+        cmd.arg("--baseline-server").arg(baseline);
     }
     // The optimised run builds the server once more (a no-op) and has its own budget.
     let timeout = Plan::new(quick).budget + Duration::from_secs(45 * 60);
@@ -370,6 +429,9 @@ fn markdown(plan: &Plan, results: &Results, elapsed: Duration) -> String {
         },
         elapsed.as_secs_f64()
     );
+    for (title, table) in &results.tables {
+        let _ = writeln!(md, "## {title}\n\n{table}");
+    }
     for (group, title) in [
         ("relay", "SOCKS5 relay"),
         (
@@ -377,7 +439,18 @@ fn markdown(plan: &Plan, results: &Results, elapsed: Duration) -> String {
             "crc-tcp listener (1 connection, crc-size 4, discard handler)",
         ),
         ("crc", "CRC throughput (payload bytes)"),
+        (
+            "compare",
+            "Beside other SOCKS5 servers: the figures and checks",
+        ),
+        (
+            "nats",
+            "nats handler vs a bare JetStream publisher (1 connection)",
+        ),
     ] {
+        if !results.rows.iter().any(|r| r.group == group) {
+            continue;
+        }
         let _ = writeln!(md, "## {title}\n");
         let _ = writeln!(md, "| metric | value | unit | target | result | note |");
         let _ = writeln!(md, "|---|---:|---|---|---|---|");

@@ -67,7 +67,14 @@ pub(crate) fn run() -> anyhow::Result<()> {
         let started = Instant::now();
         match step {
             Step::E2e => e2e::run(&[]),
-            Step::BenchQuick => bench::run(true, Path::new("target/bench")),
+            Step::BenchQuick => bench::run(
+                true,
+                Path::new("target/bench"),
+                &bench::Options {
+                    install_peers: true,
+                    ..bench::Options::default()
+                },
+            ),
         }
         .map_err(|e| e.context(format!("{name} failed")))?;
         timings.push((name, started.elapsed()));

@@ -5,9 +5,9 @@
 //!   peers through it (the Python reference client, our client, curl,
 //!   Chromium, ncat, PySocks, hostile peers, fail2ban-regex; systemd-analyze
 //!   and python3 check the unit and the manifests), then stops it with SIGTERM;
-//! - `cargo xtask bench [--quick] [--out DIR]` measures the SOCKS5 relay and
-//!   the crc-tcp listener against loopback baselines and writes
-//!   `bench.json` and `bench.md`;
+//! - `cargo xtask bench [--quick] [--out DIR]` measures the SOCKS5 relay beside
+//!   microsocks, Dante and direct loopback, and the crc-tcp listener against a
+//!   loopback baseline, and writes `bench.json` and `bench.md`;
 //! - `cargo xtask fuzz --seconds N [--only NAME]` runs each `cargo fuzz`
 //!   target of `fuzz/` for N seconds and reports executions and crashes;
 //! - `cargo xtask ci` runs the gates of STYLE.md in order, then `e2e` and
@@ -57,12 +57,23 @@ enum Command {
     },
     /// Measure the relay and the frame listener; write bench.json and bench.md.
     Bench {
-        /// Small counts: finishes in under a minute (for CI).
+        /// Small counts, netkit beside microsocks only: well under two minutes (for CI).
         #[arg(long)]
         quick: bool,
         /// Where to write the results (relative to the workspace root).
         #[arg(long, value_name = "DIR", default_value = "target/bench")]
         out: PathBuf,
+        /// Install missing peers (microsocks, dante-server) with apt-get (as root;
+        /// also done when CI=true).
+        #[arg(long)]
+        install_peers: bool,
+        /// Also measure this `server` binary beside the one built now (a
+        /// change's before and after in one run).
+        #[arg(long, value_name = "PATH")]
+        baseline_server: Option<PathBuf>,
+        /// Run only the comparison with other SOCKS5 servers.
+        #[arg(long)]
+        compare_only: bool,
     },
     /// Run every cargo-fuzz target of fuzz/ for a bounded time (needs nightly).
     Fuzz {
@@ -81,7 +92,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::E2e { only } => e2e::run(&only),
-        Command::Bench { quick, out } => bench::run(quick, &out),
+        Command::Bench {
+            quick,
+            out,
+            install_peers,
+            baseline_server,
+            compare_only,
+        } => bench::run(
+            quick,
+            &out,
+            &bench::Options {
+                install_peers,
+                baseline_server,
+                compare_only,
+            },
+        ),
         Command::Fuzz { seconds, only } => fuzz::run(seconds, &only),
         Command::Ci => ci::run(),
     };

@@ -64,7 +64,8 @@
 //!   `Upgrade` (WebSocket) through absolute-form requests.
 //! - Retrying a request on a fresh origin connection when a kept one was closed under it: the
 //!   client gets 502 and may retry.
-//! - An idle timeout on tunnels, and splice(2): the relay is `copy_bidirectional` for now.
+//! - splice(2): the tunnel relay copies (with [`ProxyOptions::idle_timeout`] set, through the
+//!   socks5 proxy core's relay, which ends idle tunnels; without it, `copy_bidirectional`).
 #![cfg_attr(
     not(test),
     deny(

@@ -30,6 +30,10 @@ pub struct ProxyOptions {
     /// How long an origin may take to send a response head after the request: after it, 504.
     /// Default 60 s.
     pub response_timeout: Duration,
+    /// A CONNECT tunnel with no byte moving either way for this long is closed (the relay of
+    /// the socks5 crate's proxy core). Default `None`: a tunnel lasts until either side
+    /// closes.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ProxyOptions {
@@ -39,6 +43,7 @@ impl Default for ProxyOptions {
             max_header_len: 16 * 1024,
             dial_timeout: Duration::from_secs(30),
             response_timeout: Duration::from_secs(60),
+            idle_timeout: None,
         }
     }
 }

@@ -158,7 +158,7 @@ impl HttpProxy {
         }
         let tunnel = session.state().tunnel.take();
         if let Some(tunnel) = tunnel {
-            let result = relay(tunnel).await;
+            let result = relay(tunnel, self.options.idle_timeout).await;
             if let Err(error) = result {
                 debug!(%error, "tunnel ended");
                 session.state().error = Some(error);
@@ -384,7 +384,7 @@ impl Session {
 }
 
 /// Relays a granted tunnel both ways until either side closes.
-async fn relay(tunnel: Tunnel) -> Result<(), Error> {
+async fn relay(tunnel: Tunnel, idle_timeout: Option<Duration>) -> Result<(), Error> {
     let Tunnel {
         client,
         mut target,
@@ -392,6 +392,22 @@ async fn relay(tunnel: Tunnel) -> Result<(), Error> {
     } = tunnel;
     let upgraded = client.await.map_err(Error::Upgrade)?;
     let mut client = TokioIo::new(upgraded);
+    if let Some(idle) = idle_timeout {
+        // The proxy core's relay: it ends a tunnel idle for `idle`.
+        let options = socks5::ServerOptions::builder().idle_timeout(idle).build();
+        let opened =
+            socks5::core::Opened::new(socks5::Outbound::Stream(Box::new(target)), Bytes::new());
+        let relayed =
+            socks5::core::relay(&mut client, opened, bytes::BytesMut::new(), &options).await;
+        debug!(%address, up = relayed.up, down = relayed.down, "tunnel closed");
+        return relayed.result.map_err(|error| Error::Tunnel {
+            target: address,
+            error: match error {
+                socks5::Error::Io(error) => error,
+                other => std::io::Error::new(std::io::ErrorKind::TimedOut, other.to_string()),
+            },
+        });
+    }
     match tokio::io::copy_bidirectional(&mut client, &mut target).await {
         Ok((up, down)) => {
             debug!(%address, up, down, "tunnel closed");

@@ -1,8 +1,12 @@
-//! The mode registry: every mode is one variant of [`ListenerConfig`] (so
-//! serde rejects an unknown mode and lists the valid names), one entry in
-//! [`MODES`] (shown by `server --help`) and one arm in each `match` below.
+//! The mode registry. Adding a mode is one module and one line in [`modes!`] below: the
+//! module's config type implements [`ModeConfig`] (its keys, and `prepare`, the one step that
+//! validates them into ready-to-run settings), its settings implement [`ModeSettings`]
+//! (`build`: the running service) and its service implements [`Mode`] (`handle`, and what
+//! it holds that a reload must know about). The config stays one serde-tagged enum, so an
+//! unknown mode is refused with the list of valid ones. `mode = "http"`
+//! ([`crate::modes::http`]) is such a module: its line is `Http("http", ...)`.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::Path, pin::Pin, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 
@@ -15,37 +19,150 @@ use crate::{
     config::invalid,
     modes::{crc_tcp, http, socks5},
     proxy_protocol::{ProxyProtocol, ProxySettings},
-    stats::ListenerStats,
+    stats::{ListenerStats, StatsKind},
 };
 
-/// The registered modes and what each does, for `--help`.
-pub const MODES: &[(&str, &str)] = &[
-    (
-        "crc-tcp",
-        "receives CRC-checked frames (docs/PROTOCOL.md), hands them to a handler, acks each",
-    ),
-    (
-        "socks5",
-        "a SOCKS5 proxy (RFC 1928: CONNECT, BIND, UDP ASSOCIATE; RFC 1929 passwords), \
-         optionally SOCKS4/4a and HTTP on the same port (protocols)",
-    ),
-    (
-        "http",
-        "an HTTP/1.1 proxy (CONNECT tunnels, absolute-form http:// requests, Basic passwords)",
-    ),
-];
+/// Declares the modes: each line is `Variant("name", ConfigType, "what it does, for --help")`.
+macro_rules! modes {
+    ($($variant:ident($name:literal, $config:ty, $help:expr),)*) => {
+        /// The registered modes and what each does, for `--help`.
+        pub const MODES: &[(&str, &str)] = &[$(($name, $help)),*];
 
-/// One `[[listener]]` table, tagged by its `mode` key.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "mode", rename_all = "kebab-case")]
-pub enum ListenerConfig {
-    /// `mode = "crc-tcp"`.
-    CrcTcp(crc_tcp::CrcTcpConfig),
-    /// `mode = "socks5"`.
-    Socks5(socks5::Socks5Config),
-    /// `mode = "http"`.
-    Http(http::HttpConfig),
+        /// One `[[listener]]` table, tagged by its `mode` key.
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "mode")]
+        pub enum ListenerConfig {
+            $(
+                #[doc = concat!("`mode = \"", $name, "\"`.")]
+                #[serde(rename = $name)]
+                $variant($config),
+            )*
+        }
+
+        impl ListenerConfig {
+            /// The mode's registered name.
+            #[must_use]
+            pub fn mode(&self) -> &'static str {
+                match self {
+                    $(Self::$variant(_) => $name,)*
+                }
+            }
+
+            /// The mode's keys, behind the trait every mode's config implements.
+            #[must_use]
+            pub(crate) fn keys(&self) -> &dyn ModeConfig {
+                match self {
+                    $(Self::$variant(config) => config,)*
+                }
+            }
+        }
+    };
 }
+
+modes! {
+    CrcTcp(
+        "crc-tcp",
+        crc_tcp::CrcTcpConfig,
+        "receives CRC-checked frames (docs/PROTOCOL.md), hands them to a handler, acks each"
+    ),
+    Socks5(
+        "socks5",
+        socks5::Socks5Config,
+        "a SOCKS5 proxy (RFC 1928: CONNECT, BIND, UDP ASSOCIATE; RFC 1929 passwords), \
+         optionally SOCKS4/4a and HTTP on the same port (protocols)"
+    ),
+    Http(
+        "http",
+        http::HttpConfig,
+        "an HTTP/1.1 proxy (CONNECT tunnels, absolute-form http:// requests, Basic passwords)"
+    ),
+}
+
+/// The keys every mode has, and the mode's validation: what the registry asks of a mode's
+/// config type.
+pub(crate) trait ModeConfig: std::fmt::Debug + Send + Sync {
+    /// The `name` key.
+    fn name(&self) -> Option<&str>;
+    /// The `bind` key.
+    fn bind(&self) -> SocketAddr;
+    /// The `max_connections_per_ip` key.
+    fn max_connections_per_ip(&self) -> Option<usize>;
+    /// The `proxy_protocol`, `proxy_protocol_from` and `proxy_protocol_timeout` keys.
+    fn proxy_protocol(&self) -> (ProxyProtocol, &[IpNet], Duration);
+    /// The file a sink of this listener writes, if any.
+    fn sink_path(&self) -> Option<&Path> {
+        None
+    }
+    /// The address a proxy listener binds, which no proxy listener may connect to; `None`
+    /// for other modes.
+    fn proxy_bind(&self) -> Option<SocketAddr> {
+        None
+    }
+    /// What the listener's periodic `stats` line shows.
+    fn stats_kind(&self) -> StatsKind {
+        StatsKind::Sessions
+    }
+    /// Checks the mode's own keys and builds its ready-to-run settings, with the listener's
+    /// [`Common`] part (named `name`, counting in `stats`).
+    ///
+    /// # Errors
+    ///
+    /// An error naming the key at fault.
+    fn prepare(
+        &self,
+        name: String,
+        stats: Arc<ListenerStats>,
+        proxies: &[SocketAddr],
+    ) -> anyhow::Result<(Common, Arc<dyn ModeSettings>)>;
+}
+
+/// What [`ModeSettings::build`] gets besides the settings.
+pub(crate) struct BuildContext<'a> {
+    /// The listener's name.
+    pub(crate) name: &'a str,
+    /// Its counters.
+    pub(crate) stats: Arc<ListenerStats>,
+    /// The file sinks running, to share one for the same file.
+    pub(crate) sinks: &'a crc_tcp::Sinks,
+    /// The listener's access log, if it has one.
+    pub(crate) access_log: Option<access_log::Sink>,
+}
+
+/// The future of [`ModeSettings::build`].
+pub(crate) type BuildFuture<'a> =
+    Pin<Box<dyn Future<Output = anyhow::Result<Service>> + Send + 'a>>;
+
+/// A mode's ready-to-run settings, as its [`ModeConfig::prepare`] made them.
+pub(crate) trait ModeSettings: std::fmt::Debug + Send + Sync {
+    /// Builds the running service (opening what it needs: a sink's file, a NATS client).
+    fn build<'a>(&'a self, context: BuildContext<'a>) -> BuildFuture<'a>;
+}
+
+/// The future of [`Mode::handle`].
+pub(crate) type HandleFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
+
+/// A running mode, shared by the connections of one listener: it serves them, and counts
+/// and logs them in the listener's [`ListenerStats`].
+pub(crate) trait Mode: Send + Sync {
+    /// Serves one accepted connection until it ends.
+    fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> HandleFuture<'_>;
+
+    /// The access log of this service, if it has one.
+    fn access_log(&self) -> Option<Arc<AccessLog>>;
+
+    /// The file sink of this service, if it has one.
+    fn sink(&self) -> Option<Arc<crate::sinks::file::FileSink>> {
+        None
+    }
+}
+
+/// A running mode, as the listeners hold it.
+pub(crate) type Service = Arc<dyn Mode>;
 
 /// What every listener has, whatever its mode.
 #[derive(Debug, Clone)]
@@ -70,78 +187,43 @@ pub struct Common {
 }
 
 impl ListenerConfig {
-    /// The mode's registered name.
-    #[must_use]
-    pub fn mode(&self) -> &'static str {
-        match self {
-            Self::CrcTcp(_) => "crc-tcp",
-            Self::Socks5(_) => "socks5",
-            Self::Http(_) => "http",
-        }
-    }
-
     /// The listener's name: its `name` key, or `MODE[INDEX]`.
     #[must_use]
     pub fn name(&self, index: usize) -> String {
-        let name = match self {
-            Self::CrcTcp(c) => c.name.clone(),
-            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => c.name.clone(),
-        };
-        name.unwrap_or_else(|| format!("{}[{index}]", self.mode()))
+        self.keys()
+            .name()
+            .map_or_else(|| format!("{}[{index}]", self.mode()), str::to_owned)
     }
 
     /// The address to listen on.
     #[must_use]
     pub fn bind(&self) -> SocketAddr {
-        match self {
-            Self::CrcTcp(c) => c.bind,
-            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => c.bind,
-        }
+        self.keys().bind()
     }
 
     /// The `max_connections_per_ip` key, which every mode has.
     #[must_use]
     pub fn max_connections_per_ip(&self) -> Option<usize> {
-        match self {
-            Self::CrcTcp(c) => c.max_connections_per_ip,
-            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => c.max_connections_per_ip,
-        }
+        self.keys().max_connections_per_ip()
     }
 
     /// The `proxy_protocol`, `proxy_protocol_from` and `proxy_protocol_timeout` keys, which
     /// every mode has.
     #[must_use]
     pub fn proxy_protocol(&self) -> (ProxyProtocol, &[IpNet], Duration) {
-        match self {
-            Self::CrcTcp(c) => (
-                c.proxy_protocol,
-                &c.proxy_protocol_from,
-                c.proxy_protocol_timeout,
-            ),
-            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => (
-                c.proxy_protocol,
-                &c.proxy_protocol_from,
-                c.proxy_protocol_timeout,
-            ),
-        }
+        self.keys().proxy_protocol()
     }
 
     /// The file a sink of this listener writes, if any.
     #[must_use]
     pub fn sink_path(&self) -> Option<&Path> {
-        match self {
-            Self::CrcTcp(c) => c.sink_path(),
-            Self::Socks5(_) | Self::Http(_) => None,
-        }
+        self.keys().sink_path()
     }
 
     /// The address a proxy listener binds, which no proxy listener may connect to; `None`
     /// for other modes.
     pub(crate) fn proxy_bind(&self) -> Option<SocketAddr> {
-        match self {
-            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => Some(c.bind),
-            Self::CrcTcp(_) => None,
-        }
+        self.keys().proxy_bind()
     }
 
     /// Validates the listener and turns it into its ready-to-run settings: every check of the
@@ -174,17 +256,11 @@ impl ListenerConfig {
         let (mode, from, timeout) = self.proxy_protocol();
         ProxySettings::validate(mode, from, timeout)?;
         let name = self.name(index);
-        let stats = Arc::new(ListenerStats::default());
-        let (common, settings) = match self {
-            Self::CrcTcp(c) => {
-                c.validate()?;
-                (c.common(name, stats), ModeSettings::CrcTcp(c.clone()))
-            }
-            Self::Socks5(c) | Self::Http(http::HttpConfig(c)) => {
-                let options = c.prepare(proxies)?;
-                (c.common(name, stats), ModeSettings::Socks5(options))
-            }
-        };
+        let stats = Arc::new(ListenerStats {
+            kind: self.keys().stats_kind(),
+            ..ListenerStats::default()
+        });
+        let (common, settings) = self.keys().prepare(name, stats, proxies)?;
         Ok(Prepared {
             common,
             mode: self.mode(),
@@ -202,16 +278,7 @@ pub(crate) struct Prepared {
     /// The mode's registered name.
     pub(crate) mode: &'static str,
     /// The mode's own settings.
-    pub(crate) settings: ModeSettings,
-}
-
-/// The ready-to-run settings of each mode.
-#[derive(Debug, Clone)]
-pub(crate) enum ModeSettings {
-    /// The checked keys (the file sink is opened when the listener starts).
-    CrcTcp(crc_tcp::CrcTcpConfig),
-    /// The session options, users and rules included.
-    Socks5(socks5::Socks5Options),
+    pub(crate) settings: Arc<dyn ModeSettings>,
 }
 
 impl Prepared {
@@ -241,54 +308,37 @@ impl Prepared {
             }),
             None => None,
         };
-        Ok(match &self.settings {
-            ModeSettings::CrcTcp(c) => Service::CrcTcp(Arc::new(
-                crc_tcp::CrcTcp::new(c, &self.common.name, stats, sinks, access_log).await?,
-            )),
-            ModeSettings::Socks5(options) => Service::Socks5(Arc::new(socks5::Socks5::new(
-                self.mode,
-                options.clone(),
+        self.settings
+            .build(BuildContext {
+                name: &self.common.name,
                 stats,
+                sinks,
                 access_log,
-            ))),
-        })
+            })
+            .await
     }
 }
 
-/// A running mode, shared by the connections of one listener.
-#[derive(Clone)]
-pub(crate) enum Service {
-    CrcTcp(Arc<crc_tcp::CrcTcp>),
-    Socks5(Arc<socks5::Socks5>),
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Service {
-    /// Serves one accepted connection until it ends.
-    pub(crate) async fn handle(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        stop: CancellationToken,
-    ) {
-        match self {
-            Self::CrcTcp(service) => service.handle(stream, peer, stop).await,
-            Self::Socks5(service) => service.handle(stream, peer, stop).await,
+    #[test]
+    fn every_registered_mode_parses_and_an_unknown_one_lists_them() {
+        for (name, _) in MODES {
+            let text = format!("mode = \"{name}\"\nbind = \"127.0.0.1:0\"\n");
+            let config: ListenerConfig = toml::from_str(&text).unwrap();
+            assert_eq!(config.mode(), *name);
+            assert_eq!(config.name(3), format!("{name}[3]"));
+            assert_eq!(config.bind(), "127.0.0.1:0".parse().unwrap());
+            assert_eq!(config.proxy_bind().is_some(), *name != "crc-tcp");
+            config.prepare(0, &[]).unwrap();
         }
-    }
-
-    /// The access log of this service, if it has one.
-    pub(crate) fn access_log(&self) -> Option<Arc<AccessLog>> {
-        match self {
-            Self::CrcTcp(service) => service.access_log(),
-            Self::Socks5(service) => service.access_log(),
-        }
-    }
-
-    /// The file sink of this service, if it has one.
-    pub(crate) fn sink(&self) -> Option<Arc<crate::sinks::file::FileSink>> {
-        match self {
-            Self::CrcTcp(service) => service.sink(),
-            Self::Socks5(_) => None,
+        let error = toml::from_str::<ListenerConfig>("mode = \"gopher\"\nbind = \"127.0.0.1:0\"")
+            .unwrap_err()
+            .to_string();
+        for (name, _) in MODES {
+            assert!(error.contains(name), "{error}");
         }
     }
 }

@@ -313,7 +313,7 @@ impl Running {
                     }
                     Err(error) => {
                         // Close what this attempt opened; the running ones stay.
-                        for sink in built.iter().filter_map(Service::sink) {
+                        for sink in built.iter().filter_map(|service| service.sink()) {
                             if !running.iter().any(|r| Arc::ptr_eq(r, &sink)) {
                                 sink.close().await;
                             }

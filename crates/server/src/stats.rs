@@ -16,6 +16,9 @@ use tracing::info;
 /// `active`. Updated with relaxed atomics, once per batch or session.
 #[derive(Debug, Default)]
 pub struct ListenerStats {
+    /// Which counters the periodic `stats` line shows (the mode says, see
+    /// [`crate::registry::ModeConfig`]).
+    pub kind: StatsKind,
     /// Connections accepted.
     pub accepted: AtomicU64,
     /// Connections being served now.
@@ -123,6 +126,16 @@ impl NatsStats {
             _ => Some("nats: the stream is being looked up"),
         }
     }
+}
+
+/// What a listener counts, for its `stats` line: frames (crc-tcp) or sessions (the proxies).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StatsKind {
+    /// Sessions: `sessions` and `sessions_failed`.
+    #[default]
+    Sessions,
+    /// Frames: `frames_ok` and `frames_rejected`.
+    Frames,
 }
 
 /// The ack status names, by status code: the `status` label of `netkit_frames_total`.
@@ -297,8 +310,8 @@ impl ListenerStats {
         let get = |counter: &AtomicU64| counter.load(Relaxed);
         let (accepted, active) = (get(&self.accepted), get(&self.active));
         let (bytes_in, bytes_out) = (get(&self.bytes_in), get(&self.bytes_out));
-        match mode {
-            "crc-tcp" => info!(
+        match self.kind {
+            StatsKind::Frames => info!(
                 listener = name,
                 mode,
                 accepted,
@@ -312,7 +325,7 @@ impl ListenerStats {
                 proxy_header_failed = get(&self.proxy_header_failed),
                 "stats"
             ),
-            _ => info!(
+            StatsKind::Sessions => info!(
                 listener = name,
                 mode,
                 accepted,

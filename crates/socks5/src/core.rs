@@ -167,9 +167,23 @@ pub struct Opened {
     pub early: Bytes,
     /// The upstream proxy it went through, if any.
     pub via: Option<Upstream>,
+    /// The outbound socket's local address, when [`attempt`] already read it.
+    pub(crate) local: Option<SocketAddr>,
 }
 
 impl Opened {
+    /// A connection opened elsewhere (another front door's dialer), to [`relay`]: `early`
+    /// bytes go to the client first.
+    #[must_use]
+    pub fn new(stream: Outbound, early: Bytes) -> Self {
+        Opened {
+            stream,
+            early,
+            via: None,
+            local: None,
+        }
+    }
+
     /// The local address of the outbound socket (BND of a SOCKS5 reply), if it is a TCP
     /// socket.
     ///
@@ -177,6 +191,9 @@ impl Opened {
     ///
     /// The socket's error; [`io::ErrorKind::Unsupported`] for a stream that is not TCP.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        if let Some(local) = self.local {
+            return Ok(local);
+        }
         match &self.stream {
             Outbound::Tcp(stream) => stream.local_addr(),
             Outbound::Stream(_) => Err(io::ErrorKind::Unsupported.into()),
@@ -323,10 +340,26 @@ pub(crate) async fn attempt(
         .connect(address, options.outbound_bind)
         .await
         .map_err(|error| Error::Connect { address, error })?;
+    let mut local = None;
     if let Outbound::Tcp(stream) = &stream {
-        let source = stream.local_addr()?.ip();
-        let reached = stream.peer_addr()?;
-        if own.reached_by(reached, Some(source)) {
+        // Read once: the check below and the reply's BND both need it.
+        let source = stream.local_addr()?;
+        local = Some(source);
+        // A connection reaches the address it was asked for, except the unspecified address
+        // (and, to be safe, the rest of 0.0.0.0/8), which the kernel turns into a local one:
+        // only then is the peer worth a getpeername(2).
+        let translated = match address.ip() {
+            IpAddr::V4(ip) => ip.octets()[0] == 0,
+            IpAddr::V6(ip) => {
+                ip.is_unspecified() || ip.to_ipv4_mapped().is_some_and(|v4| v4.octets()[0] == 0)
+            }
+        };
+        let reached = if translated {
+            stream.peer_addr()?
+        } else {
+            address
+        };
+        if own.reached_by(reached, Some(source.ip())) {
             return Err(Error::OwnAddress { address: reached });
         }
     }
@@ -334,6 +367,7 @@ pub(crate) async fn attempt(
         stream,
         early: Bytes::new(),
         via: None,
+        local,
     })
 }
 

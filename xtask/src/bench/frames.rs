@@ -226,7 +226,7 @@ fn record(results: &mut Results, metric: &str, size: u64, ack: bool, raw_mib: f6
 
 /// How `client bench` treats acks.
 #[derive(Debug, Clone, Copy)]
-enum Acks {
+pub(super) enum Acks {
     /// Not read.
     Off,
     /// Read and checked, with the client sending as fast as it can.
@@ -236,7 +236,7 @@ enum Acks {
 }
 
 /// `client bench --json` with one connection and CRC-32 frames.
-fn client_bench(
+pub(super) fn client_bench(
     bins: &Binaries,
     addr: SocketAddr,
     version: u8,

@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use super::{Plan, Results, Row, Target, within_budget};
 use crate::{
     harness::Server,
-    peers::{discard_sink, echo_server, hold_server},
+    peers::discard_sink,
     process::{Proc, Stdout},
     socks,
 };
@@ -52,34 +52,13 @@ pub(crate) fn raise_open_file_limit() -> u64 {
 }
 
 /// Runs every relay measurement, recording figures and failures.
-pub(crate) fn run(
-    server: &Server,
-    plan: &Plan,
-    open_files: u64,
-    started: Instant,
-    results: &mut Results,
-) {
+pub(crate) fn run(server: &Server, plan: &Plan, started: Instant, results: &mut Results) {
     let proxy = server.addr("proxy");
     let pid = server.pid();
     if let Err(error) =
         within_budget(plan, started).and_then(|()| bulk_section(proxy, pid, plan, results))
     {
         results.failed(GROUP, "bulk relay", &error);
-    }
-    if let Err(error) =
-        within_budget(plan, started).and_then(|()| echo_section(proxy, plan, results))
-    {
-        results.failed(GROUP, "echo round trip", &error);
-    }
-    if let Err(error) =
-        within_budget(plan, started).and_then(|()| tunnel_section(proxy, plan, results))
-    {
-        results.failed(GROUP, "new tunnels per second", &error);
-    }
-    if let Err(error) = within_budget(plan, started)
-        .and_then(|()| idle_section(proxy, pid, plan, open_files, results))
-    {
-        results.failed(GROUP, "RSS per idle tunnel", &error);
     }
 }
 
@@ -154,14 +133,16 @@ fn median_run(mut runs: Vec<Bulk>) -> Bulk {
 }
 
 /// One bulk run.
-struct Bulk {
-    bytes: u64,
+pub(super) struct Bulk {
+    /// Bytes sent (and read by the sink).
+    pub(super) bytes: u64,
     seconds: f64,
     streams: usize,
 }
 
 impl Bulk {
-    fn mib_per_sec(&self) -> f64 {
+    /// The rate.
+    pub(super) fn mib_per_sec(&self) -> f64 {
         self.bytes as f64 / MIB / self.seconds
     }
 
@@ -177,7 +158,7 @@ impl Bulk {
 
 /// Writes `per_stream` bytes on each of `streams` connections to `sink`
 /// (through `via` if given) and times it until the sink has read them all.
-fn bulk(
+pub(super) fn bulk(
     via: Option<SocketAddr>,
     sink: SocketAddr,
     streams: usize,
@@ -230,7 +211,7 @@ fn bulk(
 }
 
 /// A connection to `target`, through the proxy `via` if given.
-fn open(via: Option<SocketAddr>, target: SocketAddr) -> anyhow::Result<TcpStream> {
+pub(super) fn open(via: Option<SocketAddr>, target: SocketAddr) -> anyhow::Result<TcpStream> {
     match via {
         Some(proxy) => socks::connect(proxy, target, IO_TIMEOUT),
         None => {
@@ -244,115 +225,26 @@ fn open(via: Option<SocketAddr>, target: SocketAddr) -> anyhow::Result<TcpStream
     }
 }
 
-fn echo_section(proxy: SocketAddr, plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
-    let echo = echo_server(4)?;
-    let cap = if plan.quick {
-        Duration::from_secs(3)
-    } else {
-        Duration::from_secs(10)
-    };
-    let direct = round_trips(None, echo.addr(), plan.echo_iterations, cap)?;
-    let via = round_trips(Some(proxy), echo.addr(), plan.echo_iterations, cap)?;
-    for (path, times) in [("direct", &direct), ("through the proxy", &via)] {
-        results.rows.push(
-            Row::new(
-                GROUP,
-                format!("echo p50, {path}"),
-                percentile(times, 0.50),
-                "us",
-            )
-            .note(format!("{} round trips of 1 byte", times.len())),
-        );
-        results.rows.push(Row::new(
-            GROUP,
-            format!("echo p99, {path}"),
-            percentile(times, 0.99),
-            "us",
-        ));
-    }
-    let overhead = percentile(&via, 0.50) - percentile(&direct, 0.50);
-    results.rows.push(
-        Row::new(GROUP, "echo p50, proxy - direct", overhead, "us")
-            .target(Target::at_most(overhead, 3.0, "<= 3 us")),
-    );
-    Ok(())
-}
-
-/// Sorted round-trip times in microseconds.
-fn round_trips(
-    via: Option<SocketAddr>,
-    echo: SocketAddr,
-    iterations: usize,
-    cap: Duration,
-) -> anyhow::Result<Vec<f64>> {
-    let mut stream = open(via, echo)?;
-    let mut byte = [0u8; 1];
-    for _ in 0..100 {
-        stream.write_all(&[1])?;
-        stream.read_exact(&mut byte)?;
-    }
-    let deadline = Instant::now() + cap;
-    let mut times = Vec::with_capacity(iterations);
-    while times.len() < iterations && Instant::now() < deadline {
-        let start = Instant::now();
-        stream.write_all(&[1])?;
-        stream.read_exact(&mut byte).context("echo")?;
-        times.push(start.elapsed().as_secs_f64() * 1e6);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted.get(index).copied().unwrap_or(f64::NAN)
-}
-
-fn tunnel_section(proxy: SocketAddr, plan: &Plan, results: &mut Results) -> anyhow::Result<()> {
-    let echo = echo_server(TUNNEL_CLIENTS + 8)?;
-    // The same generator without the proxy: what this machine allows.
-    let direct = connection_rate(None, echo.addr(), plan)?;
-    results.rows.push(
-        Row::new(
-            GROUP,
-            "new connections per second, direct",
-            direct.rate(),
-            "1/s",
-        )
-        .note(direct.describe("connections (connect, 1-byte echo, close)")),
-    );
-    let via = connection_rate(Some(proxy), echo.addr(), plan)?;
-    results.rows.push(
-        Row::new(GROUP, "new tunnels per second", via.rate(), "1/s")
-            .target(Target::at_least(via.rate(), 28_000.0, ">= 28,000/s"))
-            .note(via.describe("tunnels (CONNECT, 1-byte echo, close)")),
-    );
-    Ok(())
-}
-
-/// Concurrent clients in the connection-rate tests.
-const TUNNEL_CLIENTS: usize = 64;
-
 /// One connection-rate run.
-struct Rate {
-    done: u64,
+pub(super) struct Rate {
+    /// Connections completed.
+    pub(super) done: u64,
     seconds: f64,
-    errors: u64,
+    clients: usize,
+    /// Connections that failed.
+    pub(super) errors: u64,
     first_error: Option<String>,
 }
 
 impl Rate {
-    fn rate(&self) -> f64 {
+    pub(super) fn rate(&self) -> f64 {
         self.done as f64 / self.seconds
     }
 
-    fn describe(&self, what: &str) -> String {
+    pub(super) fn describe(&self, what: &str) -> String {
         let mut note = format!(
-            "{} {what} by {TUNNEL_CLIENTS} clients in {:.2}s",
-            self.done, self.seconds
+            "{} {what} by {} clients in {:.2}s",
+            self.done, self.clients, self.seconds
         );
         if self.errors > 0 {
             note.push_str(&format!(
@@ -365,22 +257,21 @@ impl Rate {
     }
 }
 
-/// Opens connections to `target` (through `via` if given) from
-/// [`TUNNEL_CLIENTS`] threads, each doing a 1-byte echo and closing, until
-/// the plan's count or time cap.
-fn connection_rate(
+/// Opens connections to `target` (through `via` if given) from `clients`
+/// threads, each doing a 1-byte echo and closing, until `count` connections
+/// or the time cap.
+pub(super) fn connection_rate(
     via: Option<SocketAddr>,
     target: SocketAddr,
-    plan: &Plan,
+    clients: usize,
+    count: u64,
+    cap: Duration,
 ) -> anyhow::Result<Rate> {
-    let budget = Arc::new(AtomicI64::new(
-        i64::try_from(plan.tunnels).unwrap_or(i64::MAX),
-    ));
+    let budget = Arc::new(AtomicI64::new(i64::try_from(count).unwrap_or(i64::MAX)));
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
-    let barrier = Arc::new(Barrier::new(TUNNEL_CLIENTS + 1));
-    let cap = plan.tunnel_cap;
-    let handles: Vec<_> = (0..TUNNEL_CLIENTS)
+    let barrier = Arc::new(Barrier::new(clients + 1));
+    let handles: Vec<_> = (0..clients)
         .map(|_| {
             let (budget, errors, first_error, barrier) = (
                 Arc::clone(&budget),
@@ -424,6 +315,7 @@ fn connection_rate(
     Ok(Rate {
         done,
         seconds,
+        clients,
         errors,
         first_error,
     })
@@ -437,91 +329,8 @@ fn one_connection(via: Option<SocketAddr>, target: SocketAddr) -> anyhow::Result
     Ok(())
 }
 
-fn idle_section(
-    proxy: SocketAddr,
-    pid: u32,
-    plan: &Plan,
-    open_files: u64,
-    results: &mut Results,
-) -> anyhow::Result<()> {
-    // Each tunnel costs this process two descriptors: our end and the held one.
-    let mut count = plan.idle_tunnels;
-    let mut note = String::new();
-    if open_files < (2 * count as u64) + 256 {
-        count = 1_000.min(usize::try_from(open_files.saturating_sub(256) / 2).unwrap_or(0));
-        note = format!("open-file limit {open_files}: only {count} tunnels; ");
-    }
-    if count == 0 {
-        bail!("the open-file limit ({open_files}) leaves no room for idle tunnels");
-    }
-    let (hold, held) = hold_server()?;
-    thread::sleep(Duration::from_millis(300));
-    let before = vm_rss(pid)?;
-    let openers = 4;
-    let handles: Vec<_> = (0..openers)
-        .map(|i| {
-            let n = count / openers + usize::from(i < count % openers);
-            let target = hold.addr();
-            thread::spawn(move || -> anyhow::Result<Vec<TcpStream>> {
-                (0..n)
-                    .map(|_| socks::connect(proxy, target, IO_TIMEOUT))
-                    .collect()
-            })
-        })
-        .collect();
-    let mut tunnels = Vec::with_capacity(count);
-    let mut failure = None;
-    for handle in handles {
-        match handle.join() {
-            Ok(Ok(streams)) => tunnels.extend(streams),
-            Ok(Err(error)) => failure = Some(error),
-            Err(_) => failure = Some(anyhow::anyhow!("an opener thread panicked")),
-        }
-    }
-    if let Some(error) = failure {
-        bail!("opened {} of {count} tunnels: {error:#}", tunnels.len());
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while held.lock().map_or(0, |h| h.len()) < count && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
-    thread::sleep(Duration::from_millis(500));
-    let after = vm_rss(pid)?;
-    drop(tunnels);
-    if let Ok(mut held) = held.lock() {
-        held.clear();
-    }
-    let per_tunnel = (after as f64 - before as f64) / count as f64 / 1024.0;
-    results.rows.push(
-        Row::new(GROUP, "server RSS per idle tunnel", per_tunnel, "KiB")
-            .target(Target::at_most(per_tunnel, 8.0, "<= 8 KiB"))
-            .note(format!(
-                "{note}VmRSS {} -> {} KiB with {count} tunnels open",
-                before / 1024,
-                after / 1024
-            )),
-    );
-    Ok(())
-}
-
-/// The resident set of `pid`, in bytes.
-fn vm_rss(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("no VmRSS line")?;
-    let kib: u64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("cannot parse {line:?}"))?;
-    Ok(kib * 1024)
-}
-
 /// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32, ticks: f64) -> anyhow::Result<f64> {
+pub(super) fn cpu_seconds(pid: u32, ticks: f64) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
     // Fields after the command name, which is in parentheses: state is
@@ -541,7 +350,7 @@ fn cpu_seconds(pid: u32, ticks: f64) -> anyhow::Result<f64> {
 }
 
 /// `getconf CLK_TCK`, or the usual 100.
-fn clock_ticks() -> f64 {
+pub(super) fn clock_ticks() -> f64 {
     let mut cmd = Command::new("getconf");
     cmd.arg("CLK_TCK");
     Proc::spawn("getconf", &mut cmd, Stdio::null(), Stdout::Capture)

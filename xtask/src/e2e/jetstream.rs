@@ -503,20 +503,32 @@ fn file_run(
     a.kill();
     let client = clients.pop().context("no client")?;
     let report = report(&client.wait(CLIENT_TIMEOUT)?, FRAMES)?;
+    // The frames `client read` found intact, from its summary line on stderr.
     let count = |path: &Path| -> anyhow::Result<u64> {
         let mut cmd = Command::new(&ctx.bins.client);
-        cmd.arg("read").arg(path).arg("--json");
-        let done = Proc::spawn("client read", &mut cmd, Stdio::null(), Stdout::Capture)?
+        cmd.arg("read").arg(path).args(["--preview", "0"]);
+        let done = Proc::spawn("client read", &mut cmd, Stdio::null(), Stdout::Null)?
             .wait(Duration::from_secs(60))?;
+        let summary = done.stderr_tail();
         if !done.status.success() {
             bail!(
-                "client read {} exited {}: {}",
+                "client read {} exited {}: {summary}",
                 path.display(),
-                done.status,
-                done.stderr_tail()
+                done.status
             );
         }
-        Ok(done.stdout_text().lines().count() as u64)
+        let field = |name: &str| {
+            summary
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix(name)?.parse::<u64>().ok())
+        };
+        match (field("frames="), field("ok=")) {
+            (Some(frames), Some(ok)) if frames == ok => Ok(frames),
+            _ => bail!(
+                "client read {}: no clean summary in {summary:?}",
+                path.display()
+            ),
+        }
     };
     let on_a = count(&a.sink())?;
     let on_b = count(&b.sink())?;

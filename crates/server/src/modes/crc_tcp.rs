@@ -449,6 +449,8 @@ impl CrcTcp {
             number,
             inflight: FuturesOrdered::new(),
             headers: None,
+            verdicts: Vec::new(),
+            published: Vec::new(),
         };
         let served = self.serve(&mut stream, &mut conn, &stop).await;
         if let Some(log) = &self.access_log {
@@ -653,11 +655,15 @@ impl CrcTcp {
         let mut used = 0;
         let mut fatal = None;
         // (seq, crc ok) of each frame, and the byte ranges of the accepted ones.
-        let mut verdicts: Vec<bool> = Vec::new();
+        // Reused from batch to batch: grown afresh for every read, these were a large share
+        // of the nats path's time in malloc (a read holds up to thousands of small frames).
+        let mut verdicts = std::mem::take(&mut conn.verdicts);
+        verdicts.clear();
         let mut accepted: Vec<Range<usize>> = Vec::new();
         // `nats`: each frame's payload range, version and crc_size.
         let nats = matches!(self.handler, Handler::Nats(_));
-        let mut published: Vec<(Range<usize>, u32, u32)> = Vec::new();
+        let mut published = std::mem::take(&mut conn.published);
+        published.clear();
         let first_seq = conn.seq;
         loop {
             let rest = conn.buf.bytes.get(used..).unwrap_or_default();
@@ -698,10 +704,12 @@ impl CrcTcp {
             }
         }
         if verdicts.is_empty() && fatal.is_none() {
+            conn.keep_scratch(verdicts, published);
             return None;
         }
         if let Handler::Nats(sink) = &self.handler {
-            self.enqueue(sink, conn, used, &verdicts, published, fatal.as_ref());
+            self.enqueue(sink, conn, used, &verdicts, &published, fatal.as_ref());
+            conn.keep_scratch(verdicts, published);
             return fatal;
         }
         let handler_ok = match &self.handler {
@@ -773,6 +781,7 @@ impl CrcTcp {
                 &mut conn.out,
             );
         }
+        conn.keep_scratch(verdicts, published);
         fatal
     }
 
@@ -852,7 +861,7 @@ impl CrcTcp {
         conn: &mut Conn,
         used: usize,
         verdicts: &[bool],
-        published: Vec<(Range<usize>, u32, u32)>,
+        published: &[(Range<usize>, u32, u32)],
         fatal: Option<&Fatal>,
     ) {
         let data = conn.buf.bytes.split_to(used).freeze();
@@ -862,7 +871,7 @@ impl CrcTcp {
             Arc::new(ConnHeaders::new(conn.peer, conn.number, &conn.stream_id))
         }));
         for (offset, (&crc_ok, (payload, version, crc_size))) in
-            verdicts.iter().zip(published).enumerate()
+            verdicts.iter().zip(published.iter().cloned()).enumerate()
         {
             let seq = conn.seq.wrapping_add(offset as u64);
             if crc_ok {
@@ -941,6 +950,26 @@ struct Conn {
     inflight: FuturesOrdered<Pending>,
     /// `nats`: the headers every message of the connection carries.
     headers: Option<Arc<ConnHeaders>>,
+    /// Scratch of [`CrcTcp::process`], kept between batches: each frame's CRC verdict.
+    verdicts: Vec<bool>,
+    /// Scratch of [`CrcTcp::process`] (`nats`): each frame's payload range, version and crc_size.
+    published: Vec<(Range<usize>, u32, u32)>,
+}
+
+/// The most entries the scratch vectors keep between batches (24 KiB at most).
+const SCRATCH_KEPT: usize = 1024;
+
+impl Conn {
+    fn keep_scratch(
+        &mut self,
+        mut verdicts: Vec<bool>,
+        mut published: Vec<(Range<usize>, u32, u32)>,
+    ) {
+        verdicts.shrink_to(SCRATCH_KEPT);
+        published.shrink_to(SCRATCH_KEPT);
+        self.verdicts = verdicts;
+        self.published = published;
+    }
 }
 
 /// A frame on its way to its ack (`nats`): its seq, when its read completed and, once
@@ -1024,6 +1053,85 @@ impl std::fmt::Display for Preview<'_> {
             f.write_str("…")?;
         }
         Ok(())
+    }
+}
+
+/// The registry's view of `mode = "crc-tcp"`.
+impl crate::registry::ModeConfig for CrcTcpConfig {
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn bind(&self) -> SocketAddr {
+        self.bind
+    }
+
+    fn max_connections_per_ip(&self) -> Option<usize> {
+        self.max_connections_per_ip
+    }
+
+    fn proxy_protocol(&self) -> (ProxyProtocol, &[IpNet], Duration) {
+        (
+            self.proxy_protocol,
+            &self.proxy_protocol_from,
+            self.proxy_protocol_timeout,
+        )
+    }
+
+    fn sink_path(&self) -> Option<&Path> {
+        CrcTcpConfig::sink_path(self)
+    }
+
+    fn stats_kind(&self) -> crate::stats::StatsKind {
+        crate::stats::StatsKind::Frames
+    }
+
+    fn prepare(
+        &self,
+        name: String,
+        stats: Arc<ListenerStats>,
+        _proxies: &[SocketAddr],
+    ) -> anyhow::Result<(Common, Arc<dyn crate::registry::ModeSettings>)> {
+        self.validate()?;
+        Ok((self.common(name, stats), Arc::new(self.clone())))
+    }
+}
+
+/// The checked keys are the settings (the file sink is opened when the listener starts).
+impl crate::registry::ModeSettings for CrcTcpConfig {
+    fn build<'a>(
+        &'a self,
+        context: crate::registry::BuildContext<'a>,
+    ) -> crate::registry::BuildFuture<'a> {
+        Box::pin(async move {
+            let crate::registry::BuildContext {
+                name,
+                stats,
+                sinks,
+                access_log,
+            } = context;
+            let service = CrcTcp::new(self, name, stats, sinks, access_log).await?;
+            Ok(Arc::new(service) as crate::registry::Service)
+        })
+    }
+}
+
+impl crate::registry::Mode for CrcTcp {
+    fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> crate::registry::HandleFuture<'_> {
+        Box::pin(CrcTcp::handle(self, stream, peer, stop))
+    }
+
+    fn access_log(&self) -> Option<Arc<AccessLog>> {
+        CrcTcp::access_log(self)
+    }
+
+    fn sink(&self) -> Option<Arc<FileSink>> {
+        CrcTcp::sink(self)
     }
 }
 

@@ -7,7 +7,7 @@
 //! (`protocols = ["http"]`, `commands = ["connect"]`), so the users, rules, `via`, limits and
 //! the open-proxy guard are validated by the one code that validates them for SOCKS5.
 
-use std::{net::IpAddr, net::SocketAddr, path::PathBuf, time::Duration};
+use std::{net::IpAddr, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -18,6 +18,8 @@ use crate::{
         socks5::{self, AuthMode, CommandName, RuleConfig, Socks5Config, UserConfig},
     },
     proxy_protocol::ProxyProtocol,
+    registry::Common,
+    stats::ListenerStats,
 };
 
 /// The `[[listener]]` keys of `mode = "http"`: see the `socks5` keys of the same names.
@@ -134,5 +136,39 @@ impl From<HttpKeys> for HttpConfig {
             protocols: vec![ProtocolName::Http],
             max_header_len: keys.max_header_len,
         })
+    }
+}
+
+/// `mode = "http"` is checked as its `socks5` listener, and runs as one named `http`.
+impl crate::registry::ModeConfig for HttpConfig {
+    fn name(&self) -> Option<&str> {
+        self.0.name.as_deref()
+    }
+
+    fn bind(&self) -> SocketAddr {
+        self.0.bind
+    }
+
+    fn max_connections_per_ip(&self) -> Option<usize> {
+        self.0.max_connections_per_ip
+    }
+
+    fn proxy_protocol(&self) -> (ProxyProtocol, &[IpNet], Duration) {
+        crate::registry::ModeConfig::proxy_protocol(&self.0)
+    }
+
+    fn proxy_bind(&self) -> Option<SocketAddr> {
+        Some(self.0.bind)
+    }
+
+    fn prepare(
+        &self,
+        name: String,
+        stats: Arc<ListenerStats>,
+        proxies: &[SocketAddr],
+    ) -> anyhow::Result<(Common, Arc<dyn crate::registry::ModeSettings>)> {
+        let mut options = self.0.prepare(proxies)?;
+        options.mode = "http";
+        Ok((self.0.common(name, stats), Arc::new(options)))
     }
 }

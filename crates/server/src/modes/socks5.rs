@@ -270,6 +270,8 @@ fn connections_for_fd_limit(limit: u64) -> usize {
 /// builds them from a [`Socks5Config`].
 #[derive(Debug, Clone)]
 pub struct Socks5Options {
+    /// The mode it runs as: `socks5`, or `http` (for the logs).
+    pub mode: &'static str,
     /// The session options of every door (users, rules, timeouts, `via`...).
     pub session: Arc<socks5::ServerOptions>,
     /// The same users and `no_auth_networks`, for the HTTP door's `Proxy-Authorization`.
@@ -437,7 +439,9 @@ impl Socks5Config {
         http.max_header_len = self.max_header_len;
         // The core bounds each dial by connect_timeout; this is only a backstop.
         http.dial_timeout = self.connect_timeout.saturating_add(Duration::from_secs(1));
+        http.idle_timeout = Some(self.idle_timeout);
         Ok(Socks5Options {
+            mode: "socks5",
             session: Arc::new(session),
             policy: auth,
             protocols: self.protocols.clone(),
@@ -881,6 +885,71 @@ impl Socks5 {
             error,
             "session"
         );
+    }
+}
+
+/// The registry's view of `mode = "socks5"` (and, through [`crate::modes::http`], of
+/// `mode = "http"`).
+impl crate::registry::ModeConfig for Socks5Config {
+    fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    fn bind(&self) -> SocketAddr {
+        self.bind
+    }
+
+    fn max_connections_per_ip(&self) -> Option<usize> {
+        self.max_connections_per_ip
+    }
+
+    fn proxy_protocol(&self) -> (ProxyProtocol, &[IpNet], Duration) {
+        (
+            self.proxy_protocol,
+            &self.proxy_protocol_from,
+            self.proxy_protocol_timeout,
+        )
+    }
+
+    fn proxy_bind(&self) -> Option<SocketAddr> {
+        Some(self.bind)
+    }
+
+    fn prepare(
+        &self,
+        name: String,
+        stats: Arc<ListenerStats>,
+        proxies: &[SocketAddr],
+    ) -> anyhow::Result<(Common, Arc<dyn crate::registry::ModeSettings>)> {
+        let options = Socks5Config::prepare(self, proxies)?;
+        Ok((self.common(name, stats), Arc::new(options)))
+    }
+}
+
+impl crate::registry::ModeSettings for Socks5Options {
+    fn build<'a>(
+        &'a self,
+        context: crate::registry::BuildContext<'a>,
+    ) -> crate::registry::BuildFuture<'a> {
+        let service = Socks5::new(self.mode, self.clone(), context.stats, context.access_log);
+        Box::pin(std::future::ready(Ok(
+            Arc::new(service) as crate::registry::Service
+        )))
+    }
+}
+
+impl crate::registry::Mode for Socks5 {
+    fn handle(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> crate::registry::HandleFuture<'_> {
+        Box::pin(Socks5::handle(self, stream, peer, stop))
+    }
+
+    fn access_log(&self) -> Option<Arc<AccessLog>> {
+        Socks5::access_log(self)
     }
 }
 

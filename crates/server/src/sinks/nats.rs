@@ -483,8 +483,11 @@ impl NatsSink {
         let message = PublishMessage::build()
             .payload(frame.payload)
             .headers(headers);
+        // The send is boxed on its own: it is most of the state, and kept inline it makes
+        // every frame's future too large for the allocator's per-thread cache (glibc's
+        // tcache stops at 1032 bytes), which showed as 6 % of the CPU in malloc_consolidate.
         let published = tokio::time::timeout(self.publish_timeout, async {
-            let ack = self.js.send_publish(self.subject.clone(), message).await?;
+            let ack = Box::pin(self.js.send_publish(self.subject.clone(), message)).await?;
             ack.await
         })
         .await;

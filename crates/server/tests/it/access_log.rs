@@ -138,3 +138,46 @@ async fn a_crc_tcp_connection_writes_its_frames_and_bytes_with_the_proxy_protoco
     assert_eq!(line["end"], "peer closed");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn every_door_writes_its_protocol_and_http_its_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let server = Running::start(&format!(
+        "[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\naccess_log = {}\n\
+         protocols = [\"socks4\", \"http\"]\n",
+        quoted(&log)
+    ))
+    .await;
+    let (proxy, frames) = (server.addr("proxy"), server.addr("frames"));
+    let (stream, cd) = crate::doors::socks4_connect(proxy, Address::Ip(frames)).await;
+    assert_eq!(cd, 90);
+    crate::doors::frame_through(stream).await;
+    let (stream, status, _) = crate::doors::http_connect(proxy, &frames.to_string(), None).await;
+    assert_eq!(status, 200);
+    crate::doors::frame_through(stream).await;
+    let lines = lines(&log, 2).await;
+    let socks4 = lines
+        .iter()
+        .find(|l| l["protocol"] == "socks4")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(socks4["command"], "connect");
+    assert_eq!(socks4["reply"], "succeeded");
+    assert_eq!(socks4["destination"], frames.to_string());
+    assert!(socks4.get("status").is_none(), "{socks4}");
+    let http = lines
+        .iter()
+        .find(|l| l["protocol"] == "http")
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert_eq!(http["mode"], "socks5");
+    assert_eq!(http["command"], "connect");
+    assert_eq!(http["status"], 200);
+    assert_eq!(http["destination"], frames.to_string());
+    assert_eq!(
+        http["bytes_out"].as_u64().map(|n| n >= 25),
+        Some(true),
+        "{http}"
+    );
+    server.stop().await;
+}

@@ -222,3 +222,23 @@ fn an_http_listener_rejects_socks_only_keys() {
     assert!(!output.status.success());
     assert!(stderr.contains("unknown field `commands`"), "{stderr}");
 }
+
+#[tokio::test]
+async fn an_idle_tunnel_is_closed_after_idle_timeout() {
+    // The target (a crc-tcp listener) would keep an idle connection for its own default
+    // idle_timeout, far longer than this test waits.
+    let server = Running::start(&http("idle_timeout = \"300ms\"")).await;
+    let (mut stream, status, head) =
+        http_connect(server.addr("web"), &server.addr("frames").to_string(), None).await;
+    assert_eq!(status, 200, "{head}");
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = within(STEP, stream.read_to_end(&mut rest)).await;
+    assert!(read.is_ok() && rest.is_empty(), "{read:?} {rest:?}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(250),
+        "closed after {:?}, before the idle timeout",
+        started.elapsed()
+    );
+    server.stop().await;
+}

@@ -519,3 +519,30 @@ async fn a_removed_listener_s_tunnel_drains_then_is_closed_after_drain_timeout()
     assert!(rest.is_empty(), "{rest:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_reload_applies_new_passwords_and_protocols_to_http_and_shared_listeners() {
+    use crate::doors::{http_connect, socks4_connect};
+    let (f, h, p) = (port(), port(), port());
+    let http = |password: &str| {
+        format!(
+            "[[listener]]\nname = \"web\"\nmode = \"http\"\nbind = \"{h}\"\nauth = \"password\"\n\
+             users = [{{ username = \"alice\", password = \"{password}\" }}]\n"
+        )
+    };
+    let shared = |protocols: &str| proxy(p, &format!("protocols = {protocols}"));
+    let server =
+        Reloading::start(&(frames("frames", f) + &http("old") + &shared(r#"["socks5"]"#))).await;
+    let target = f.to_string();
+    assert_eq!(http_connect(h, &target, Some("alice:old")).await.1, 200);
+    assert!(
+        server
+            .reload(&(frames("frames", f) + &http("new") + &shared(r#"["socks5", "socks4"]"#)))
+            .await
+    );
+    assert_eq!(http_connect(h, &target, Some("alice:new")).await.1, 200);
+    assert_eq!(http_connect(h, &target, Some("alice:old")).await.1, 407);
+    let (_, cd) = socks4_connect(p, Address::Ip(f)).await;
+    assert_eq!(cd, 90, "socks4 is served after the reload");
+    server.stop().await;
+}

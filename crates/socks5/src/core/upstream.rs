@@ -70,6 +70,7 @@ async fn through(
                 stream: Outbound::Tcp(tcp),
                 early,
                 via: Some(upstream.clone()),
+                local: None,
             })
         }
         (UpstreamKind::Http, Outbound::Stream(other)) => {
@@ -78,6 +79,7 @@ async fn through(
                 stream: Outbound::Stream(other),
                 early,
                 via: Some(upstream.clone()),
+                local: None,
             })
         }
     }
@@ -148,6 +150,7 @@ async fn socks5(
         stream,
         early: Bytes::new(),
         via: Some(upstream.clone()),
+        local: None,
     })
 }
 

@@ -119,6 +119,7 @@ where
             stream: Outbound::Tcp(peer_stream),
             early: Bytes::new(),
             via: None,
+            local: None,
         };
         self.relay(opened, pending).await
     }

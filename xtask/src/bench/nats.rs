@@ -1,0 +1,232 @@
+//! The `nats` handler's throughput: at 64 B and 4 KiB payloads, a bare
+//! `async-nats` JetStream publisher (this process, one connection, at most
+//! [`WINDOW`] publishes awaiting their PubAck, each with a `Nats-Msg-Id`)
+//! against the collector (`client bench --wait-ack --window WINDOW`, one
+//! connection, through a crc-tcp listener with the nats handler), both into
+//! the same stream (file storage, one replica) of one `nats-server` on
+//! loopback. Target: the collector at 0.7x the bare publisher's rate or more.
+//! A second baseline publishes with the nine headers the collector sets
+//! (which make a 64 B message about five times larger, and cost nats-server
+//! about half as much CPU again), so the collector's own cost shows apart
+//! from the message format the spec fixes. CPU: utime+stime of the
+//! publisher (this process), of nats-server and of the collector per run.
+//! Skipped with a note under `--quick` and when nats-server is missing.
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use async_nats::jetstream;
+use bytes::Bytes;
+
+use super::{
+    Plan, Results, Row, Target,
+    frames::{Acks, client_bench},
+    relay::{clock_ticks, cpu_seconds},
+    within_budget,
+};
+use crate::{
+    e2e::nats::{NatsServer, nats_server},
+    harness::{Binaries, Server, ServerSpec, message},
+};
+
+const GROUP: &str = "nats";
+/// Publishes awaiting their ack, for both sides.
+const WINDOW: usize = 256;
+/// Messages per run, by payload size.
+const MESSAGES: [(u64, u64); 2] = [(64, 200_000), (4096, 50_000)];
+
+const CONFIG: &str = r#"[server]
+drain_timeout = "5s"
+
+[[listener]]
+name = "nats"
+mode = "crc-tcp"
+bind = "127.0.0.1:0"
+handler = { type = "nats", servers = ["nats://{NATS}"], subject = "bench.{listener}", stream = "BENCH", max_in_flight = 1024, create_stream = { replicas = 1, storage = "file", duplicate_window = "2m" } }
+"#;
+
+/// Runs the comparison; every failure becomes a row.
+pub(crate) fn run(
+    bins: &Binaries,
+    dir: &Path,
+    plan: &Plan,
+    started: Instant,
+    results: &mut Results,
+) {
+    if plan.quick {
+        results.rows.push(
+            Row::new(GROUP, "collector vs bare JetStream publisher", f64::NAN, "")
+                .note("skipped under --quick (see the full run)"),
+        );
+        return;
+    }
+    let binary = match nats_server() {
+        Ok(binary) => binary,
+        Err(error) => {
+            results.rows.push(
+                Row::new(GROUP, "collector vs bare JetStream publisher", f64::NAN, "")
+                    .note(format!("skipped: {error:#}")),
+            );
+            return;
+        }
+    };
+    if let Err(error) = compare(bins, &binary, dir, plan, started, results) {
+        results.failed(GROUP, "collector vs bare JetStream publisher", &error);
+    }
+}
+
+fn compare(
+    bins: &Binaries,
+    binary: &Path,
+    dir: &Path,
+    plan: &Plan,
+    started: Instant,
+    results: &mut Results,
+) -> anyhow::Result<()> {
+    let store = dir.join("nats-store");
+    std::fs::create_dir_all(&store)?;
+    let nats = NatsServer::start(binary, testkit::free_loopback_port()?, &store)?;
+    let config = CONFIG.replace("{NATS}", &nats.addr.to_string());
+    let collector_dir = dir.join("nats-collector");
+    std::fs::create_dir_all(&collector_dir)?;
+    let mut collector = Server::start(
+        &bins.server,
+        &collector_dir,
+        &ServerSpec {
+            config: &config,
+            listeners: &["nats"],
+            log_level: "warn,server=info",
+            keep: |e| message(e).starts_with("nats"),
+            log_name: "bench-nats-collector.log",
+        },
+    )?;
+    collector
+        .events()
+        .wait_for(0, Duration::from_secs(20), |e| {
+            message(e) == "nats: stream ready"
+        })
+        .context("the collector's stream did not become ready")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ticks = clock_ticks();
+    for (size, count) in MESSAGES {
+        within_budget(plan, started)?;
+        let label = if size >= 1024 {
+            format!("{} KiB", size / 1024)
+        } else {
+            format!("{size} B")
+        };
+        let mut bare = [0.0; 2];
+        for (headers, rate) in [false, true].into_iter().zip(&mut bare) {
+            let (nats_cpu, own_cpu) = (
+                cpu_seconds(nats.pid(), ticks)?,
+                cpu_seconds(std::process::id(), ticks)?,
+            );
+            *rate = runtime.block_on(bare_publisher(nats.addr, size, count, headers))?;
+            let nats_cpu = cpu_seconds(nats.pid(), ticks)? - nats_cpu;
+            let own_cpu = cpu_seconds(std::process::id(), ticks)? - own_cpu;
+            let metric = if headers {
+                format!("bare publisher {label}, the collector's headers")
+            } else {
+                format!("bare publisher {label}")
+            };
+            results.rows.push(Row::new(GROUP, metric, *rate, "msg/s").note(format!(
+                "{count} messages, window {WINDOW}; publisher {:.1} us CPU/msg, nats-server {:.1} us CPU/msg",
+                own_cpu * 1e6 / count as f64,
+                nats_cpu * 1e6 / count as f64
+            )));
+        }
+        let [bare, same_headers] = bare;
+        let (nats_cpu, collector_cpu) = (
+            cpu_seconds(nats.pid(), ticks)?,
+            cpu_seconds(collector.pid(), ticks)?,
+        );
+        let report = client_bench(
+            bins,
+            collector.addr("nats"),
+            2,
+            size,
+            count,
+            Acks::Window(WINDOW as u32),
+            plan.client_cap,
+        )?;
+        let via_nats_cpu = cpu_seconds(nats.pid(), ticks)? - nats_cpu;
+        let via_collector_cpu = cpu_seconds(collector.pid(), ticks)? - collector_cpu;
+        let rate = report["frames_per_sec"].as_f64().unwrap_or(f64::NAN);
+        let ratio = rate / bare;
+        let mut row = Row::new(GROUP, format!("collector {label}"), rate, "msg/s").note(format!(
+            "{ratio:.2}x bare, {:.2}x bare with the same headers; {} frames, window {WINDOW}, ack p50 {} us p99 {} us; collector {:.1} us CPU/frame, nats-server {:.1} us CPU/msg",
+            rate / same_headers,
+            report["frames"],
+            report["ack_p50_us"],
+            report["ack_p99_us"],
+            via_collector_cpu * 1e6 / count as f64,
+            via_nats_cpu * 1e6 / count as f64
+        ));
+        if size == 64 {
+            row = row.target(Target::at_least(ratio, 0.7, ">= 0.70x bare"));
+        }
+        results.rows.push(row);
+    }
+    let _ = collector.stop(Duration::from_secs(15));
+    drop(nats);
+    Ok(())
+}
+
+/// Publishes `count` messages of `size` bytes with at most [`WINDOW`]
+/// awaiting their ack; messages per second.
+async fn bare_publisher(
+    addr: SocketAddr,
+    size: u64,
+    count: u64,
+    headers: bool,
+) -> anyhow::Result<f64> {
+    let client = async_nats::connect(format!("nats://{addr}")).await?;
+    let js = jetstream::new(client);
+    let payload = Bytes::from(vec![0x5a_u8; usize::try_from(size)?]);
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let started = Instant::now();
+    let mut pending = VecDeque::with_capacity(WINDOW);
+    let work = async {
+        for seq in 0..count {
+            if pending.len() >= WINDOW
+                && let Some(ack) = pending.pop_front()
+            {
+                let ack: jetstream::context::PublishAckFuture = ack;
+                ack.await?;
+            }
+            let mut message = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(format!("bare-{run}-{size}-{headers}-{seq}"));
+            if headers {
+                // What the collector adds, with values of the same length.
+                message = message
+                    .header("Netkit-Version", "2")
+                    .header("Netkit-Crc-Size", "4")
+                    .header("Netkit-Client", "127.0.0.1:54321")
+                    .header("Netkit-Listener", "nats")
+                    .header("Netkit-Connection", "0")
+                    .header("Netkit-Stream", "0123456789abcdef0123456789abcdef")
+                    .header("Netkit-Seq", seq.to_string())
+                    .header("Netkit-Received", "2026-12-01T13:34:35.968589123Z");
+            }
+            pending.push_back(js.send_publish("bench.bare", message).await?);
+        }
+        while let Some(ack) = pending.pop_front() {
+            ack.await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(120), work)
+        .await
+        .context("the bare publisher took over 120 s")??;
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
