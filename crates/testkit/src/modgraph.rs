@@ -49,7 +49,11 @@ impl ModuleGraph {
         for (path, text) in &located {
             for target in named_modules(path, text) {
                 if target != path[0] && modules.contains(&target) {
-                    graph.edges.entry(path[0].clone()).or_default().insert(target);
+                    graph
+                        .edges
+                        .entry(path[0].clone())
+                        .or_default()
+                        .insert(target);
                 }
             }
         }
@@ -99,10 +103,10 @@ impl ModuleGraph {
         }
         let mut states = BTreeMap::new();
         for node in self.edges.keys() {
-            if !states.contains_key(node.as_str()) {
-                if let Some(cycle) = visit(self, node, &mut states, &mut Vec::new()) {
-                    return Some(cycle);
-                }
+            if !states.contains_key(node.as_str())
+                && let Some(cycle) = visit(self, node, &mut states, &mut Vec::new())
+            {
+                return Some(cycle);
             }
         }
         None
@@ -223,7 +227,10 @@ mod tests {
         let path = vec!["a".to_owned()];
         let text = "use crate::{b::X, c, self};\n// crate::d in a comment\n\
                     #[serde(default = \"crate::e::f\")]\nfn g() { super::h::i(); crate::j::k() }";
-        assert_eq!(named_modules(&path, text), ["b", "c", "self", "e", "h", "j"]);
+        assert_eq!(
+            named_modules(&path, text),
+            ["b", "c", "self", "e", "h", "j"]
+        );
         let nested = vec!["a".to_owned(), "x".to_owned()];
         assert_eq!(
             named_modules(&nested, "use super::y; use super::super::z;"),
