@@ -31,6 +31,7 @@ mod deadline;
 mod histogram;
 mod output;
 mod read;
+mod report;
 mod resend;
 mod send;
 

@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::bench::Report;
+use crate::report::Report;
 
 /// A bar counting frames written, drawn on stderr; hidden when stderr is not a
 /// terminal or the output is JSON.

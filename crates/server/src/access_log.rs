@@ -21,7 +21,7 @@ use anyhow::Context;
 use serde::Serialize;
 use tracing::{error, warn};
 
-use crate::{listener::Throttle, stats::ListenerStats};
+use crate::{stats::ListenerStats, throttle::Throttle};
 
 /// Lines queued for the writer at most; more are dropped, not waited for.
 pub const QUEUE_LEN: usize = 8192;

@@ -7,18 +7,21 @@
 //!
 //! Modules: [`config`] (TOML, validated once into ready-to-run settings before anything
 //! binds: at start, by `--check-config` and on reload), [`registry`]
-//! (one variant per mode), `listener` (bind, accept, connection limits), `reload` (the listeners while they serve, and SIGHUP),
+//! (one variant per mode), `mode` (the traits a mode implements, and what every listener
+//! has), `bounds` (the value checks every part of the config shares), `listener` (bind, accept, connection limits), `reload` (the listeners while they serve, and SIGHUP),
 //! [`modes`] (`crc-tcp`, `socks5`), [`sinks`] (the file sink), [`shutdown`]
 //! (signals), [`proxy_protocol`] (whom to trust for a PROXY protocol header, and reading it),
 //! [`admin`] (the `[admin]` HTTP endpoint), [`metrics`] (what its `/metrics` shows) and
-//! [`access_log`] (the per-listener JSON lines).
+//! [`access_log`] (the per-listener JSON lines), `throttle` (one warning per interval).
 //! Left out on purpose: wire formats, which live in `proto`, `socks5` and `proxy-header`.
 
 pub mod access_log;
 pub mod admin;
+mod bounds;
 pub mod config;
 mod listener;
 pub mod metrics;
+mod mode;
 pub mod modes;
 pub mod proxy_protocol;
 pub mod registry;
@@ -26,6 +29,7 @@ mod reload;
 pub mod shutdown;
 pub mod sinks;
 pub mod stats;
+mod throttle;
 
 pub use admin::AdminConfig;
 pub use config::Config;
@@ -44,7 +48,7 @@ use tracing::{info, warn};
 
 use crate::{
     listener::Generation,
-    registry::{Common, Service},
+    mode::{Common, Service},
     reload::{KILL_WAIT, Running, log_stats},
 };
 

@@ -9,7 +9,7 @@ use std::{
     collections::{HashMap, hash_map::Entry},
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -23,9 +23,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, trace, warn};
 
 use crate::{
+    mode::{Common, Service},
     proxy_protocol,
-    registry::{Common, Service},
     stats::{ActiveGuard, ListenerStats},
+    throttle::Throttle,
 };
 
 /// Pause after a failed `accept` (e.g. out of file descriptors), so that a
@@ -34,11 +35,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Accept queue length.
 const BACKLOG: i32 = 1024;
-
-/// At most one warning per this long about each kind of refused connection
-/// (`max_connections_per_ip`, PROXY protocol), so that a flood does not
-/// flood the log.
-const REFUSED_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Binds `common.bind` with `SO_REUSEADDR` (as the reference server does) and,
 /// when asked, `SO_REUSEPORT`.
@@ -421,36 +417,6 @@ impl Drop for PerIpSlot {
                 entry.remove();
             }
         }
-    }
-}
-
-/// Lets one warning through per [`REFUSED_LOG_INTERVAL`], with how many
-/// events happened since the last one it let through.
-#[derive(Debug, Default)]
-pub(crate) struct Throttle(Mutex<ThrottleState>);
-
-#[derive(Debug, Default)]
-struct ThrottleState {
-    last: Option<Instant>,
-    unlogged: u64,
-}
-
-impl Throttle {
-    /// Notes one event; `Some(count)` when a line is due now, with the
-    /// events it stands for.
-    pub(crate) fn note(&self) -> Option<u64> {
-        // The counts stay usable whatever panicked while holding them.
-        let mut state = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        state.unlogged += 1;
-        let now = Instant::now();
-        if state
-            .last
-            .is_some_and(|last| now.duration_since(last) < REFUSED_LOG_INTERVAL)
-        {
-            return None;
-        }
-        state.last = Some(now);
-        Some(std::mem::take(&mut state.unlogged))
     }
 }
 

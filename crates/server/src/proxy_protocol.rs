@@ -13,7 +13,7 @@ use proxy_header::{Decoded, Header, MAX_V2_LEN, Versions, decode};
 use serde::Deserialize;
 use tokio::{io::AsyncReadExt, net::TcpStream, time::timeout};
 
-use crate::config::{MAX_DURATION, MIN_TIMEOUT, check_duration, invalid};
+use crate::bounds::{MAX_DURATION, MIN_TIMEOUT, check_duration, invalid};
 
 /// `proxy_protocol = "off" | "v1" | "v2" | "any"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

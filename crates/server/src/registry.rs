@@ -1,25 +1,27 @@
-//! The mode registry. Adding a mode is one module and one line in [`modes!`] below: the
-//! module's config type implements [`ModeConfig`] (its keys, and `prepare`, the one step that
-//! validates them into ready-to-run settings), its settings implement [`ModeSettings`]
-//! (`build`: the running service) and its service implements [`Mode`] (`handle`, and what
+//! The mode registry. Adding a mode is one module and one line in `modes!` below: the
+//! module's config type implements `ModeConfig` (its keys, and `prepare`, the one step that
+//! validates them into ready-to-run settings), its settings implement `ModeSettings`
+//! (`build`: the running service) and its service implements `Mode` (`handle`, and what
 //! it holds that a reload must know about). The config stays one serde-tagged enum, so an
 //! unknown mode is refused with the list of valid ones. `mode = "http"`
-//! ([`crate::modes::http`]) is such a module: its line is `Http("http", ...)`.
+//! ([`crate::modes::http`]) is such a module: its line is `Http("http", ...)`. The traits
+//! live in the `mode` module, below the modes, so that the modes never name the registry.
 
-use std::{future::Future, net::SocketAddr, path::Path, pin::Pin, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use ipnet::IpNet;
 
 use serde::Deserialize;
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
+
+pub use crate::mode::Common;
 
 use crate::{
     access_log::{self, AccessLog},
-    config::invalid,
+    bounds::{MAX_CONNECTIONS, check_count, invalid},
+    mode::{BuildContext, ModeConfig, ModeSettings, Service},
     modes::{crc_tcp, http, socks5},
     proxy_protocol::{ProxyProtocol, ProxySettings},
-    stats::{ListenerStats, StatsKind},
+    stats::ListenerStats,
 };
 
 /// Declares the modes: each line is `Variant("name", ConfigType, "what it does, for --help")`.
@@ -76,114 +78,6 @@ modes! {
         http::HttpConfig,
         "an HTTP/1.1 proxy (CONNECT tunnels, absolute-form http:// requests, Basic passwords)"
     ),
-}
-
-/// The keys every mode has, and the mode's validation: what the registry asks of a mode's
-/// config type.
-pub(crate) trait ModeConfig: std::fmt::Debug + Send + Sync {
-    /// The `name` key.
-    fn name(&self) -> Option<&str>;
-    /// The `bind` key.
-    fn bind(&self) -> SocketAddr;
-    /// The `max_connections_per_ip` key.
-    fn max_connections_per_ip(&self) -> Option<usize>;
-    /// The `proxy_protocol`, `proxy_protocol_from` and `proxy_protocol_timeout` keys.
-    fn proxy_protocol(&self) -> (ProxyProtocol, &[IpNet], Duration);
-    /// The file a sink of this listener writes, if any.
-    fn sink_path(&self) -> Option<&Path> {
-        None
-    }
-    /// The address a proxy listener binds, which no proxy listener may connect to; `None`
-    /// for other modes.
-    fn proxy_bind(&self) -> Option<SocketAddr> {
-        None
-    }
-    /// What the listener's periodic `stats` line shows.
-    fn stats_kind(&self) -> StatsKind {
-        StatsKind::Sessions
-    }
-    /// Checks the mode's own keys and builds its ready-to-run settings, with the listener's
-    /// [`Common`] part (named `name`, counting in `stats`).
-    ///
-    /// # Errors
-    ///
-    /// An error naming the key at fault.
-    fn prepare(
-        &self,
-        name: String,
-        stats: Arc<ListenerStats>,
-        proxies: &[SocketAddr],
-    ) -> anyhow::Result<(Common, Arc<dyn ModeSettings>)>;
-}
-
-/// What [`ModeSettings::build`] gets besides the settings.
-pub(crate) struct BuildContext<'a> {
-    /// The listener's name.
-    pub(crate) name: &'a str,
-    /// Its counters.
-    pub(crate) stats: Arc<ListenerStats>,
-    /// The file sinks running, to share one for the same file.
-    pub(crate) sinks: &'a crc_tcp::Sinks,
-    /// The listener's access log, if it has one.
-    pub(crate) access_log: Option<access_log::Sink>,
-}
-
-/// The future of [`ModeSettings::build`].
-pub(crate) type BuildFuture<'a> =
-    Pin<Box<dyn Future<Output = anyhow::Result<Service>> + Send + 'a>>;
-
-/// A mode's ready-to-run settings, as its [`ModeConfig::prepare`] made them.
-pub(crate) trait ModeSettings: std::fmt::Debug + Send + Sync {
-    /// Builds the running service (opening what it needs: a sink's file, a NATS client).
-    fn build<'a>(&'a self, context: BuildContext<'a>) -> BuildFuture<'a>;
-}
-
-/// The future of [`Mode::handle`].
-pub(crate) type HandleFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
-
-/// A running mode, shared by the connections of one listener: it serves them, and counts
-/// and logs them in the listener's [`ListenerStats`].
-pub(crate) trait Mode: Send + Sync {
-    /// Serves one accepted connection until it ends.
-    fn handle(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        stop: CancellationToken,
-    ) -> HandleFuture<'_>;
-
-    /// The access log of this service, if it has one.
-    fn access_log(&self) -> Option<Arc<AccessLog>>;
-
-    /// The file sink of this service, if it has one.
-    fn sink(&self) -> Option<Arc<crate::sinks::file::FileSink>> {
-        None
-    }
-}
-
-/// A running mode, as the listeners hold it.
-pub(crate) type Service = Arc<dyn Mode>;
-
-/// What every listener has, whatever its mode.
-#[derive(Debug, Clone)]
-pub struct Common {
-    /// The listener's name in logs.
-    pub name: String,
-    /// The address to listen on.
-    pub bind: SocketAddr,
-    /// Connections served at once; the next waits in the accept queue.
-    pub max_connections: usize,
-    /// Connections served at once from one client IP address; one more is
-    /// closed at once (`None`: no limit).
-    pub max_connections_per_ip: Option<usize>,
-    /// Whether to set `SO_REUSEPORT`.
-    pub reuse_port: bool,
-    /// The PROXY protocol settings, when it is on.
-    pub proxy_protocol: Option<ProxySettings>,
-    /// The `access_log` file, if any.
-    pub access_log: Option<std::path::PathBuf>,
-    /// The listener's counters, shared with its service.
-    pub stats: Arc<ListenerStats>,
 }
 
 impl ListenerConfig {
@@ -244,11 +138,11 @@ impl ListenerConfig {
                     "must be at least 1 (leave it out for no limit)",
                 ));
             }
-            Some(limit) => crate::config::check_count(
+            Some(limit) => check_count(
                 "max_connections_per_ip",
                 limit as u64,
                 1,
-                crate::config::MAX_CONNECTIONS as u64,
+                MAX_CONNECTIONS as u64,
                 "",
             )?,
             None => {}

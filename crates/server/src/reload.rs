@@ -22,7 +22,7 @@ use crate::{
     access_log::AccessLog,
     listener::{self, Generation, Stops},
     metrics,
-    registry::Service,
+    mode::Service,
     sinks::file::FileSink,
 };
 

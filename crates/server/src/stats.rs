@@ -17,7 +17,7 @@ use tracing::info;
 #[derive(Debug, Default)]
 pub struct ListenerStats {
     /// Which counters the periodic `stats` line shows (the mode says, see
-    /// [`crate::registry::ModeConfig`]).
+    /// `ModeConfig::stats_kind` in the `mode` module).
     pub kind: StatsKind,
     /// Connections accepted.
     pub accepted: AtomicU64,

@@ -13,106 +13,28 @@ mod own;
 mod upstream;
 
 use std::any::Any;
-use std::fmt;
-use std::future::Future;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::debug;
 
+use crate::options::ServerOptions;
 use crate::resolve::lookup;
 use crate::rules::{Action, Requester};
-use crate::server::ServerOptions;
 use crate::via::{Upstream, Via};
 use crate::wire::Address;
 use crate::{Error, relay as tcp_relay};
 
+pub use crate::connector::{ConnectFuture, Connector, DirectConnector, Outbound, ProxyStream};
+pub use crate::relay::Relayed;
+
 use eyeballs::Candidate;
 pub(crate) use own::OwnListeners;
-
-/// A byte stream the relay can carry: anything async, readable and writable.
-pub trait ProxyStream: AsyncRead + AsyncWrite + Unpin + Send {}
-
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> ProxyStream for T {}
-
-/// An outbound connection, as a [`Connector`] makes it.
-pub enum Outbound {
-    /// A TCP socket: relayed with splice(2) when the client's side is a TCP socket too, and
-    /// checked against the server's own listening addresses once connected.
-    Tcp(TcpStream),
-    /// Any other stream (a TLS session, an in-memory pipe in a test): relayed by copying.
-    Stream(Box<dyn ProxyStream>),
-}
-
-impl fmt::Debug for Outbound {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Outbound::Tcp(stream) => f.debug_tuple("Tcp").field(stream).finish(),
-            Outbound::Stream(_) => f.write_str("Stream(..)"),
-        }
-    }
-}
-
-/// The future a [`Connector`] returns.
-pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Outbound>> + Send + 'a>>;
-
-/// Makes one outbound connection to an address the rules already allowed, or to an upstream
-/// proxy (`via`).
-///
-/// The core calls it once per attempt (Happy Eyeballs may run several at once and drops the
-/// losers' futures), always within `connect_timeout`; the error's kind decides the reply
-/// ([`crate::Error::reply`]). The default, [`DirectConnector`], opens a TCP socket bound to
-/// `outbound_bind` if set.
-///
-/// ```
-/// use std::net::{IpAddr, SocketAddr};
-/// use socks5::{ConnectFuture, Connector, Outbound};
-///
-/// /// Connects everything to one fixed address (a test double, say).
-/// struct Pinned(SocketAddr);
-///
-/// impl Connector for Pinned {
-///     fn connect(&self, _address: SocketAddr, _bind: Option<IpAddr>) -> ConnectFuture<'_> {
-///         Box::pin(async move {
-///             Ok(Outbound::Tcp(tokio::net::TcpStream::connect(self.0).await?))
-///         })
-///     }
-/// }
-///
-/// let options = socks5::ServerOptions::builder()
-///     .connector(Pinned("127.0.0.1:8080".parse().unwrap()))
-///     .build();
-/// # let _ = options;
-/// ```
-pub trait Connector: Send + Sync {
-    /// Connects to `address`, from `bind` (the `outbound_bind` option) when given.
-    fn connect(&self, address: SocketAddr, bind: Option<IpAddr>) -> ConnectFuture<'_>;
-}
-
-/// The default [`Connector`]: a plain TCP connection, its socket bound to `bind` when given.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DirectConnector;
-
-impl Connector for DirectConnector {
-    fn connect(&self, address: SocketAddr, bind: Option<IpAddr>) -> ConnectFuture<'_> {
-        Box::pin(async move {
-            let socket = if address.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            if let Some(ip) = bind {
-                socket.bind(SocketAddr::new(ip, 0))?;
-            }
-            Ok(Outbound::Tcp(socket.connect(address).await?))
-        })
-    }
-}
 
 /// One request for the core to open: who asks, for what.
 #[derive(Debug, Clone)]
@@ -369,19 +291,6 @@ pub(crate) async fn attempt(
         via: None,
         local,
     })
-}
-
-/// What [`relay`] moved, and how it ended.
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Relayed {
-    /// Bytes from the client to the target (the pending bytes included).
-    pub up: u64,
-    /// Bytes from the target to the client (the early bytes included).
-    pub down: u64,
-    /// `Ok` when both directions ended (or a peer reset, an ordinary way to close);
-    /// [`Error::Idle`] after `idle_timeout` without traffic.
-    pub result: Result<(), Error>,
 }
 
 /// Relays between `client` and the opened target until both directions end, an error, or

@@ -75,24 +75,25 @@
 
 mod auth;
 pub mod client;
+mod connector;
 pub mod core;
 mod error;
 mod framing;
+mod options;
 mod relay;
 mod resolve;
 mod rules;
 mod server;
-mod udp;
+
 mod via;
 pub mod wire;
 
 pub use auth::{AuthFuture, AuthPolicy, Authenticator, LoginFailure};
 pub use core::{ConnectFuture, Connector, DirectConnector, Outbound, ProxyStream};
 pub use error::Error;
+pub use options::{Commands, ServerOptions, ServerOptionsBuilder};
 pub use resolve::{MAX_SYSTEM_LOOKUPS, ResolveFuture, Resolver, StaticResolver, SystemResolver};
 pub use rules::{Action, DomainPattern, Requester, Rule, Rules, Verdict, networks_cover_family};
-pub use server::{
-    Commands, ServerOptions, ServerOptionsBuilder, SessionReport, serve, serve_socks4, sniff,
-};
+pub use server::{SessionReport, serve, serve_socks4, sniff};
 pub use via::{Upstream, UpstreamKind, Via};
 pub use wire::{Address, Command, Reply};

@@ -22,7 +22,19 @@ use tokio::time::{Instant, sleep_until, timeout};
 use tracing::debug;
 
 use crate::Error;
-use crate::core::Relayed;
+
+/// What [`relay`](crate::core::relay) moved, and how it ended.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Relayed {
+    /// Bytes from the client to the target (the pending bytes included).
+    pub up: u64,
+    /// Bytes from the target to the client (the early bytes included).
+    pub down: u64,
+    /// `Ok` when both directions ended (or a peer reset, an ordinary way to close);
+    /// [`Error::Idle`] after `idle_timeout` without traffic.
+    pub result: Result<(), Error>,
+}
 
 /// Writes what came before the relay: `pending` (bytes the client sent after its request) to
 /// the target, `early` (bytes the target sent with an upstream's answer) to the client. `Err`

@@ -12,15 +12,19 @@
 //!   read on a thread, and its JSON `listening` event;
 //! - [`free_loopback_port`]: a loopback address nothing listens on;
 //! - [`SplitMix64`]: a small seeded generator, so sizes, contents and kill
-//!   points can be recomputed from the seed.
+//!   points can be recomputed from the seed;
+//! - [`ModuleGraph`]: which top-level modules of a crate name which, and a
+//!   cycle search, so each crate can test that its modules form no cycle.
 
 mod child;
 mod lines;
+mod modgraph;
 mod rng;
 mod wait;
 
 pub use child::ChildGuard;
 pub use lines::{stderr_lines, wait_listening};
+pub use modgraph::{ModuleGraph, assert_acyclic};
 pub use rng::SplitMix64;
 #[cfg(feature = "tokio")]
 pub use wait::within;

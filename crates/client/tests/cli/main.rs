@@ -3,6 +3,7 @@
 //! and a SOCKS5 proxy; and reads files in the `file` sink's format.
 
 mod bench;
+mod modules;
 mod read;
 mod resend;
 mod send;

@@ -41,9 +41,9 @@ use ipnet::IpNet;
 
 use crate::{
     access_log::{self, AccessLog},
-    config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration},
+    bounds::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration},
+    mode::Common,
     proxy_protocol::{ProxyProtocol, ProxySettings},
-    registry::Common,
     sinks::{
         file::{FileSink, SyncPolicy},
         nats::{self, ConnHeaders, NatsConfig, NatsSink, Outcome},
@@ -1057,7 +1057,7 @@ impl std::fmt::Display for Preview<'_> {
 }
 
 /// The registry's view of `mode = "crc-tcp"`.
-impl crate::registry::ModeConfig for CrcTcpConfig {
+impl crate::mode::ModeConfig for CrcTcpConfig {
     fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
@@ -1091,38 +1091,35 @@ impl crate::registry::ModeConfig for CrcTcpConfig {
         name: String,
         stats: Arc<ListenerStats>,
         _proxies: &[SocketAddr],
-    ) -> anyhow::Result<(Common, Arc<dyn crate::registry::ModeSettings>)> {
+    ) -> anyhow::Result<(Common, Arc<dyn crate::mode::ModeSettings>)> {
         self.validate()?;
         Ok((self.common(name, stats), Arc::new(self.clone())))
     }
 }
 
 /// The checked keys are the settings (the file sink is opened when the listener starts).
-impl crate::registry::ModeSettings for CrcTcpConfig {
-    fn build<'a>(
-        &'a self,
-        context: crate::registry::BuildContext<'a>,
-    ) -> crate::registry::BuildFuture<'a> {
+impl crate::mode::ModeSettings for CrcTcpConfig {
+    fn build<'a>(&'a self, context: crate::mode::BuildContext<'a>) -> crate::mode::BuildFuture<'a> {
         Box::pin(async move {
-            let crate::registry::BuildContext {
+            let crate::mode::BuildContext {
                 name,
                 stats,
                 sinks,
                 access_log,
             } = context;
             let service = CrcTcp::new(self, name, stats, sinks, access_log).await?;
-            Ok(Arc::new(service) as crate::registry::Service)
+            Ok(Arc::new(service) as crate::mode::Service)
         })
     }
 }
 
-impl crate::registry::Mode for CrcTcp {
+impl crate::mode::Mode for CrcTcp {
     fn handle(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         stop: CancellationToken,
-    ) -> crate::registry::HandleFuture<'_> {
+    ) -> crate::mode::HandleFuture<'_> {
         Box::pin(CrcTcp::handle(self, stream, peer, stop))
     }
 

@@ -13,12 +13,12 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::{
+    mode::Common,
     modes::{
         doors::ProtocolName,
         socks5::{self, AuthMode, CommandName, RuleConfig, Socks5Config, UserConfig},
     },
     proxy_protocol::ProxyProtocol,
-    registry::Common,
     stats::ListenerStats,
 };
 
@@ -140,7 +140,7 @@ impl From<HttpKeys> for HttpConfig {
 }
 
 /// `mode = "http"` is checked as its `socks5` listener, and runs as one named `http`.
-impl crate::registry::ModeConfig for HttpConfig {
+impl crate::mode::ModeConfig for HttpConfig {
     fn name(&self) -> Option<&str> {
         self.0.name.as_deref()
     }
@@ -154,7 +154,7 @@ impl crate::registry::ModeConfig for HttpConfig {
     }
 
     fn proxy_protocol(&self) -> (ProxyProtocol, &[IpNet], Duration) {
-        crate::registry::ModeConfig::proxy_protocol(&self.0)
+        crate::mode::ModeConfig::proxy_protocol(&self.0)
     }
 
     fn proxy_bind(&self) -> Option<SocketAddr> {
@@ -166,7 +166,7 @@ impl crate::registry::ModeConfig for HttpConfig {
         name: String,
         stats: Arc<ListenerStats>,
         proxies: &[SocketAddr],
-    ) -> anyhow::Result<(Common, Arc<dyn crate::registry::ModeSettings>)> {
+    ) -> anyhow::Result<(Common, Arc<dyn crate::mode::ModeSettings>)> {
         let mut options = self.0.prepare(proxies)?;
         options.mode = "http";
         Ok((self.0.common(name, stats), Arc::new(options)))

@@ -20,10 +20,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     access_log::{self, AccessLog},
-    config::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
+    bounds::{MAX_CONNECTIONS, MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
+    mode::Common,
     modes::doors::{self, CoreDialer, NoDoor, Prefixed, ProtocolName},
     proxy_protocol::{ProxyProtocol, ProxySettings},
-    registry::Common,
     stats::{HTTP_STATUSES, ListenerStats, SOCKS5_REPLIES},
 };
 
@@ -602,7 +602,7 @@ fn parse_via(text: &str) -> anyhow::Result<socks5::Via> {
 }
 
 fn read_users_file(path: &Path) -> anyhow::Result<String> {
-    crate::config::read_bounded(path, crate::config::MAX_FILE_LEN)
+    crate::bounds::read_bounded(path, crate::bounds::MAX_FILE_LEN)
         .with_context(|| format!("users_file: cannot read {}", path.display()))
 }
 
@@ -890,7 +890,7 @@ impl Socks5 {
 
 /// The registry's view of `mode = "socks5"` (and, through [`crate::modes::http`], of
 /// `mode = "http"`).
-impl crate::registry::ModeConfig for Socks5Config {
+impl crate::mode::ModeConfig for Socks5Config {
     fn name(&self) -> Option<&str> {
         self.name.as_deref()
     }
@@ -920,31 +920,28 @@ impl crate::registry::ModeConfig for Socks5Config {
         name: String,
         stats: Arc<ListenerStats>,
         proxies: &[SocketAddr],
-    ) -> anyhow::Result<(Common, Arc<dyn crate::registry::ModeSettings>)> {
+    ) -> anyhow::Result<(Common, Arc<dyn crate::mode::ModeSettings>)> {
         let options = Socks5Config::prepare(self, proxies)?;
         Ok((self.common(name, stats), Arc::new(options)))
     }
 }
 
-impl crate::registry::ModeSettings for Socks5Options {
-    fn build<'a>(
-        &'a self,
-        context: crate::registry::BuildContext<'a>,
-    ) -> crate::registry::BuildFuture<'a> {
+impl crate::mode::ModeSettings for Socks5Options {
+    fn build<'a>(&'a self, context: crate::mode::BuildContext<'a>) -> crate::mode::BuildFuture<'a> {
         let service = Socks5::new(self.mode, self.clone(), context.stats, context.access_log);
         Box::pin(std::future::ready(Ok(
-            Arc::new(service) as crate::registry::Service
+            Arc::new(service) as crate::mode::Service
         )))
     }
 }
 
-impl crate::registry::Mode for Socks5 {
+impl crate::mode::Mode for Socks5 {
     fn handle(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         stop: CancellationToken,
-    ) -> crate::registry::HandleFuture<'_> {
+    ) -> crate::mode::HandleFuture<'_> {
         Box::pin(Socks5::handle(self, stream, peer, stop))
     }
 

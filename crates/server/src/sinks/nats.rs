@@ -34,7 +34,7 @@ use tokio::{sync::Notify, time::Instant};
 use tracing::{debug, info, warn};
 
 use crate::{
-    config::{MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
+    bounds::{MAX_DURATION, MIN_TIMEOUT, check_count, check_duration, invalid},
     stats::{ListenerStats, stream_state},
 };
 

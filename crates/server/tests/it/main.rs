@@ -15,6 +15,7 @@ mod doors;
 mod file_sink;
 mod http;
 mod login_log;
+mod modules;
 mod nats;
 mod per_ip;
 mod process;

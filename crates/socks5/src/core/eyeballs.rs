@@ -20,7 +20,7 @@ use tracing::debug;
 use super::{Opened, OwnListeners, attempt};
 use crate::Error;
 use crate::framing::later;
-use crate::server::ServerOptions;
+use crate::options::ServerOptions;
 use crate::via::Upstream;
 
 type Attempt<'a> = Pin<Box<dyn Future<Output = (SocketAddr, Result<Opened, Error>)> + Send + 'a>>;

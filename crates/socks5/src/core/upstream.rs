@@ -18,8 +18,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, warn};
 
 use super::{Opened, Outbound, ProxyStream};
+use crate::options::ServerOptions;
 use crate::resolve::lookup;
-use crate::server::ServerOptions;
 use crate::via::{Upstream, UpstreamKind};
 use crate::wire::Address;
 use crate::{Error, client};

@@ -1,4 +1,4 @@
-//! CONNECT and BIND (RFC 1928 §4, §6); UDP ASSOCIATE lives in [`crate::udp`].
+//! CONNECT and BIND (RFC 1928 §4, §6); UDP ASSOCIATE lives in [`udp`].
 
 use std::net::{IpAddr, SocketAddr};
 

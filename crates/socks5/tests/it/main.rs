@@ -11,6 +11,7 @@ mod embed;
 mod eyeballs;
 mod handshake;
 mod harness;
+mod modules;
 mod replies;
 mod socks4;
 mod stress;

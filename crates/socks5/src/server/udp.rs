@@ -39,10 +39,11 @@ use tokio::task::{self, JoinError, JoinSet};
 use tokio::time::{Instant, sleep, timeout};
 use tracing::{Instrument, debug};
 
+use super::Session;
 use crate::Error;
+use crate::options::ServerOptions;
 use crate::resolve::lookup;
 use crate::rules::{Action, Requester};
-use crate::server::{ServerOptions, Session};
 use crate::wire::{Address, Decoded, Reply, UdpHeader, decode_udp_header, encode_udp_header};
 
 /// Room in front of a received datagram for the header of an IP address (the largest, IPv6: RSV,
@@ -110,7 +111,7 @@ async fn open<S>(session: &Session<'_, S>) -> Result<(UdpSocket, SocketAddr), Er
         (Some(bind), Some(local)) => (bind, local.ip().to_canonical()),
         (None, Some(local)) => (local.ip().to_canonical(), local.ip().to_canonical()),
         (Some(bind), None) => (bind, bind),
-        (None, None) => return Err(Error::Io(crate::server::no_local_address())),
+        (None, None) => return Err(Error::Io(super::no_local_address())),
     };
     let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
     let bound = socket.local_addr()?;
