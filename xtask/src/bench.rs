@@ -310,12 +310,16 @@ pub(crate) fn run(quick: bool, out: &Path, options: &Options) -> anyhow::Result<
     );
     let started = Instant::now();
     let mut results = Results::default();
-    compare::run(&bins.server, dir.path(), &plan, options, &mut results);
-    if !options.compare_only {
+    if options.nats_only {
+        nats::run(&bins, dir.path(), &plan, options, started, &mut results);
+    } else {
+        compare::run(&bins.server, dir.path(), &plan, options, &mut results);
+    }
+    if !options.compare_only && !options.nats_only {
         relay::run(&server, &plan, started, &mut results);
         frames::run(&bins, &server, &plan, started, &mut results);
         checksums::run(&plan, &mut results);
-        nats::run(&bins, dir.path(), &plan, started, &mut results);
+        nats::run(&bins, dir.path(), &plan, options, started, &mut results);
     }
     let stop = server.stop(Duration::from_secs(15));
     let elapsed = started.elapsed();
@@ -371,6 +375,9 @@ fn rerun_optimised(quick: bool, out: &Path, options: &Options) -> anyhow::Result
     }
     if options.compare_only {
         cmd.arg("--compare-only");
+    }
+    if options.nats_only {
+        cmd.arg("--nats-only");
     }
     if let Some(baseline) = &options.baseline_server {
         cmd.arg("--baseline-server").arg(baseline);

@@ -74,6 +74,10 @@ enum Command {
         /// Run only the comparison with other SOCKS5 servers.
         #[arg(long)]
         compare_only: bool,
+        /// Run only the nats handler's comparison with a bare JetStream
+        /// publisher (full counts; with --baseline-server, its collector too).
+        #[arg(long, conflicts_with = "compare_only")]
+        nats_only: bool,
     },
     /// Run every cargo-fuzz target of fuzz/ for a bounded time (needs nightly).
     Fuzz {
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
             install_peers,
             baseline_server,
             compare_only,
+            nats_only,
         } => bench::run(
             quick,
             &out,
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
                 install_peers,
                 baseline_server,
                 compare_only,
+                nats_only,
             },
         ),
         Command::Fuzz { seconds, only } => fuzz::run(seconds, &only),

@@ -137,6 +137,8 @@ pub(crate) struct Options {
     pub(crate) baseline_server: Option<PathBuf>,
     /// Only the comparison (no relay bulk, crc-tcp or CRC figures).
     pub(crate) compare_only: bool,
+    /// Only the nats handler's comparison (with the baseline's collector too).
+    pub(crate) nats_only: bool,
 }
 
 /// Runs the comparison, adding its rows (and a regression as an error in `--quick`).

@@ -11,6 +11,8 @@
 //! from the message format the spec fixes. CPU: utime+stime of the
 //! publisher (this process), of nats-server and of the collector per run.
 //! Skipped with a note under `--quick` and when nats-server is missing.
+//! With `--baseline-server`, that binary's collector is measured too, right
+//! after this one's at each size (a change's before and after in one run).
 
 use std::{
     collections::VecDeque,
@@ -24,7 +26,7 @@ use async_nats::jetstream;
 use bytes::Bytes;
 
 use super::{
-    Plan, Results, Row, Target,
+    Options, Plan, Results, Row, Target,
     frames::{Acks, client_bench},
     relay::{clock_ticks, cpu_seconds},
     within_budget,
@@ -55,6 +57,7 @@ pub(crate) fn run(
     bins: &Binaries,
     dir: &Path,
     plan: &Plan,
+    options: &Options,
     started: Instant,
     results: &mut Results,
 ) {
@@ -75,13 +78,15 @@ pub(crate) fn run(
             return;
         }
     };
-    if let Err(error) = compare(bins, &binary, dir, plan, started, results) {
+    let baseline = options.baseline_server.as_deref();
+    if let Err(error) = compare(bins, baseline, &binary, dir, plan, started, results) {
         results.failed(GROUP, "collector vs bare JetStream publisher", &error);
     }
 }
 
 fn compare(
     bins: &Binaries,
+    baseline: Option<&Path>,
     binary: &Path,
     dir: &Path,
     plan: &Plan,
@@ -92,25 +97,34 @@ fn compare(
     std::fs::create_dir_all(&store)?;
     let nats = NatsServer::start(binary, testkit::free_loopback_port()?, &store)?;
     let config = CONFIG.replace("{NATS}", &nats.addr.to_string());
-    let collector_dir = dir.join("nats-collector");
-    std::fs::create_dir_all(&collector_dir)?;
-    let mut collector = Server::start(
-        &bins.server,
-        &collector_dir,
-        &ServerSpec {
-            config: &config,
-            listeners: &["nats"],
-            log_level: "warn,server=info",
-            keep: |e| message(e).starts_with("nats"),
-            log_name: "bench-nats-collector.log",
-        },
-    )?;
-    collector
-        .events()
-        .wait_for(0, Duration::from_secs(20), |e| {
-            message(e) == "nats: stream ready"
-        })
-        .context("the collector's stream did not become ready")?;
+    let mut collectors = vec![("collector", bins.server.clone())];
+    if let Some(baseline) = baseline {
+        collectors.push(("baseline collector", baseline.to_path_buf()));
+    }
+    let mut servers = Vec::new();
+    for (name, server) in collectors {
+        let collector_dir = dir.join(format!("nats-{}", name.replace(' ', "-")));
+        std::fs::create_dir_all(&collector_dir)?;
+        let collector = Server::start(
+            &server,
+            &collector_dir,
+            &ServerSpec {
+                config: &config,
+                listeners: &["nats"],
+                log_level: "warn,server=info",
+                keep: |e| message(e).starts_with("nats"),
+                log_name: "bench-nats-collector.log",
+            },
+        )
+        .with_context(|| format!("the {name} ({})", server.display()))?;
+        collector
+            .events()
+            .wait_for(0, Duration::from_secs(20), |e| {
+                message(e) == "nats: stream ready"
+            })
+            .with_context(|| format!("the {name}'s stream did not become ready"))?;
+        servers.push((name, collector));
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -143,38 +157,42 @@ fn compare(
             )));
         }
         let [bare, same_headers] = bare;
-        let (nats_cpu, collector_cpu) = (
-            cpu_seconds(nats.pid(), ticks)?,
-            cpu_seconds(collector.pid(), ticks)?,
-        );
-        let report = client_bench(
-            bins,
-            collector.addr("nats"),
-            2,
-            size,
-            count,
-            Acks::Window(WINDOW as u32),
-            plan.client_cap,
-        )?;
-        let via_nats_cpu = cpu_seconds(nats.pid(), ticks)? - nats_cpu;
-        let via_collector_cpu = cpu_seconds(collector.pid(), ticks)? - collector_cpu;
-        let rate = report["frames_per_sec"].as_f64().unwrap_or(f64::NAN);
-        let ratio = rate / bare;
-        let mut row = Row::new(GROUP, format!("collector {label}"), rate, "msg/s").note(format!(
-            "{ratio:.2}x bare, {:.2}x bare with the same headers; {} frames, window {WINDOW}, ack p50 {} us p99 {} us; collector {:.1} us CPU/frame, nats-server {:.1} us CPU/msg",
-            rate / same_headers,
-            report["frames"],
-            report["ack_p50_us"],
-            report["ack_p99_us"],
-            via_collector_cpu * 1e6 / count as f64,
-            via_nats_cpu * 1e6 / count as f64
-        ));
-        if size == 64 {
-            row = row.target(Target::at_least(ratio, 0.7, ">= 0.70x bare"));
+        for (name, collector) in &servers {
+            let (nats_cpu, collector_cpu) = (
+                cpu_seconds(nats.pid(), ticks)?,
+                cpu_seconds(collector.pid(), ticks)?,
+            );
+            let report = client_bench(
+                bins,
+                collector.addr("nats"),
+                2,
+                size,
+                count,
+                Acks::Window(WINDOW as u32),
+                plan.client_cap,
+            )?;
+            let via_nats_cpu = cpu_seconds(nats.pid(), ticks)? - nats_cpu;
+            let via_collector_cpu = cpu_seconds(collector.pid(), ticks)? - collector_cpu;
+            let rate = report["frames_per_sec"].as_f64().unwrap_or(f64::NAN);
+            let ratio = rate / bare;
+            let mut row = Row::new(GROUP, format!("{name} {label}"), rate, "msg/s").note(format!(
+                "{ratio:.2}x bare, {:.2}x bare with the same headers; {} frames, window {WINDOW}, ack p50 {} us p99 {} us; collector {:.1} us CPU/frame, nats-server {:.1} us CPU/msg",
+                rate / same_headers,
+                report["frames"],
+                report["ack_p50_us"],
+                report["ack_p99_us"],
+                via_collector_cpu * 1e6 / count as f64,
+                via_nats_cpu * 1e6 / count as f64
+            ));
+            if size == 64 {
+                row = row.target(Target::at_least(ratio, 0.7, ">= 0.70x bare"));
+            }
+            results.rows.push(row);
         }
-        results.rows.push(row);
     }
-    let _ = collector.stop(Duration::from_secs(15));
+    for (_, mut collector) in servers {
+        let _ = collector.stop(Duration::from_secs(15));
+    }
     drop(nats);
     Ok(())
 }

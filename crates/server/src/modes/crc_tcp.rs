@@ -866,10 +866,10 @@ impl CrcTcp {
     ) {
         let data = conn.buf.bytes.split_to(used).freeze();
         let read_at = Instant::now();
-        let received = nats::received_now();
-        let headers = Arc::clone(conn.headers.get_or_insert_with(|| {
+        let conn_headers = Arc::clone(conn.headers.get_or_insert_with(|| {
             Arc::new(ConnHeaders::new(conn.peer, conn.number, &conn.stream_id))
         }));
+        let mut batch = nats::BatchHeaders::new(conn_headers, nats::received_now());
         for (offset, (&crc_ok, (payload, version, crc_size))) in
             verdicts.iter().zip(published.iter().cloned()).enumerate()
         {
@@ -881,8 +881,8 @@ impl CrcTcp {
                     crc_size,
                     seq,
                 };
-                let publish =
-                    Arc::clone(sink).publish(frame, Arc::clone(&headers), Arc::clone(&received));
+                let headers = sink.headers(&mut batch, &frame);
+                let publish = Arc::clone(sink).publish(frame, headers);
                 conn.inflight
                     .push_back(Box::pin(publish.map(move |outcome| {
                         let status = match outcome {
