@@ -189,6 +189,15 @@ impl TcpService {
         handler: impl Fn(TcpStream) + Send + Sync + 'static,
     ) -> anyhow::Result<Self> {
         let listener = TcpListener::bind(bind).with_context(|| format!("cannot bind {bind}"))?;
+        Self::serve(listener, threads, handler)
+    }
+
+    /// As [`TcpService::start`], on a listener bound earlier.
+    pub(crate) fn serve(
+        listener: TcpListener,
+        threads: usize,
+        handler: impl Fn(TcpStream) + Send + Sync + 'static,
+    ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let handler: Handler = Arc::new(handler);
@@ -427,8 +436,17 @@ pub(crate) fn discard_sink(threads: usize) -> anyhow::Result<(TcpService, Arc<At
 
 /// A TCP echo server: each connection gets its bytes back until it closes.
 pub(crate) fn echo_server(threads: usize) -> anyhow::Result<TcpService> {
-    TcpService::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
+    let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+    echo_on(
+        TcpListener::bind(bind).with_context(|| format!("cannot bind {bind}"))?,
+        threads,
+    )
+}
+
+/// An echo server on `listener` (bound earlier), `threads` connections at a time.
+pub(crate) fn echo_on(listener: TcpListener, threads: usize) -> anyhow::Result<TcpService> {
+    TcpService::serve(
+        listener,
         threads,
         |mut stream| {
             let _ = stream.set_nodelay(true);

@@ -43,7 +43,7 @@ use super::{
 };
 use crate::{
     harness::{Server, ServerSpec, message},
-    peers::{discard_sink, echo_server, hold_server},
+    peers::{discard_sink, echo_on, echo_server, hold_server},
     process::{Proc, Stdout},
     socks,
 };
@@ -203,9 +203,21 @@ fn compare(
     }
     let c = &plan.compare;
     let ticks = relay::clock_ticks();
-    let echo = echo_server(c.tunnel_clients + 8)?;
+    let echo = echo_server(4)?;
     // Every listener is bound before the tunnels run: tens of thousands of
     // connections in TIME_WAIT can leave bind(port 0) no port on a busy host.
+    // Each tunnel round of each subject gets an echo port of its own: the
+    // proxy closes its side to the target first, so every tunnel leaves a
+    // TIME_WAIT socket towards the target's address, and with one echo port
+    // for the whole run each later connect(2) searched longer for a free
+    // 4-tuple (direct loopback fell from 23,600 to 2,900 tunnels/s over four
+    // rounds): later rounds and subjects paid for the earlier ones.
+    let mut tunnel_echo = (0..c.rounds * subjects.len())
+        .map(|_| {
+            let bind = SocketAddr::from(([127, 0, 0, 1], 0));
+            std::net::TcpListener::bind(bind).with_context(|| format!("cannot bind {bind}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let sink = if c.bulk_bytes > 0 {
         Some(discard_sink(4)?)
     } else {
@@ -253,6 +265,8 @@ fn compare(
     // (unpinned, CPU per tunnel of one server moved by 40 % between rounds).
     for round in 0..c.rounds {
         for subject in rotated(&subjects, round) {
+            let listener = tunnel_echo.pop().context("an echo port per tunnel round")?;
+            let echo = echo_on(listener, c.tunnel_clients + 8)?;
             let before = tree_cpu(subject.pid, ticks)?;
             let rate = relay::connection_rate(
                 subject.proxy,
