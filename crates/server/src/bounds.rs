@@ -15,6 +15,9 @@ pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// period panics `tokio::time::interval`.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
+/// The most `[server] workers`: far more than any machine has cores.
+pub const MAX_WORKERS: usize = 1024;
+
 /// The shortest `stats_interval` other than `0s` (off): one log line per listener per second.
 pub const MIN_STATS_INTERVAL: Duration = Duration::from_secs(1);
 

@@ -13,8 +13,8 @@ use serde::Deserialize;
 
 use crate::bounds::format_duration;
 pub use crate::bounds::{
-    InvalidValue, MAX_CONNECTIONS, MAX_DURATION, MAX_FILE_LEN, MIN_STATS_INTERVAL, MIN_TIMEOUT,
-    check_count, check_duration, invalid, read_bounded,
+    InvalidValue, MAX_CONNECTIONS, MAX_DURATION, MAX_FILE_LEN, MAX_WORKERS, MIN_STATS_INTERVAL,
+    MIN_TIMEOUT, check_count, check_duration, invalid, read_bounded,
 };
 use crate::registry::{ListenerConfig, Prepared};
 
@@ -51,6 +51,10 @@ pub struct ServerSection {
     /// How often each listener logs its counters (`0s`: only at shutdown).
     #[serde(default = "default_stats_interval", with = "humantime_serde")]
     pub stats_interval: Duration,
+    /// Single-threaded runtimes that serve the connections, handed out round-robin
+    /// (`0`: the connections share the work-stealing runtime); absent: one per CPU.
+    #[serde(default)]
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerSection {
@@ -58,6 +62,7 @@ impl Default for ServerSection {
         Self {
             drain_timeout: default_drain_timeout(),
             stats_interval: default_stats_interval(),
+            workers: None,
         }
     }
 }
@@ -71,9 +76,23 @@ fn default_stats_interval() -> Duration {
 }
 
 impl ServerSection {
-    /// Checks `drain_timeout` (0s to [`MAX_DURATION`]) and `stats_interval` (`0s`, or
+    /// How many worker runtimes serve the connections (see [`ServerSection::workers`]).
+    #[must_use]
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(crate::workers::default_count)
+    }
+
+    /// Checks `workers` (0 to [`MAX_WORKERS`]), `drain_timeout` (0s to [`MAX_DURATION`]) and `stats_interval` (`0s`, or
     /// [`MIN_STATS_INTERVAL`] to [`MAX_DURATION`]).
     fn validate(&self) -> anyhow::Result<()> {
+        if let Some(workers) = self.workers.filter(|&w| w > MAX_WORKERS) {
+            return Err(invalid(
+                "workers",
+                format!(
+                    "{workers} is out of range: it must be 0 (the shared runtime) to {MAX_WORKERS}"
+                ),
+            ));
+        }
         check_duration(
             "drain_timeout",
             self.drain_timeout,

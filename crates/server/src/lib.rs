@@ -30,6 +30,7 @@ pub mod shutdown;
 pub mod sinks;
 pub mod stats;
 mod throttle;
+mod workers;
 
 pub use admin::AdminConfig;
 pub use config::Config;
@@ -57,6 +58,8 @@ pub struct Server {
     listeners: Vec<Bound>,
     drain_timeout: std::time::Duration,
     stats_interval: std::time::Duration,
+    /// The worker runtimes the connections run on (`None`: `workers = 0`).
+    workers: Option<workers::Workers>,
     admin: Option<Admin>,
     admin_bind: Option<SocketAddr>,
     reloads: Arc<metrics::Reloads>,
@@ -97,6 +100,9 @@ impl Server {
     /// When a listener cannot be built or bound; the message names it.
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
         let ready = config.ready()?;
+        let count = config.server.worker_count();
+        let workers = workers::Workers::start(count)
+            .with_context(|| format!("cannot start {count} worker runtime(s)"))?;
         let mut listeners = Vec::with_capacity(ready.len());
         let (mut sinks, mut logs) = (Vec::new(), Vec::new());
         for prepared in ready.iter() {
@@ -151,6 +157,7 @@ impl Server {
             listeners,
             drain_timeout: config.server.drain_timeout,
             stats_interval: config.server.stats_interval,
+            workers,
             admin,
             admin_bind: config.admin.as_ref().map(|admin| admin.bind),
             reloads,
@@ -221,6 +228,7 @@ impl Server {
             files: Arc::default(),
             drain_timeout: self.drain_timeout,
             stats_interval: self.stats_interval,
+            workers: self.workers,
             admin_bind: self.admin_bind,
             metric_listeners: Arc::clone(&self.metric_listeners),
         };

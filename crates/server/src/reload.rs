@@ -24,6 +24,7 @@ use crate::{
     metrics,
     mode::Service,
     sinks::file::FileSink,
+    workers::Workers,
 };
 
 /// How long shutdown waits for the connections it ended after the drain timeout to go.
@@ -166,8 +167,51 @@ pub(crate) struct Running {
     pub(crate) files: Arc<tokio::sync::Mutex<Files>>,
     pub(crate) drain_timeout: Duration,
     pub(crate) stats_interval: Duration,
+    pub(crate) workers: Option<Workers>,
     pub(crate) admin_bind: Option<SocketAddr>,
     pub(crate) metric_listeners: metrics::Listeners,
+}
+
+/// Runs an accept loop on every worker runtime, each on a duplicate of `listener`'s socket
+/// registered with that runtime's reactor: whichever worker accepts a connection serves it
+/// there, so no connection is handed from one thread to another. The returned task ends when
+/// every loop has ended.
+fn accept_on_workers(
+    workers: &Workers,
+    listener: TcpListener,
+    receiver: &watch::Receiver<Arc<Generation>>,
+    stops: &Stops,
+    tasks: &TaskTracker,
+) -> JoinHandle<()> {
+    let socket = match listener.into_std() {
+        Ok(socket) => socket,
+        Err(error) => {
+            warn!(%error, "cannot take the listening socket out of the runtime; it stops");
+            return tokio::spawn(async {});
+        }
+    };
+    let loops: Vec<JoinHandle<()>> = workers
+        .handles()
+        .iter()
+        .filter_map(|handle| {
+            let socket = socket
+                .try_clone()
+                .map_err(|error| warn!(%error, "cannot duplicate the listening socket"))
+                .ok()?;
+            let (receiver, stops, tasks) = (receiver.clone(), stops.clone(), tasks.clone());
+            Some(handle.spawn(async move {
+                match TcpListener::from_std(socket) {
+                    Ok(listener) => listener::accept_loop(listener, receiver, stops, tasks).await,
+                    Err(error) => warn!(%error, "cannot register the listening socket"),
+                }
+            }))
+        })
+        .collect();
+    tokio::spawn(async move {
+        for accept in loops {
+            let _ = accept.await;
+        }
+    })
 }
 
 /// A listener of the new config and what it becomes.
@@ -194,12 +238,15 @@ impl Running {
         self.kills.retain(|kill| !kill.is_cancelled());
         self.kills.push(stops.kill.clone());
         let (current, receiver) = watch::channel(generation);
-        let accept = tokio::spawn(listener::accept_loop(
-            listener,
-            receiver,
-            stops.clone(),
-            self.tasks.clone(),
-        ));
+        let accept = match &self.workers {
+            None => tokio::spawn(listener::accept_loop(
+                listener,
+                receiver,
+                stops.clone(),
+                self.tasks.clone(),
+            )),
+            Some(workers) => accept_on_workers(workers, listener, &receiver, &stops, &self.tasks),
+        };
         self.live.push(Live {
             bind,
             current,
@@ -378,6 +425,13 @@ impl Running {
             })
             .collect();
         self.drain_timeout = config.server.drain_timeout;
+        let workers = self.workers.as_ref().map_or(0, Workers::count);
+        if config.server.worker_count() != workers {
+            warn!(
+                running = workers,
+                "[server] workers changes at the next start; the running workers stay"
+            );
+        }
         if config.server.stats_interval != self.stats_interval {
             warn!("[server] stats_interval changes at the next start; the running interval stays");
         }

@@ -129,6 +129,8 @@ const FRAME_SIZE_EXTREMES: &[i64] = &[
     u32::MAX as i64,
     u32::MAX as i64 + 1,
 ];
+/// `[server] workers`: 0 (the shared runtime), the most (1024) and past it.
+const WORKER_EXTREMES: &[i64] = &[0, 1, 1024, 1025, -1, i64::MAX];
 const PREVIEW_EXTREMES: &[i64] = &[0, 1, 4096, 4097, i64::MAX];
 
 fn boolean() -> BoxedStrategy<String> {
@@ -246,6 +248,7 @@ fn case() -> BoxedStrategy<Case> {
         keys(vec![
             ("drain_timeout", duration()),
             ("stats_interval", duration()),
+            ("workers", count(0..4, WORKER_EXTREMES)),
         ]),
         proptest::collection::vec(prop_oneof![crc_tcp(), socks5()], 1..=3),
     )

@@ -341,3 +341,38 @@ fn check_config_validates_the_admin_table() {
     assert!(!ok);
     assert!(stderr.contains("bind"), "{stderr}");
 }
+
+#[test]
+fn workers_is_bounded_and_says_what_it_accepts() {
+    let config = |workers: &str| {
+        format!(
+            "[server]\nworkers = {workers}\n[[listener]]\nname = \"p\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n"
+        )
+    };
+    for ok in ["0", "1", "1024"] {
+        let parsed = server::Config::parse(&config(ok), "test.toml").unwrap();
+        assert_eq!(parsed.server.worker_count().to_string(), ok);
+    }
+    let error = format!(
+        "{:#}",
+        server::Config::parse(&config("1025"), "test.toml").unwrap_err()
+    );
+    assert!(
+        error.contains("workers") && error.contains("0 (the shared runtime) to 1024"),
+        "{error}"
+    );
+    for bad in ["-1", "\"2\"", "1.5"] {
+        let error = format!(
+            "{:#}",
+            server::Config::parse(&config(bad), "test.toml").unwrap_err()
+        );
+        // serde's message, with the line of the key.
+        assert!(error.contains("test.toml:2"), "{bad}: {error}");
+    }
+    // Absent: one per CPU.
+    let parsed = server::Config::parse(&config("1").replace("workers = 1\n", ""), "t").unwrap();
+    assert_eq!(
+        parsed.server.worker_count(),
+        std::thread::available_parallelism().unwrap().get()
+    );
+}

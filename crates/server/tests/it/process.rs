@@ -209,3 +209,126 @@ fn sighup_reloads_the_config_file_and_keeps_running() {
         .expect("exits after SIGTERM");
     assert!(exit.success(), "{exit}");
 }
+
+/// CPU nanoseconds of each thread of `pid`, by thread name.
+fn thread_cpu(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let nanos = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0);
+        threads.push((name.trim().to_owned(), nanos));
+    }
+    threads
+}
+
+/// Sum of the CPU nanoseconds of `pid`'s threads whose name starts with `prefix`.
+fn cpu_of(pid: u32, prefix: &str) -> u64 {
+    thread_cpu(pid)
+        .iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .map(|(_, nanos)| nanos)
+        .sum()
+}
+
+/// A loopback echo server on its own threads.
+fn std_echo() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 || stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A SOCKS5 CONNECT to `target` through `proxy`, without authentication.
+fn socks_tunnel(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(proxy).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(&[5, 1, 0]).unwrap();
+    let mut reply = [0u8; 2];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(reply, [5, 0]);
+    let SocketAddr::V4(v4) = target else {
+        panic!("an IPv4 target")
+    };
+    let mut request = vec![5, 1, 0, 1];
+    request.extend_from_slice(&v4.ip().octets());
+    request.extend_from_slice(&v4.port().to_be_bytes());
+    stream.write_all(&request).unwrap();
+    let mut reply = [0u8; 10];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 0, "CONNECT refused: {reply:?}");
+    stream
+}
+
+/// `[server] workers = 3`: three worker threads, and the tunnels' bytes are moved by them,
+/// not by the runtime that accepts; with `workers = 0` there is no worker thread.
+#[test]
+fn workers_serve_the_connections_on_their_own_threads() {
+    let target = std_echo();
+    for workers in [3usize, 0] {
+        let config = format!(
+            "[server]\nworkers = {workers}\n[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n"
+        );
+        let (guard, proxy, _logs) = start(&config);
+        let pid = guard.id();
+        let names: Vec<String> = thread_cpu(pid).into_iter().map(|(name, _)| name).collect();
+        let mut found: Vec<&String> = names
+            .iter()
+            .filter(|n| n.starts_with("netkit-wk-"))
+            .collect();
+        found.sort();
+        let expected: Vec<String> = (0..workers).map(|i| format!("netkit-wk-{i}")).collect();
+        assert_eq!(found, expected.iter().collect::<Vec<_>>(), "{names:?}");
+
+        let mut tunnels: Vec<TcpStream> = (0..6).map(|_| socks_tunnel(proxy, target)).collect();
+        let (workers_before, runtime_before) =
+            (cpu_of(pid, "netkit-wk-"), cpu_of(pid, "tokio-rt-worker"));
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        for round in 0..300 {
+            for tunnel in &mut tunnels {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let len = 1 + (seed % 3000) as usize;
+                let message: Vec<u8> = (0..len).map(|i| (i as u64 ^ seed) as u8).collect();
+                tunnel.write_all(&message).unwrap();
+                let mut echoed = vec![0u8; len];
+                tunnel.read_exact(&mut echoed).unwrap();
+                assert_eq!(echoed, message, "round {round}");
+            }
+        }
+        let on_workers = cpu_of(pid, "netkit-wk-") - workers_before;
+        let on_runtime = cpu_of(pid, "tokio-rt-worker") - runtime_before;
+        if workers > 0 {
+            assert!(
+                on_workers > on_runtime,
+                "the relay ran on the shared runtime: {on_workers} ns on the workers, {on_runtime} ns on the runtime"
+            );
+        } else {
+            assert!(
+                on_runtime > 0 && on_workers == 0,
+                "{on_workers} / {on_runtime}"
+            );
+        }
+    }
+}
