@@ -83,7 +83,7 @@ impl TryFrom<u32> for CrcSize {
 static CRC8: Crc<u8, Table<16>> = Crc::<u8, Table<16>>::new(&CRC_8_SMBUS);
 static CRC16: Crc<u16, Table<16>> = Crc::<u16, Table<16>>::new(&CRC_16_ARC);
 
-/// Payload bytes hexlified per stack chunk for the version 1 CRC-32 (the text
+/// Payload bytes hexlified per chunk for the version 1 CRC-32 (the text
 /// is twice as long, and stays in L1 between `const_hex` and `crc_fast`).
 /// Measured (hex CRC-32 of a 64 KiB payload, GB/s of payload per CPU second
 /// on a busy host): 1 KiB 6.7, 2 KiB 9.0, 4 KiB 11.2, 8 KiB 11.9; a 4 KiB
@@ -167,7 +167,8 @@ fn hex_crc32_chunked(payload: &[u8], buf: &mut [u8; 2 * HEX_CHUNK]) -> u32 {
     (digest.finalize() & 0xFFFF_FFFF) as u32
 }
 
-/// Payload bytes folded per table step of the version 1 CRC-8 and CRC-16.
+/// Payload bytes folded per table step of the version 1 CRC-8, CRC-16 and
+/// short CRC-32s.
 const BLOCK: usize = 16;
 
 /// The lowercase hex digits of a byte, high nibble first.
