@@ -310,12 +310,15 @@ pub(crate) fn run(quick: bool, out: &Path, options: &Options) -> anyhow::Result<
     );
     let started = Instant::now();
     let mut results = Results::default();
-    if options.nats_only {
+    if options.crc_only {
+        frames::run(&bins, &server, &plan, started, &mut results);
+        checksums::run(&plan, &mut results);
+    } else if options.nats_only {
         nats::run(&bins, dir.path(), &plan, options, started, &mut results);
     } else {
         compare::run(&bins.server, dir.path(), &plan, options, &mut results);
     }
-    if !options.compare_only && !options.nats_only {
+    if !options.compare_only && !options.nats_only && !options.crc_only {
         relay::run(&server, &plan, started, &mut results);
         frames::run(&bins, &server, &plan, started, &mut results);
         checksums::run(&plan, &mut results);
@@ -378,6 +381,9 @@ fn rerun_optimised(quick: bool, out: &Path, options: &Options) -> anyhow::Result
     }
     if options.nats_only {
         cmd.arg("--nats-only");
+    }
+    if options.crc_only {
+        cmd.arg("--crc-only");
     }
     if let Some(baseline) = &options.baseline_server {
         cmd.arg("--baseline-server").arg(baseline);

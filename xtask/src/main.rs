@@ -78,6 +78,10 @@ enum Command {
         /// publisher (full counts; with --baseline-server, its collector too).
         #[arg(long, conflicts_with = "compare_only")]
         nats_only: bool,
+        /// Run only the crc-tcp listener figures and the CRC throughput (no
+        /// comparison, relay or nats).
+        #[arg(long, conflicts_with_all = ["compare_only", "nats_only"])]
+        crc_only: bool,
     },
     /// Run every cargo-fuzz target of fuzz/ for a bounded time (needs nightly).
     Fuzz {
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
             baseline_server,
             compare_only,
             nats_only,
+            crc_only,
         } => bench::run(
             quick,
             &out,
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
                 baseline_server,
                 compare_only,
                 nats_only,
+                crc_only,
             },
         ),
         Command::Fuzz { seconds, only } => fuzz::run(seconds, &only),

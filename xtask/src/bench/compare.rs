@@ -139,6 +139,8 @@ pub(crate) struct Options {
     pub(crate) compare_only: bool,
     /// Only the nats handler's comparison (with the baseline's collector too).
     pub(crate) nats_only: bool,
+    /// Only the crc-tcp listener figures and the CRC throughput.
+    pub(crate) crc_only: bool,
 }
 
 /// Runs the comparison, adding its rows (and a regression as an error in `--quick`).
