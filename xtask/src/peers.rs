@@ -445,19 +445,15 @@ pub(crate) fn echo_server(threads: usize) -> anyhow::Result<TcpService> {
 
 /// An echo server on `listener` (bound earlier), `threads` connections at a time.
 pub(crate) fn echo_on(listener: TcpListener, threads: usize) -> anyhow::Result<TcpService> {
-    TcpService::serve(
-        listener,
-        threads,
-        |mut stream| {
-            let _ = stream.set_nodelay(true);
-            let mut buf = vec![0u8; 64 * 1024];
-            while let Ok(n) = stream.read(&mut buf) {
-                if n == 0 || stream.write_all(buf.get(..n).unwrap_or_default()).is_err() {
-                    break;
-                }
+    TcpService::serve(listener, threads, |mut stream| {
+        let _ = stream.set_nodelay(true);
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n) = stream.read(&mut buf) {
+            if n == 0 || stream.write_all(buf.get(..n).unwrap_or_default()).is_err() {
+                break;
             }
-        },
-    )
+        }
+    })
 }
 
 /// A server that accepts and holds every connection until dropped.
