@@ -43,7 +43,7 @@ use super::{
 };
 use crate::{
     harness::{Server, ServerSpec, message},
-    peers::{discard_sink, echo_on, echo_server, hold_server},
+    peers::{discard_sink, echo_once_on, echo_server, hold_server},
     process::{Proc, Stdout},
     socks,
 };
@@ -268,7 +268,7 @@ fn compare(
     for round in 0..c.rounds {
         for subject in rotated(&subjects, round) {
             let listener = tunnel_echo.pop().context("an echo port per tunnel round")?;
-            let echo = echo_on(listener, c.tunnel_clients + 8)?;
+            let echo = echo_once_on(listener, c.tunnel_clients + 8)?;
             let before = tree_cpu(subject.pid, ticks)?;
             let rate = relay::connection_rate(
                 subject.proxy,

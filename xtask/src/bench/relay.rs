@@ -321,12 +321,17 @@ pub(super) fn connection_rate(
     })
 }
 
+/// One tunnel: a byte there and back, then the target's close (the target closes first: see
+/// [`crate::peers::echo_once_on`]).
 fn one_connection(via: Option<SocketAddr>, target: SocketAddr) -> anyhow::Result<()> {
     let mut stream = open(via, target)?;
     stream.write_all(&[7])?;
-    let mut byte = [0u8; 1];
-    stream.read_exact(&mut byte).context("echo")?;
-    Ok(())
+    let mut byte = [0u8; 2];
+    stream.read_exact(&mut byte[..1]).context("echo")?;
+    match stream.read(&mut byte).context("the target's close")? {
+        0 => Ok(()),
+        n => bail!("{n} bytes after the echo"),
+    }
 }
 
 /// utime + stime of `pid`, in seconds.
