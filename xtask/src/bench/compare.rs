@@ -124,6 +124,8 @@ struct Figures {
     bulk_cpu: Vec<f64>,
     /// KiB per idle tunnel.
     idle_kib: Option<f64>,
+    /// KiB resident (RSS of the process tree) at rest, right after the start.
+    rest_kib: Option<f64>,
     /// Notes (counts, failures).
     notes: Vec<String>,
 }
@@ -161,8 +163,15 @@ fn compare(
     options: &Options,
     results: &mut Results,
 ) -> anyhow::Result<()> {
+    let mut c = plan.compare;
+    if plan.quick && options.baseline_server.is_none() {
+        // CI's regression check: echo and tunnels only. A change's before and after
+        // (`--baseline-server`) gets bulk too, against direct loopback.
+        c.bulk_bytes = 0;
+    }
+    let c = &c;
     let mut subjects = Vec::new();
-    if !plan.quick {
+    if !plan.quick || c.bulk_bytes > 0 {
         subjects.push(Subject {
             name: "direct loopback".to_owned(),
             proxy: None,
@@ -201,7 +210,6 @@ fn compare(
     for note in &notes {
         println!("note: {note}");
     }
-    let c = &plan.compare;
     let ticks = relay::clock_ticks();
     let echo = echo_server(c.tunnel_clients + 8)?;
     // Every listener is bound before the tunnels run: tens of thousands of
@@ -217,6 +225,16 @@ fn compare(
         None
     };
     let mut figures: HashMap<String, Figures> = HashMap::new();
+    // Memory at rest: every subject has started and served nothing yet.
+    for subject in &subjects {
+        if let Some(pid) = subject.pid {
+            let f = figures.entry(subject.name.clone()).or_default();
+            match tree_smaps_kib(pid, "Rss:") {
+                Ok(kib) => f.rest_kib = Some(kib as f64),
+                Err(error) => f.notes.push(format!("RSS at rest: {error:#}")),
+            }
+        }
+    }
     println!(
         "comparing {} (echo, then tunnels, then bulk; {} rounds each)",
         subjects
@@ -310,7 +328,7 @@ fn compare(
             }
         }
     }
-    report(&subjects, &figures, &notes, plan, results);
+    report(&subjects, &figures, &notes, plan, c, results);
     Ok(())
 }
 
@@ -697,6 +715,11 @@ fn descendants(root: u32, stats: &HashMap<u32, Stat>) -> Vec<u32> {
 /// split between the processes that share them, so Dante's forked children
 /// are not counted many times over).
 fn tree_pss_kib(root: u32) -> anyhow::Result<u64> {
+    tree_smaps_kib(root, "Pss:")
+}
+
+/// The sum of one `smaps_rollup` field (`"Pss:"`, `"Rss:"`), in KiB, over `root`'s process tree.
+fn tree_smaps_kib(root: u32, field: &str) -> anyhow::Result<u64> {
     let stats = read_stats()?;
     let mut total = 0;
     for pid in descendants(root, &stats) {
@@ -705,7 +728,7 @@ fn tree_pss_kib(root: u32) -> anyhow::Result<u64> {
         };
         total += text
             .lines()
-            .find(|l| l.starts_with("Pss:"))
+            .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
@@ -800,6 +823,7 @@ struct Line {
     bulk_ratio: f64,
     bulk_cpu: f64,
     idle_kib: f64,
+    rest_kib: f64,
 }
 
 fn report(
@@ -807,6 +831,7 @@ fn report(
     figures: &HashMap<String, Figures>,
     notes: &[String],
     plan: &Plan,
+    c: &super::ComparePlan,
     results: &mut Results,
 ) {
     let empty = Figures::default();
@@ -830,21 +855,22 @@ fn report(
                     bulk_ratio: median(&f.bulk_rate) / direct_bulk,
                     bulk_cpu: cpu(&f.bulk_cpu),
                     idle_kib: f.idle_kib.unwrap_or(f64::NAN),
+                    rest_kib: f.rest_kib.unwrap_or(f64::NAN),
                 },
             )
         })
         .collect();
     // The markdown table, as issue 9 asks for it.
-    let c = &plan.compare;
     let mut table = format!(
         "{} rounds, subjects interleaved; echo: {} round trips of 1 byte per round (p50/p99 over all \
          rounds, CPU the median round); tunnels: {} per round (CONNECT, 1-byte echo, close) by {} \
          clients; bulk: {} MiB over 1 stream per round, / the median direct run; idle: {} tunnels \
-         open, proportional set size of the server's process tree. Echo and tunnels on one core \
+         open, proportional set size of the server's process tree; at rest: resident set size of \
+         the server's process tree right after its start. Echo and tunnels on one core \
          (load generator, echo server and proxy pinned to it). netkit logs at `{NETKIT_LOG_LEVEL}` \
          (a line per session), microsocks a line per connection, Dante to /dev/null.\n\n\
-         | server | echo p50 µs | echo p99 µs | CPU µs per echo round trip | tunnels/s | CPU µs per tunnel | bulk 1 stream / direct | CPU s per GiB | KiB per idle tunnel |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | server | echo p50 µs | echo p99 µs | CPU µs per echo round trip | tunnels/s | CPU µs per tunnel | bulk 1 stream / direct | CPU s per GiB | KiB per idle tunnel | KiB RSS at rest |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         c.rounds,
         c.echo_iterations,
         c.tunnels,
@@ -854,7 +880,7 @@ fn report(
     );
     for (s, l) in &lines {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.name,
             fmt(l.echo_p50),
             fmt(l.echo_p99),
@@ -863,7 +889,8 @@ fn report(
             fmt(l.tunnel_cpu),
             fmt(l.bulk_ratio),
             fmt(l.bulk_cpu),
-            fmt(l.idle_kib)
+            fmt(l.idle_kib),
+            fmt(l.rest_kib)
         ));
     }
     let peers: Vec<&Line> = lines
@@ -888,7 +915,7 @@ fn report(
     {
         let ratio = |pick: fn(&Line) -> f64, lower: bool| pick(&n) / best(pick, lower);
         table.push_str(&format!(
-            "| **netkit / best peer** | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| **netkit / best peer** | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             fmt_x(ratio(|l| l.echo_p50, true)),
             fmt_x(ratio(|l| l.echo_p99, true)),
             fmt_x(ratio(|l| l.echo_cpu, true)),
@@ -897,6 +924,7 @@ fn report(
             fmt_x(ratio(|l| l.bulk_ratio, false)),
             fmt_x(ratio(|l| l.bulk_cpu, true)),
             fmt_x(ratio(|l| l.idle_kib, true)),
+            fmt_x(ratio(|l| l.rest_kib, true)),
         ));
     }
     for note in notes {
@@ -924,6 +952,7 @@ fn report(
             ("bulk 1 stream / direct", l.bulk_ratio, "x"),
             ("CPU per GiB", l.bulk_cpu, "s/GiB"),
             ("KiB per idle tunnel", l.idle_kib, "KiB"),
+            ("RSS at rest", l.rest_kib, "KiB"),
         ] {
             if value.is_finite() {
                 results.rows.push(Row::new(
