@@ -156,6 +156,17 @@ pub(crate) fn run(
     }
 }
 
+/// The counts of this run: `--quick` alone (CI's regression check) measures echo, tunnels
+/// and idle memory; with `--baseline-server` (a change's before and after) bulk too, against
+/// direct loopback.
+fn counts(plan: &Plan, options: &Options) -> super::ComparePlan {
+    let mut c = plan.compare;
+    if plan.quick && options.baseline_server.is_none() {
+        c.bulk_bytes = 0;
+    }
+    c
+}
+
 fn compare(
     server_binary: &Path,
     dir: &Path,
@@ -163,13 +174,7 @@ fn compare(
     options: &Options,
     results: &mut Results,
 ) -> anyhow::Result<()> {
-    let mut c = plan.compare;
-    if plan.quick && options.baseline_server.is_none() {
-        // CI's regression check: echo and tunnels only. A change's before and after
-        // (`--baseline-server`) gets bulk too, against direct loopback.
-        c.bulk_bytes = 0;
-    }
-    let c = &c;
+    let c = &counts(plan, options);
     let mut subjects = Vec::new();
     if !plan.quick || c.bulk_bytes > 0 {
         subjects.push(Subject {
@@ -1138,6 +1143,37 @@ mod tests {
         tree.sort_unstable();
         assert_eq!(tree, vec![10, 11, 12]);
         assert!(descendants(99, &stats).is_empty());
+    }
+
+    #[test]
+    fn quick_measures_idle_memory_and_bulk_only_beside_a_baseline() {
+        let quick = Plan::new(true);
+        let alone = counts(&quick, &Options::default());
+        assert!(alone.idle_tunnels > 0);
+        assert_eq!(alone.bulk_bytes, 0);
+        let before_after = Options {
+            baseline_server: Some(PathBuf::from("/old/server")),
+            ..Options::default()
+        };
+        let with_baseline = counts(&quick, &before_after);
+        assert!(with_baseline.idle_tunnels > 0);
+        assert!(with_baseline.bulk_bytes > 0);
+        let full = counts(&Plan::new(false), &Options::default());
+        assert!(full.bulk_bytes > 0 && full.idle_tunnels > 0);
+    }
+
+    #[test]
+    fn resident_memory_is_read_from_smaps_rollup() {
+        let pid = std::process::id();
+        let rss = tree_smaps_kib(pid, "Rss:").unwrap();
+        let pss = tree_smaps_kib(pid, "Pss:").unwrap();
+        assert!(rss > 0 && pss > 0 && pss <= rss, "rss {rss} pss {pss}");
+        // 16 MiB touched page by page shows in the resident set.
+        let touched = std::hint::black_box(vec![1u8; 16 << 20]);
+        let grown = tree_smaps_kib(pid, "Rss:").unwrap();
+        assert!(grown >= rss + 12 * 1024, "rss {rss} KiB, then {grown} KiB");
+        drop(touched);
+        assert_eq!(tree_smaps_kib(pid, "NoSuchField:").unwrap(), 0);
     }
 
     #[test]
