@@ -869,7 +869,7 @@ fn report(
     let mut table = format!(
         "{} rounds, subjects interleaved; echo: {} round trips of 1 byte per round (p50/p99 over all \
          rounds, CPU the median round); tunnels: {} per round (CONNECT, 1-byte echo, close) by {} \
-         clients; bulk: {} MiB over 1 stream per round, / the median direct run; idle: {} tunnels \
+         clients; bulk: {}; idle: {} tunnels \
          open, proportional set size of the server's process tree; at rest: resident set size of \
          the server's process tree right after its start. Echo and tunnels on one core \
          (load generator, echo server and proxy pinned to it). netkit logs at `{NETKIT_LOG_LEVEL}` \
@@ -880,7 +880,14 @@ fn report(
         c.echo_iterations,
         c.tunnels,
         c.tunnel_clients,
-        c.bulk_bytes >> 20,
+        if c.bulk_bytes > 0 {
+            format!(
+                "{} MiB over 1 stream per round, / the median direct run",
+                c.bulk_bytes >> 20
+            )
+        } else {
+            "not measured (--quick without --baseline-server)".to_owned()
+        },
         c.idle_tunnels
     );
     for (s, l) in &lines {
