@@ -149,6 +149,7 @@ fn compare(
             .into_iter()
             .zip(&mut bare)
         {
+            runtime.block_on(purge(nats.addr))?;
             let (nats_cpu, own_cpu) = (
                 cpu_seconds(nats.pid(), ticks)?,
                 cpu_seconds(std::process::id(), ticks)?,
@@ -184,6 +185,7 @@ fn compare(
             let Some((_, collector)) = servers.get(index) else {
                 continue;
             };
+            runtime.block_on(purge(nats.addr))?;
             let (nats_cpu, collector_cpu) = (
                 cpu_seconds(nats.pid(), ticks)?,
                 cpu_seconds(collector.pid(), ticks)?,
@@ -243,6 +245,25 @@ fn compare(
 /// One collector run: frames/s, the collector's and nats-server's CPU seconds, ack p50 and
 /// p99 (µs, as the client printed them).
 type CollectorRun = (f64, f64, f64, String, String);
+
+/// Empties the stream before a run: nats-server's CPU per message grew with the data stored
+/// (at 4 KiB, 20 to 57 us over four runs in a row, whichever collector ran), which weighed
+/// on whatever ran last.
+async fn purge(addr: SocketAddr) -> anyhow::Result<()> {
+    let client = async_nats::connect(format!("nats://{addr}")).await?;
+    let work = async {
+        jetstream::new(client)
+            .get_stream("BENCH")
+            .await?
+            .purge()
+            .await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .context("purging the stream took over 30 s")?
+        .context("purging the stream")
+}
 
 /// The order of the collectors' runs at one size: one run alone, else A B B A, so the
 /// position (the first run costs nats-server more) weighs on both alike.
