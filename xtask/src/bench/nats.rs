@@ -252,7 +252,7 @@ type CollectorRun = (f64, f64, f64, String, String);
 async fn purge(addr: SocketAddr) -> anyhow::Result<()> {
     let client = async_nats::connect(format!("nats://{addr}")).await?;
     let work = async {
-        jetstream::new(client)
+        jetstream::new(client.clone())
             .get_stream("BENCH")
             .await?
             .purge()
@@ -262,7 +262,16 @@ async fn purge(addr: SocketAddr) -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(30), work)
         .await
         .context("purging the stream took over 30 s")?
-        .context("purging the stream")
+        .context("purging the stream")?;
+    close(&client).await;
+    Ok(())
+}
+
+/// Closes a client's connection now: the runtime here is current-thread and idle between
+/// runs, so a dropped client's connection would stay open (and subscribed) until the next
+/// `block_on`.
+async fn close(client: &async_nats::Client) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.drain()).await;
 }
 
 /// The order of the collectors' runs at one size: one run alone, else A B B A, so the
@@ -358,7 +367,9 @@ async fn core_publisher(addr: SocketAddr, size: u64, count: u64) -> anyhow::Resu
     tokio::time::timeout(Duration::from_secs(120), work)
         .await
         .context("the core publisher took over 120 s")??;
-    Ok(count as f64 / started.elapsed().as_secs_f64())
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    close(&client).await;
+    Ok(rate)
 }
 
 /// Publishes `count` messages of `size` bytes with at most [`WINDOW`]
@@ -370,7 +381,7 @@ async fn bare_publisher(
     headers: bool,
 ) -> anyhow::Result<f64> {
     let client = async_nats::connect(format!("nats://{addr}")).await?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let payload = Bytes::from(vec![0x5a_u8; usize::try_from(size)?]);
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -410,7 +421,9 @@ async fn bare_publisher(
     tokio::time::timeout(Duration::from_secs(120), work)
         .await
         .context("the bare publisher took over 120 s")??;
-    Ok(count as f64 / started.elapsed().as_secs_f64())
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    close(&client).await;
+    Ok(rate)
 }
 
 #[cfg(test)]
