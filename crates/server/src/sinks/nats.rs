@@ -755,21 +755,17 @@ impl Acks {
             else {
                 continue;
             };
-            let stored = match stored(message.status, &message.payload) {
-                Ok(duplicate) => {
-                    if duplicate {
-                        debug!(token, "nats: a duplicate, already stored");
-                    }
-                    true
-                }
-                Err(reason) => {
-                    sink.failures.note(&sink.stats, &reason);
-                    false
-                }
-            };
+            let verdict = stored(message.status, &message.payload);
+            if let Err(reason) = &verdict {
+                sink.failures.note(&sink.stats, reason);
+            }
             if let Some(entry) = entry_mut(&mut self.queue, self.front, token)
                 && matches!(entry.state, State::Sent { .. })
             {
+                if verdict == Ok(true) {
+                    debug!(seq = entry.seq, "nats: a duplicate, already stored");
+                }
+                let stored = verdict.is_ok();
                 entry.state = State::Done(if stored {
                     AckStatus::Ok
                 } else {
