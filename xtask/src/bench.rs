@@ -143,9 +143,12 @@ impl Plan {
                     tunnel_clients: 64,
                     tunnels: 8_000,
                     tunnel_cap: Duration::from_secs(3),
-                    bulk_bytes: 0,
+                    // Only with `--baseline-server` (see compare.rs).
+                    bulk_bytes: 256 << 20,
                     bulk_cap: Duration::from_secs(3),
-                    idle_tunnels: 0,
+                    // Memory per idle tunnel, for a change's before and after
+                    // (`--baseline-server`): a second or two per subject.
+                    idle_tunnels: 1_000,
                 },
             }
         } else {

@@ -124,6 +124,8 @@ struct Figures {
     bulk_cpu: Vec<f64>,
     /// KiB per idle tunnel.
     idle_kib: Option<f64>,
+    /// KiB resident (RSS of the process tree) at rest, right after the start.
+    rest_kib: Option<f64>,
     /// Notes (counts, failures).
     notes: Vec<String>,
 }
@@ -156,6 +158,17 @@ pub(crate) fn run(
     }
 }
 
+/// The counts of this run: `--quick` alone (CI's regression check) measures echo, tunnels
+/// and idle memory; with `--baseline-server` (a change's before and after) bulk too, against
+/// direct loopback.
+fn counts(plan: &Plan, options: &Options) -> super::ComparePlan {
+    let mut c = plan.compare;
+    if plan.quick && options.baseline_server.is_none() {
+        c.bulk_bytes = 0;
+    }
+    c
+}
+
 fn compare(
     server_binary: &Path,
     dir: &Path,
@@ -163,8 +176,9 @@ fn compare(
     options: &Options,
     results: &mut Results,
 ) -> anyhow::Result<()> {
+    let c = &counts(plan, options);
     let mut subjects = Vec::new();
-    if !plan.quick {
+    if !plan.quick || c.bulk_bytes > 0 {
         subjects.push(Subject {
             name: "direct loopback".to_owned(),
             proxy: None,
@@ -203,7 +217,6 @@ fn compare(
     for note in &notes {
         println!("note: {note}");
     }
-    let c = &plan.compare;
     let ticks = relay::clock_ticks();
     let echo = echo_server(4)?;
     // Every listener is bound before the tunnels run: tens of thousands of
@@ -231,6 +244,16 @@ fn compare(
         None
     };
     let mut figures: HashMap<String, Figures> = HashMap::new();
+    // Memory at rest: every subject has started and served nothing yet.
+    for subject in &subjects {
+        if let Some(pid) = subject.pid {
+            let f = figures.entry(subject.name.clone()).or_default();
+            match tree_smaps_kib(pid, "Rss:") {
+                Ok(kib) => f.rest_kib = Some(kib as f64),
+                Err(error) => f.notes.push(format!("RSS at rest: {error:#}")),
+            }
+        }
+    }
     println!(
         "comparing {} (echo, then tunnels, then bulk; {} rounds each)",
         subjects
@@ -326,7 +349,7 @@ fn compare(
             }
         }
     }
-    report(&subjects, &figures, &notes, plan, results);
+    report(&subjects, &figures, &notes, plan, c, results);
     Ok(())
 }
 
@@ -713,6 +736,11 @@ fn descendants(root: u32, stats: &HashMap<u32, Stat>) -> Vec<u32> {
 /// split between the processes that share them, so Dante's forked children
 /// are not counted many times over).
 fn tree_pss_kib(root: u32) -> anyhow::Result<u64> {
+    tree_smaps_kib(root, "Pss:")
+}
+
+/// The sum of one `smaps_rollup` field (`"Pss:"`, `"Rss:"`), in KiB, over `root`'s process tree.
+fn tree_smaps_kib(root: u32, field: &str) -> anyhow::Result<u64> {
     let stats = read_stats()?;
     let mut total = 0;
     for pid in descendants(root, &stats) {
@@ -721,7 +749,7 @@ fn tree_pss_kib(root: u32) -> anyhow::Result<u64> {
         };
         total += text
             .lines()
-            .find(|l| l.starts_with("Pss:"))
+            .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0);
@@ -816,6 +844,7 @@ struct Line {
     bulk_ratio: f64,
     bulk_cpu: f64,
     idle_kib: f64,
+    rest_kib: f64,
 }
 
 fn report(
@@ -823,6 +852,7 @@ fn report(
     figures: &HashMap<String, Figures>,
     notes: &[String],
     plan: &Plan,
+    c: &super::ComparePlan,
     results: &mut Results,
 ) {
     let empty = Figures::default();
@@ -846,31 +876,39 @@ fn report(
                     bulk_ratio: median(&f.bulk_rate) / direct_bulk,
                     bulk_cpu: cpu(&f.bulk_cpu),
                     idle_kib: f.idle_kib.unwrap_or(f64::NAN),
+                    rest_kib: f.rest_kib.unwrap_or(f64::NAN),
                 },
             )
         })
         .collect();
     // The markdown table, as issue 9 asks for it.
-    let c = &plan.compare;
     let mut table = format!(
         "{} rounds, subjects interleaved; echo: {} round trips of 1 byte per round (p50/p99 over all \
          rounds, CPU the median round); tunnels: {} per round (CONNECT, 1-byte echo, close) by {} \
-         clients; bulk: {} MiB over 1 stream per round, / the median direct run; idle: {} tunnels \
-         open, proportional set size of the server's process tree. Echo and tunnels on one core \
+         clients; bulk: {}; idle: {} tunnels \
+         open, proportional set size of the server's process tree; at rest: resident set size of \
+         the server's process tree right after its start. Echo and tunnels on one core \
          (load generator, echo server and proxy pinned to it). netkit logs at `{NETKIT_LOG_LEVEL}` \
          (a line per session), microsocks a line per connection, Dante to /dev/null.\n\n\
-         | server | echo p50 µs | echo p99 µs | CPU µs per echo round trip | tunnels/s | CPU µs per tunnel | bulk 1 stream / direct | CPU s per GiB | KiB per idle tunnel |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | server | echo p50 µs | echo p99 µs | CPU µs per echo round trip | tunnels/s | CPU µs per tunnel | bulk 1 stream / direct | CPU s per GiB | KiB per idle tunnel | KiB RSS at rest |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         c.rounds,
         c.echo_iterations,
         c.tunnels,
         c.tunnel_clients,
-        c.bulk_bytes >> 20,
+        if c.bulk_bytes > 0 {
+            format!(
+                "{} MiB over 1 stream per round, / the median direct run",
+                c.bulk_bytes >> 20
+            )
+        } else {
+            "not measured (--quick without --baseline-server)".to_owned()
+        },
         c.idle_tunnels
     );
     for (s, l) in &lines {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.name,
             fmt(l.echo_p50),
             fmt(l.echo_p99),
@@ -879,7 +917,8 @@ fn report(
             fmt(l.tunnel_cpu),
             fmt(l.bulk_ratio),
             fmt(l.bulk_cpu),
-            fmt(l.idle_kib)
+            fmt(l.idle_kib),
+            fmt(l.rest_kib)
         ));
     }
     let peers: Vec<&Line> = lines
@@ -904,7 +943,7 @@ fn report(
     {
         let ratio = |pick: fn(&Line) -> f64, lower: bool| pick(&n) / best(pick, lower);
         table.push_str(&format!(
-            "| **netkit / best peer** | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| **netkit / best peer** | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             fmt_x(ratio(|l| l.echo_p50, true)),
             fmt_x(ratio(|l| l.echo_p99, true)),
             fmt_x(ratio(|l| l.echo_cpu, true)),
@@ -913,6 +952,7 @@ fn report(
             fmt_x(ratio(|l| l.bulk_ratio, false)),
             fmt_x(ratio(|l| l.bulk_cpu, true)),
             fmt_x(ratio(|l| l.idle_kib, true)),
+            fmt_x(ratio(|l| l.rest_kib, true)),
         ));
     }
     for note in notes {
@@ -940,6 +980,7 @@ fn report(
             ("bulk 1 stream / direct", l.bulk_ratio, "x"),
             ("CPU per GiB", l.bulk_cpu, "s/GiB"),
             ("KiB per idle tunnel", l.idle_kib, "KiB"),
+            ("RSS at rest", l.rest_kib, "KiB"),
         ] {
             if value.is_finite() {
                 results.rows.push(Row::new(
@@ -1125,6 +1166,37 @@ mod tests {
         tree.sort_unstable();
         assert_eq!(tree, vec![10, 11, 12]);
         assert!(descendants(99, &stats).is_empty());
+    }
+
+    #[test]
+    fn quick_measures_idle_memory_and_bulk_only_beside_a_baseline() {
+        let quick = Plan::new(true);
+        let alone = counts(&quick, &Options::default());
+        assert!(alone.idle_tunnels > 0);
+        assert_eq!(alone.bulk_bytes, 0);
+        let before_after = Options {
+            baseline_server: Some(PathBuf::from("/old/server")),
+            ..Options::default()
+        };
+        let with_baseline = counts(&quick, &before_after);
+        assert!(with_baseline.idle_tunnels > 0);
+        assert!(with_baseline.bulk_bytes > 0);
+        let full = counts(&Plan::new(false), &Options::default());
+        assert!(full.bulk_bytes > 0 && full.idle_tunnels > 0);
+    }
+
+    #[test]
+    fn resident_memory_is_read_from_smaps_rollup() {
+        let pid = std::process::id();
+        let rss = tree_smaps_kib(pid, "Rss:").unwrap();
+        let pss = tree_smaps_kib(pid, "Pss:").unwrap();
+        assert!(rss > 0 && pss > 0 && pss <= rss, "rss {rss} pss {pss}");
+        // 16 MiB touched page by page shows in the resident set.
+        let touched = std::hint::black_box(vec![1u8; 16 << 20]);
+        let grown = tree_smaps_kib(pid, "Rss:").unwrap();
+        assert!(grown >= rss + 12 * 1024, "rss {rss} KiB, then {grown} KiB");
+        drop(touched);
+        assert_eq!(tree_smaps_kib(pid, "NoSuchField:").unwrap(), 0);
     }
 
     #[test]

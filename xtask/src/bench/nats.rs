@@ -10,9 +10,17 @@
 //! about half as much CPU again), so the collector's own cost shows apart
 //! from the message format the spec fixes. CPU: utime+stime of the
 //! publisher (this process), of nats-server and of the collector per run.
+//! A third baseline publishes with those headers through the core client
+//! (`publish_with_reply_and_headers` to a reply subject under one wildcard
+//! subscription, PubAcks counted there): JetStream's publish without the
+//! per-message inbox, oneshot, request map and ack timer of
+//! `jetstream::Context::send_publish`, the cost a collector built that way
+//! would save.
 //! Skipped with a note under `--quick` and when nats-server is missing.
-//! With `--baseline-server`, that binary's collector is measured too, right
-//! after this one's at each size (a change's before and after in one run).
+//! With `--baseline-server`, that binary's collector is measured too, each
+//! collector twice at each size in the order A B B A (the collector measured
+//! first costs nats-server more CPU per message), the figures the mean of
+//! its two runs (a change's before and after in one run).
 
 use std::{
     collections::VecDeque,
@@ -136,19 +144,33 @@ fn compare(
         } else {
             format!("{size} B")
         };
-        let mut bare = [0.0; 2];
-        for (headers, rate) in [false, true].into_iter().zip(&mut bare) {
+        let mut bare = [0.0; 3];
+        for (kind, rate) in [Bare::Plain, Bare::Headers, Bare::CoreHeaders]
+            .into_iter()
+            .zip(&mut bare)
+        {
+            runtime.block_on(purge(nats.addr))?;
             let (nats_cpu, own_cpu) = (
                 cpu_seconds(nats.pid(), ticks)?,
                 cpu_seconds(std::process::id(), ticks)?,
             );
-            *rate = runtime.block_on(bare_publisher(nats.addr, size, count, headers))?;
+            *rate = match kind {
+                Bare::CoreHeaders => runtime.block_on(core_publisher(nats.addr, size, count))?,
+                _ => runtime.block_on(bare_publisher(
+                    nats.addr,
+                    size,
+                    count,
+                    kind == Bare::Headers,
+                ))?,
+            };
             let nats_cpu = cpu_seconds(nats.pid(), ticks)? - nats_cpu;
             let own_cpu = cpu_seconds(std::process::id(), ticks)? - own_cpu;
-            let metric = if headers {
-                format!("bare publisher {label}, the collector's headers")
-            } else {
-                format!("bare publisher {label}")
+            let metric = match kind {
+                Bare::Plain => format!("bare publisher {label}"),
+                Bare::Headers => format!("bare publisher {label}, the collector's headers"),
+                Bare::CoreHeaders => format!(
+                    "bare core-client publisher {label}, the collector's headers, no oneshot"
+                ),
             };
             results.rows.push(Row::new(GROUP, metric, *rate, "msg/s").note(format!(
                 "{count} messages, window {WINDOW}; publisher {:.1} us CPU/msg, nats-server {:.1} us CPU/msg",
@@ -156,8 +178,14 @@ fn compare(
                 nats_cpu * 1e6 / count as f64
             )));
         }
-        let [bare, same_headers] = bare;
-        for (name, collector) in &servers {
+        let [bare, same_headers, _] = bare;
+        // Each collector's runs: (rate, collector CPU s, nats-server CPU s, ack p50, ack p99).
+        let mut runs: Vec<Vec<CollectorRun>> = vec![Vec::new(); servers.len()];
+        for index in run_order(servers.len()) {
+            let Some((_, collector)) = servers.get(index) else {
+                continue;
+            };
+            runtime.block_on(purge(nats.addr))?;
             let (nats_cpu, collector_cpu) = (
                 cpu_seconds(nats.pid(), ticks)?,
                 cpu_seconds(collector.pid(), ticks)?,
@@ -173,16 +201,33 @@ fn compare(
             )?;
             let via_nats_cpu = cpu_seconds(nats.pid(), ticks)? - nats_cpu;
             let via_collector_cpu = cpu_seconds(collector.pid(), ticks)? - collector_cpu;
-            let rate = report["frames_per_sec"].as_f64().unwrap_or(f64::NAN);
+            if let Some(runs) = runs.get_mut(index) {
+                runs.push((
+                    report["frames_per_sec"].as_f64().unwrap_or(f64::NAN),
+                    via_collector_cpu,
+                    via_nats_cpu,
+                    report["ack_p50_us"].to_string(),
+                    report["ack_p99_us"].to_string(),
+                ));
+            }
+        }
+        for ((name, _), runs) in servers.iter().zip(&runs) {
+            let n = runs.len().max(1) as f64;
+            let mean = |pick: fn(&CollectorRun) -> f64| runs.iter().map(pick).sum::<f64>() / n;
+            let rate = mean(|r| r.0);
+            let per_frame = |seconds: f64| seconds * 1e6 / count as f64;
+            let joined = |pick: fn(&CollectorRun) -> &str| {
+                runs.iter().map(pick).collect::<Vec<_>>().join("/")
+            };
             let ratio = rate / bare;
             let mut row = Row::new(GROUP, format!("{name} {label}"), rate, "msg/s").note(format!(
-                "{ratio:.2}x bare, {:.2}x bare with the same headers; {} frames, window {WINDOW}, ack p50 {} us p99 {} us; collector {:.1} us CPU/frame, nats-server {:.1} us CPU/msg",
+                "{ratio:.2}x bare, {:.2}x bare with the same headers; {} run(s) of {count} frames (mean), window {WINDOW}, ack p50 {} us p99 {} us; collector {:.1} us CPU/frame, nats-server {:.1} us CPU/msg",
                 rate / same_headers,
-                report["frames"],
-                report["ack_p50_us"],
-                report["ack_p99_us"],
-                via_collector_cpu * 1e6 / count as f64,
-                via_nats_cpu * 1e6 / count as f64
+                runs.len(),
+                joined(|r| r.3.as_str()),
+                joined(|r| r.4.as_str()),
+                per_frame(mean(|r| r.1)),
+                per_frame(mean(|r| r.2))
             ));
             if size == 64 {
                 row = row.target(Target::at_least(ratio, 0.7, ">= 0.70x bare"));
@@ -197,6 +242,136 @@ fn compare(
     Ok(())
 }
 
+/// One collector run: frames/s, the collector's and nats-server's CPU seconds, ack p50 and
+/// p99 (µs, as the client printed them).
+type CollectorRun = (f64, f64, f64, String, String);
+
+/// Empties the stream before a run: nats-server's CPU per message grew with the data stored
+/// (at 4 KiB, 20 to 57 us over four runs in a row, whichever collector ran), which weighed
+/// on whatever ran last.
+async fn purge(addr: SocketAddr) -> anyhow::Result<()> {
+    let client = async_nats::connect(format!("nats://{addr}")).await?;
+    let work = async {
+        jetstream::new(client.clone())
+            .get_stream("BENCH")
+            .await?
+            .purge()
+            .await?;
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(30), work)
+        .await
+        .context("purging the stream took over 30 s")?
+        .context("purging the stream")?;
+    close(&client).await;
+    Ok(())
+}
+
+/// Closes a client's connection now: the runtime here is current-thread and idle between
+/// runs, so a dropped client's connection would stay open (and subscribed) until the next
+/// `block_on`.
+async fn close(client: &async_nats::Client) {
+    let _ = tokio::time::timeout(Duration::from_secs(10), client.drain()).await;
+}
+
+/// The order of the collectors' runs at one size: one run alone, else A B B A, so the
+/// position (the first run costs nats-server more) weighs on both alike.
+fn run_order(collectors: usize) -> Vec<usize> {
+    match collectors {
+        0 => Vec::new(),
+        1 => vec![0],
+        n => (0..n).chain((0..n).rev()).collect(),
+    }
+}
+
+/// The bare publishers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bare {
+    /// JetStream publishes with a `Nats-Msg-Id` only.
+    Plain,
+    /// JetStream publishes with the collector's headers.
+    Headers,
+    /// The same through the core client, PubAcks read from one wildcard subscription.
+    CoreHeaders,
+}
+
+/// What the collector adds, with values of the same length.
+fn collector_headers(seq: u64) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in [
+        ("Netkit-Version", "2"),
+        ("Netkit-Crc-Size", "4"),
+        ("Netkit-Client", "127.0.0.1:54321"),
+        ("Netkit-Listener", "nats"),
+        ("Netkit-Connection", "0"),
+        ("Netkit-Stream", "0123456789abcdef0123456789abcdef"),
+        ("Netkit-Received", "2026-12-01T13:34:35.968589123Z"),
+    ] {
+        headers.insert(name, value);
+    }
+    headers.insert("Netkit-Seq", seq.to_string().as_str());
+    headers
+}
+
+/// [`bare_publisher`] with the collector's headers through the core client: each message
+/// published with a reply subject under one wildcard subscription, at most [`WINDOW`]
+/// awaiting their PubAck, each PubAck checked for an error; messages per second.
+async fn core_publisher(addr: SocketAddr, size: u64, count: u64) -> anyhow::Result<f64> {
+    use futures_util::StreamExt as _;
+    let client = async_nats::connect(format!("nats://{addr}")).await?;
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let prefix = format!("_INBOX.bench-{run}");
+    let mut acks = client.subscribe(format!("{prefix}.*")).await?;
+    client.flush().await?;
+    let payload = Bytes::from(vec![0x5a_u8; usize::try_from(size)?]);
+    let started = Instant::now();
+    let work = async {
+        let mut in_flight = 0usize;
+        let mut next_ack = async || -> anyhow::Result<()> {
+            let ack = acks.next().await.context("the PubAck subscription ended")?;
+            if ack.status.is_some_and(|status| !status.is_success())
+                || ack.payload.windows(8).any(|w| w == b"\"error\"")
+            {
+                anyhow::bail!(
+                    "a publish failed: {:?}",
+                    String::from_utf8_lossy(&ack.payload)
+                );
+            }
+            Ok(())
+        };
+        for seq in 0..count {
+            if in_flight >= WINDOW {
+                next_ack().await?;
+                in_flight -= 1;
+            }
+            let mut headers = collector_headers(seq);
+            headers.insert("Nats-Msg-Id", format!("core-{run}-{size}-{seq}").as_str());
+            client
+                .publish_with_reply_and_headers(
+                    "bench.bare",
+                    format!("{prefix}.{seq}"),
+                    headers,
+                    payload.clone(),
+                )
+                .await?;
+            in_flight += 1;
+        }
+        while in_flight > 0 {
+            next_ack().await?;
+            in_flight -= 1;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(120), work)
+        .await
+        .context("the core publisher took over 120 s")??;
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    close(&client).await;
+    Ok(rate)
+}
+
 /// Publishes `count` messages of `size` bytes with at most [`WINDOW`]
 /// awaiting their ack; messages per second.
 async fn bare_publisher(
@@ -206,7 +381,7 @@ async fn bare_publisher(
     headers: bool,
 ) -> anyhow::Result<f64> {
     let client = async_nats::connect(format!("nats://{addr}")).await?;
-    let js = jetstream::new(client);
+    let js = jetstream::new(client.clone());
     let payload = Bytes::from(vec![0x5a_u8; usize::try_from(size)?]);
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -246,5 +421,27 @@ async fn bare_publisher(
     tokio::time::timeout(Duration::from_secs(120), work)
         .await
         .context("the bare publisher took over 120 s")??;
-    Ok(count as f64 / started.elapsed().as_secs_f64())
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    close(&client).await;
+    Ok(rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_collectors_run_a_b_b_a_and_one_runs_once() {
+        assert_eq!(run_order(1), vec![0]);
+        assert_eq!(run_order(2), vec![0, 1, 1, 0]);
+        assert!(run_order(0).is_empty());
+    }
+
+    #[test]
+    fn the_core_publisher_sends_the_collectors_nine_headers_less_the_message_id() {
+        let headers = collector_headers(42);
+        assert_eq!(headers.len(), 8);
+        assert_eq!(headers.get("Netkit-Seq").map(|v| v.as_str()), Some("42"));
+        assert!(headers.get("Nats-Msg-Id").is_none());
+    }
 }

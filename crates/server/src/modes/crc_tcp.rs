@@ -21,7 +21,7 @@ use std::{
 };
 
 use bytes::{Buf, BytesMut};
-use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
+use futures_util::FutureExt;
 use proto::{
     Ack, AckStatus, Decoded, FrameRef, HEADER_LEN, Limits, SESSION_FRAME_LEN, decode_frame,
     decode_session, encode_ack,
@@ -46,7 +46,7 @@ use crate::{
     proxy_protocol::{ProxyProtocol, ProxySettings},
     sinks::{
         file::{FileSink, SyncPolicy},
-        nats::{self, ConnHeaders, NatsConfig, NatsSink, Outcome},
+        nats::{self, ConnHeaders, NatsConfig, NatsSink},
     },
     stats::{FRAME_STATUSES, ListenerStats},
 };
@@ -447,7 +447,7 @@ impl CrcTcp {
             started: false,
             peer,
             number,
-            inflight: FuturesOrdered::new(),
+            inflight: nats::Acks::default(),
             headers: None,
             verdicts: Vec::new(),
             published: Vec::new(),
@@ -708,6 +708,7 @@ impl CrcTcp {
             return None;
         }
         if let Handler::Nats(sink) = &self.handler {
+            conn.inflight.prepare(sink).await;
             self.enqueue(sink, conn, used, &verdicts, &published, fatal.as_ref());
             conn.keep_scratch(verdicts, published);
             return fatal;
@@ -882,30 +883,17 @@ impl CrcTcp {
                     seq,
                 };
                 let headers = sink.headers(&mut batch, &frame);
-                let publish = Arc::clone(sink).publish(frame, headers);
-                conn.inflight
-                    .push_back(Box::pin(publish.map(move |outcome| {
-                        let status = match outcome {
-                            Outcome::Stored => AckStatus::Ok,
-                            Outcome::Failed => AckStatus::HandlerFailed,
-                        };
-                        (seq, status, read_at)
-                    })));
+                conn.inflight.publish(frame, headers, read_at);
             } else {
                 debug!(seq, "crc mismatch");
-                conn.inflight.push_back(Box::pin(std::future::ready((
-                    seq,
-                    AckStatus::CrcMismatch,
-                    read_at,
-                ))));
+                conn.inflight.answer((seq, AckStatus::CrcMismatch, read_at));
             }
         }
         conn.seq = conn.seq.wrapping_add(verdicts.len() as u64);
         conn.frames += verdicts.len() as u64;
         if let Some(error) = fatal {
-            let answer = (conn.seq, error.ack_status(), read_at);
             conn.inflight
-                .push_back(Box::pin(std::future::ready(answer)));
+                .answer((conn.seq, error.ack_status(), read_at));
         }
     }
 
@@ -947,7 +935,7 @@ struct Conn {
     /// The connection's number on its listener.
     number: u64,
     /// `nats`: every frame from its read to its ack, in frame order.
-    inflight: FuturesOrdered<Pending>,
+    inflight: nats::Acks,
     /// `nats`: the headers every message of the connection carries.
     headers: Option<Arc<ConnHeaders>>,
     /// Scratch of [`CrcTcp::process`], kept between batches: each frame's CRC verdict.
@@ -971,10 +959,6 @@ impl Conn {
         self.published = published;
     }
 }
-
-/// A frame on its way to its ack (`nats`): its seq, when its read completed and, once
-/// settled, its status.
-type Pending = std::pin::Pin<Box<dyn Future<Output = (u64, AckStatus, Instant)> + Send>>;
 
 /// What ends a connection after its NACK: a header that can never be valid,
 /// or a session frame that cannot be trusted.

@@ -9,28 +9,41 @@
 //! itself; while it is disconnected frames get status 5 at once, `/readyz`
 //! says 503, and the listener's `netkit_nats_*` metrics say so. Publishes
 //! are pipelined: a connection keeps up to `max_in_flight` frames awaiting
-//! their ack (and the listener as a whole as many, JetStream's ack window),
-//! and the crc-tcp connection writes the acks in frame order.
+//! their ack (and the listener as a whole as many: a permit each), and the
+//! crc-tcp connection writes the acks in frame order ([`Acks`]: the core
+//! client's publish with a reply subject of the connection's, rather than
+//! JetStream's `send_publish` and its per-message futures).
 
 use std::{
+    collections::VecDeque,
+    fmt::Write as _,
+    future::Future,
     net::SocketAddr,
     path::PathBuf,
+    pin::Pin,
     str::FromStr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
+    task::{Context, Poll},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context as _;
 use async_nats::{
-    ConnectOptions, Event, HeaderMap, HeaderName, HeaderValue, ServerAddr, Subject,
-    jetstream::{self, context::GetStreamErrorKind, message::PublishMessage},
+    Client, ConnectOptions, Event, HeaderMap, HeaderName, HeaderValue, ServerAddr, Subject,
+    Subscriber,
+    jetstream::{self, context::GetStreamErrorKind},
 };
 use bytes::Bytes;
-use serde::Deserialize;
-use tokio::{sync::Notify, time::Instant};
+use futures_util::StreamExt as _;
+use proto::AckStatus;
+use serde::{Deserialize, de::IgnoredAny};
+use tokio::{
+    sync::{AcquireError, Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError},
+    time::{Instant, Sleep},
+};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -294,7 +307,9 @@ fn check_stream_name(name: &str) -> Result<(), String> {
 
 /// The running handler of one listener.
 pub(crate) struct NatsSink {
-    js: jetstream::Context,
+    client: Client,
+    /// The listener's window: a permit per frame sent and not yet answered.
+    window: Arc<Semaphore>,
     subject: Subject,
     listener: HeaderValue,
     publish_timeout: Duration,
@@ -426,13 +441,355 @@ pub(crate) struct Frame {
     pub(crate) seq: u64,
 }
 
-/// How a publish ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// Stored (or already stored: a duplicate within the window).
-    Stored,
-    /// Not confirmed: status 5.
-    Failed,
+/// A frame's answer: its seq, its status, and when its read completed.
+pub(crate) type Answer = (u64, AckStatus, Instant);
+
+type Sending = Pin<Box<dyn Future<Output = Result<(), async_nats::PublishError>> + Send>>;
+type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+/// The frames of one crc-tcp connection from their read to their answer, in frame order.
+///
+/// Each frame is published with the core client to a reply subject of the connection's own
+/// (`_INBOX.<id>.<token>`, one wildcard subscription per connection), and JetStream's PubAck
+/// comes back there: no inbox, oneshot, request-map entry, boxed future and timer per frame,
+/// as `jetstream::Context::send_publish` makes (BENCHMARKS.md, "The levers of 2026-12-01
+/// evening"). A frame is answered ok only once its PubAck says stored; answers leave in frame
+/// order; the frame at the front fails (status 5) when `publish_timeout` has passed since its
+/// publish began (a permit of the listener's window awaited counts), and as the front always
+/// is the oldest, one timer per connection is enough.
+pub(crate) struct Acks {
+    queue: VecDeque<Entry>,
+    /// The token of `queue[0]`; entry `i` has token `front + i`.
+    front: u64,
+    /// The token of the next entry to send.
+    next_send: u64,
+    sending: Option<(u64, Sending)>,
+    acquiring: Option<Acquiring>,
+    /// The replies' subscription and subject prefix (`_INBOX.<id>.`), made at the first frame.
+    replies: Option<(Subscriber, String)>,
+    timer: Pin<Box<Sleep>>,
+    /// What `timer` is set to, when it is.
+    armed: Option<Instant>,
+    sink: Option<Arc<NatsSink>>,
+}
+
+struct Entry {
+    seq: u64,
+    read_at: Instant,
+    /// When its publish began (its deadline is this plus `publish_timeout`).
+    started: Instant,
+    /// Whether it was sent (its time goes into the publish histogram).
+    sent: bool,
+    state: State,
+}
+
+enum State {
+    /// Waiting for a permit of the window and its turn to be sent.
+    Queued { payload: Bytes, headers: HeaderMap },
+    /// Sent (or being sent) with its permit, waiting for the PubAck.
+    Sent { _permit: OwnedSemaphorePermit },
+    /// Answered.
+    Done(AckStatus),
+}
+
+impl std::fmt::Debug for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Acks")
+            .field("len", &self.queue.len())
+            .field("front", &self.front)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Acks {
+    fn default() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            front: 0,
+            next_send: 0,
+            sending: None,
+            acquiring: None,
+            replies: None,
+            timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            armed: None,
+            sink: None,
+        }
+    }
+}
+
+/// Whether a reply to a publish says JetStream stored the message: `Ok(duplicate)`, or why not
+/// (an error status such as 503 "no responders", an error in the PubAck, or no PubAck at all).
+fn stored(status: Option<async_nats::StatusCode>, payload: &[u8]) -> Result<bool, String> {
+    if let Some(status) = status.filter(|status| !status.is_success()) {
+        return Err(format!("status {status}"));
+    }
+    match serde_json::from_slice::<PubAck>(payload) {
+        Ok(ack) if ack.error.is_none() && ack.stream.is_some() => Ok(ack.duplicate),
+        _ => Err(String::from_utf8_lossy(payload).into_owned()),
+    }
+}
+
+/// The entry of `token` in a queue whose first entry has the token `front`.
+fn entry_mut(queue: &mut VecDeque<Entry>, front: u64, token: u64) -> Option<&mut Entry> {
+    let index = usize::try_from(token.checked_sub(front)?).ok()?;
+    queue.get_mut(index)
+}
+
+/// What a PubAck says (`{"stream":"FRAMES","seq":7}`, with `"duplicate":true` for a message
+/// id already stored, or `{"error":{...}}`).
+#[derive(Deserialize)]
+struct PubAck {
+    stream: Option<IgnoredAny>,
+    error: Option<IgnoredAny>,
+    #[serde(default)]
+    duplicate: bool,
+}
+
+impl Acks {
+    /// Frames not yet answered.
+    pub(crate) fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Makes the connection's reply subscription, once (within `publish_timeout`); frames
+    /// published without one fail.
+    pub(crate) async fn prepare(&mut self, sink: &Arc<NatsSink>) {
+        if self.sink.is_none() {
+            self.sink = Some(Arc::clone(sink));
+        }
+        if self.replies.is_some() || !sink.stats.nats.connected.load(Relaxed) {
+            return;
+        }
+        let prefix = format!("{}.", sink.client.new_inbox());
+        match tokio::time::timeout(
+            sink.publish_timeout,
+            sink.client.subscribe(format!("{prefix}*")),
+        )
+        .await
+        {
+            Ok(Ok(subscriber)) => self.replies = Some((subscriber, prefix)),
+            Ok(Err(error)) => sink.failures.note(&sink.stats, &error.to_string()),
+            Err(_) => sink
+                .failures
+                .note(&sink.stats, "no reply subscription within publish_timeout"),
+        }
+    }
+
+    /// Queues `frame` for its publish with `headers`.
+    pub(crate) fn publish(&mut self, frame: Frame, headers: HeaderMap, read_at: Instant) {
+        let state = if self.replies.is_some() {
+            State::Queued {
+                payload: frame.payload,
+                headers,
+            }
+        } else {
+            if let Some(sink) = &self.sink {
+                sink.failures.note(&sink.stats, "not connected to NATS");
+            }
+            State::Done(AckStatus::HandlerFailed)
+        };
+        self.push(frame.seq, read_at, state);
+    }
+
+    /// Queues an answer known already (a CRC mismatch, the NACK of a bad header).
+    pub(crate) fn answer(&mut self, (seq, status, read_at): Answer) {
+        self.push(seq, read_at, State::Done(status));
+    }
+
+    fn push(&mut self, seq: u64, read_at: Instant, state: State) {
+        self.queue.push_back(Entry {
+            seq,
+            read_at,
+            started: Instant::now(),
+            sent: false,
+            state,
+        });
+    }
+
+    /// The next answer in frame order, once there is one; `None` when nothing is in flight.
+    /// Cancel-safe: every state is in `self`.
+    pub(crate) async fn next(&mut self) -> Option<Answer> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn entry(&mut self, token: u64) -> Option<&mut Entry> {
+        entry_mut(&mut self.queue, self.front, token)
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Answer>> {
+        let Some(sink) = self.sink.clone() else {
+            // Only answers known already (no frame was published).
+            return Poll::Ready(self.pop_done());
+        };
+        self.poll_sends(&sink, cx);
+        self.poll_replies(&sink, cx);
+        if let Some(answer) = self.pop_done() {
+            return Poll::Ready(Some(answer));
+        }
+        let Some(front) = self.queue.front() else {
+            return Poll::Ready(None);
+        };
+        // The front's deadline. The timer may run early (set for an older front): then it is
+        // set again, so a frame costs no timer of its own.
+        let deadline = front.started + sink.publish_timeout;
+        if self.armed.is_none_or(|armed| armed > deadline) {
+            self.timer.as_mut().reset(deadline);
+            self.armed = Some(deadline);
+        }
+        while self.timer.as_mut().poll(cx).is_ready() {
+            if Instant::now() >= deadline {
+                self.armed = None;
+                sink.failures
+                    .note(&sink.stats, "no ack within publish_timeout");
+                if let Some(entry) = self.queue.front_mut() {
+                    entry.state = State::Done(AckStatus::HandlerFailed);
+                }
+                return Poll::Ready(self.pop_done());
+            }
+            self.timer.as_mut().reset(deadline);
+            self.armed = Some(deadline);
+        }
+        Poll::Pending
+    }
+
+    /// Sends the queued frames, one at a time, each with a permit of the listener's window.
+    fn poll_sends(&mut self, sink: &NatsSink, cx: &mut Context<'_>) {
+        loop {
+            if let Some((token, sending)) = &mut self.sending {
+                let token = *token;
+                match sending.as_mut().poll(cx) {
+                    Poll::Pending => return,
+                    Poll::Ready(result) => {
+                        self.sending = None;
+                        if let Err(error) = result {
+                            sink.failures.note(&sink.stats, &error.to_string());
+                            if let Some(entry) = self.entry(token)
+                                && matches!(entry.state, State::Sent { .. })
+                            {
+                                entry.state = State::Done(AckStatus::HandlerFailed);
+                            }
+                        }
+                    }
+                }
+            }
+            self.next_send = self.next_send.max(self.front);
+            // The next frame waiting to be sent.
+            let token = self.next_send;
+            let Some(entry) = self.entry(token) else {
+                return;
+            };
+            if !matches!(entry.state, State::Queued { .. }) {
+                self.next_send += 1;
+                continue;
+            }
+            let permit = match Arc::clone(&sink.window).try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(TryAcquireError::Closed) => return,
+                Err(TryAcquireError::NoPermits) => {
+                    let acquiring = self
+                        .acquiring
+                        .get_or_insert_with(|| Box::pin(Arc::clone(&sink.window).acquire_owned()));
+                    match acquiring.as_mut().poll(cx) {
+                        Poll::Pending => return,
+                        Poll::Ready(permit) => {
+                            self.acquiring = None;
+                            match permit {
+                                Ok(permit) => permit,
+                                Err(_) => return,
+                            }
+                        }
+                    }
+                }
+            };
+            let connected = sink.stats.nats.connected.load(Relaxed);
+            let Some((_, prefix)) = &self.replies else {
+                return;
+            };
+            let mut reply = String::with_capacity(prefix.len() + 20);
+            reply.push_str(prefix);
+            let _ = write!(reply, "{token}");
+            self.next_send = token + 1;
+            let Some(entry) = entry_mut(&mut self.queue, self.front, token) else {
+                return;
+            };
+            if !connected {
+                sink.failures.note(&sink.stats, "not connected to NATS");
+                entry.state = State::Done(AckStatus::HandlerFailed);
+                continue;
+            }
+            let State::Queued { payload, headers } =
+                std::mem::replace(&mut entry.state, State::Sent { _permit: permit })
+            else {
+                continue;
+            };
+            entry.sent = true;
+            let client = sink.client.clone();
+            let subject = sink.subject.clone();
+            self.sending = Some((
+                token,
+                Box::pin(async move {
+                    client
+                        .publish_with_reply_and_headers(subject, reply, headers, payload)
+                        .await
+                }),
+            ));
+        }
+    }
+
+    /// Takes the PubAcks that came in.
+    fn poll_replies(&mut self, sink: &NatsSink, cx: &mut Context<'_>) {
+        let Some((subscriber, prefix)) = &mut self.replies else {
+            return;
+        };
+        let prefix_len = prefix.len();
+        while let Poll::Ready(Some(message)) = subscriber.poll_next_unpin(cx) {
+            let Some(token) = message
+                .subject
+                .as_str()
+                .get(prefix_len..)
+                .and_then(|token| token.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let verdict = stored(message.status, &message.payload);
+            if let Err(reason) = &verdict {
+                sink.failures.note(&sink.stats, reason);
+            }
+            if let Some(entry) = entry_mut(&mut self.queue, self.front, token)
+                && matches!(entry.state, State::Sent { .. })
+            {
+                if verdict == Ok(true) {
+                    debug!(seq = entry.seq, "nats: a duplicate, already stored");
+                }
+                let stored = verdict.is_ok();
+                entry.state = State::Done(if stored {
+                    AckStatus::Ok
+                } else {
+                    AckStatus::HandlerFailed
+                });
+            }
+        }
+    }
+
+    /// The front's answer, when it has one.
+    fn pop_done(&mut self) -> Option<Answer> {
+        let front = self.queue.front()?;
+        let State::Done(status) = front.state else {
+            return None;
+        };
+        let entry = self.queue.pop_front()?;
+        self.front += 1;
+        if let Some(sink) = &self.sink
+            && entry.sent
+        {
+            sink.stats.nats.publish.observe(entry.started.elapsed());
+        }
+        Some((entry.seq, status, entry.read_at))
+    }
 }
 
 impl NatsSink {
@@ -499,9 +856,7 @@ impl NatsSink {
         let js = jetstream::ContextBuilder::new()
             .timeout(config.publish_timeout)
             .ack_timeout(config.publish_timeout)
-            .max_ack_inflight(config.max_in_flight)
-            .backpressure_on_inflight(true)
-            .build(client);
+            .build(client.clone());
         let supervisor = tokio::spawn(supervise(
             js.clone(),
             config.clone(),
@@ -510,7 +865,8 @@ impl NatsSink {
             wake,
         ));
         Ok(Self {
-            js,
+            client,
+            window: Arc::new(Semaphore::new(config.max_in_flight)),
             subject: Subject::from(config.subject(listener)),
             listener: value(listener),
             publish_timeout: config.publish_timeout,
@@ -529,44 +885,6 @@ impl NatsSink {
     /// The headers of `frame`, one of the batch `batch`.
     pub(crate) fn headers(&self, batch: &mut BatchHeaders, frame: &Frame) -> HeaderMap {
         batch.frame(&self.listener, frame.version, frame.crc_size, frame.seq)
-    }
-
-    /// Publishes `frame` with `headers` and waits for JetStream's ack, at most `publish_timeout`.
-    pub(crate) async fn publish(self: Arc<Self>, frame: Frame, headers: HeaderMap) -> Outcome {
-        if !self.stats.nats.connected.load(Relaxed) {
-            self.failures.note(&self.stats, "not connected to NATS");
-            return Outcome::Failed;
-        }
-        let started = Instant::now();
-        let message = PublishMessage::build()
-            .payload(frame.payload)
-            .headers(headers);
-        // The send is boxed on its own: it is most of the state, and kept inline it makes
-        // every frame's future too large for the allocator's per-thread cache (glibc's
-        // tcache stops at 1032 bytes), which showed as 6 % of the CPU in malloc_consolidate.
-        let published = tokio::time::timeout(self.publish_timeout, async {
-            let ack = Box::pin(self.js.send_publish(self.subject.clone(), message)).await?;
-            ack.await
-        })
-        .await;
-        self.stats.nats.publish.observe(started.elapsed());
-        match published {
-            Ok(Ok(ack)) => {
-                if ack.duplicate {
-                    debug!(seq = frame.seq, "nats: a duplicate, already stored");
-                }
-                Outcome::Stored
-            }
-            Ok(Err(error)) => {
-                self.failures.note(&self.stats, &error.to_string());
-                Outcome::Failed
-            }
-            Err(_) => {
-                self.failures
-                    .note(&self.stats, "no ack within publish_timeout");
-                Outcome::Failed
-            }
-        }
     }
 }
 
@@ -781,6 +1099,42 @@ mod tests {
         assert_eq!(headers.stream_hex, "ab".repeat(16));
         assert_eq!(headers.connection.as_str(), "3");
         assert_eq!(headers.client.as_str(), "127.0.0.1:9");
+    }
+
+    #[test]
+    fn only_a_puback_naming_the_stream_without_an_error_is_stored() {
+        assert_eq!(stored(None, br#"{"stream":"FRAMES","seq":7}"#), Ok(false));
+        assert_eq!(
+            stored(None, br#"{"stream":"FRAMES","seq":7,"duplicate":true}"#),
+            Ok(true)
+        );
+        let error =
+            br#"{"error":{"code":503,"err_code":10077,"description":"insufficient resources"}}"#;
+        assert!(
+            stored(None, error)
+                .unwrap_err()
+                .contains("insufficient resources")
+        );
+        assert!(stored(None, br#"{"stream":"FRAMES","error":{"code":500}}"#).is_err());
+        assert!(stored(None, b"{}").is_err());
+        assert!(stored(None, b"").is_err());
+        assert!(stored(None, b"+OK").is_err());
+        // "No responders": no stream listens on the subject.
+        let no_responders = async_nats::StatusCode::from_u16(503).ok();
+        assert_eq!(stored(no_responders, b""), Err("status 503".to_owned()));
+    }
+
+    #[tokio::test]
+    async fn answers_known_already_leave_in_order_without_a_sink() {
+        let mut acks = Acks::default();
+        let at = Instant::now();
+        acks.answer((1, AckStatus::CrcMismatch, at));
+        acks.answer((2, AckStatus::MalformedHeader, at));
+        assert_eq!(acks.len(), 2);
+        assert_eq!(acks.next().await, Some((1, AckStatus::CrcMismatch, at)));
+        assert_eq!(acks.next().await, Some((2, AckStatus::MalformedHeader, at)));
+        assert!(acks.is_empty());
+        assert_eq!(acks.next().await, None);
     }
 
     #[test]

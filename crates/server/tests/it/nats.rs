@@ -394,3 +394,79 @@ async fn acks_are_ok_only_after_the_puback_and_in_frame_order() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_holds_publishes_back_and_a_held_frame_still_times_out() {
+    let mut nats = fake::FakeNats::start().await;
+    let config = handler_on(nats.addr, "3s")
+        .replace("publish_timeout", "max_in_flight = 2, publish_timeout");
+    let server = Admin::start(&config).await;
+    connected(&server).await;
+    let three = |tag: &str| {
+        [1, 2, 3]
+            .iter()
+            .flat_map(|n| frame(format!("{tag}{n}").as_bytes()))
+            .collect::<Vec<u8>>()
+    };
+    let mut stream = send(server.addr("frames"), &three("a")).await;
+    let first = within(STEP, nats.published.recv()).await.unwrap();
+    let second = within(STEP, nats.published.recv()).await.unwrap();
+    assert_eq!(
+        (&first.payload[..], &second.payload[..]),
+        (&b"a1"[..], &b"a2"[..])
+    );
+    // Two await their PubAck: the third waits for one of them.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), nats.published.recv())
+            .await
+            .is_err(),
+        "a third publish with max_in_flight = 2"
+    );
+    nats.reply(&first.reply, "{\"stream\":\"FRAMES\",\"seq\":1}")
+        .await;
+    let third = within(STEP, nats.published.recv()).await.unwrap();
+    assert_eq!(third.payload, b"a3");
+    for (reply, seq) in [(&second.reply, 2), (&third.reply, 3)] {
+        nats.reply(reply, &format!("{{\"stream\":\"FRAMES\",\"seq\":{seq}}}"))
+            .await;
+    }
+    assert_eq!(
+        read_acks(&mut stream, 3).await,
+        [
+            ack(AckStatus::Ok, 0),
+            ack(AckStatus::Ok, 1),
+            ack(AckStatus::Ok, 2)
+        ]
+    );
+    // Unanswered: two are sent, the third is held for a permit; all three get status 5 in
+    // order once publish_timeout has passed, the held one too.
+    within(STEP, stream.write_all(&three("b"))).await.unwrap();
+    let started = Instant::now();
+    let _ = within(STEP, nats.published.recv()).await.unwrap();
+    let _ = within(STEP, nats.published.recv()).await.unwrap();
+    let mut bytes = vec![0u8; 3 * ACK_FRAME_LEN];
+    within(Duration::from_secs(3) + STEP, stream.read_exact(&mut bytes))
+        .await
+        .expect("three acks");
+    let acks: Vec<Ack> = bytes
+        .chunks(ACK_FRAME_LEN)
+        .map(|chunk| match decode_ack(chunk) {
+            Ok(Decoded::Done(ack, _)) => ack,
+            other => panic!("not an ack: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        acks,
+        [
+            ack(AckStatus::HandlerFailed, 3),
+            ack(AckStatus::HandlerFailed, 4),
+            ack(AckStatus::HandlerFailed, 5)
+        ]
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(2500),
+        "answered status 5 before publish_timeout: {:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
