@@ -332,3 +332,41 @@ fn workers_serve_the_connections_on_their_own_threads() {
         }
     }
 }
+
+/// Worker threads that cannot all start (here: an address-space limit too small for 1024
+/// thread stacks, as a pids limit of a container would be) end the start with an error
+/// that says so, exit status 1; not with a panic (status 101) from a runtime dropped
+/// inside the main runtime.
+#[test]
+fn workers_that_cannot_start_fail_the_start_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.toml");
+    std::fs::write(
+        &path,
+        "[server]\nworkers = 1024\n[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    // 1 GiB of address space: the process starts, 1024 stacks of 2 MiB do not fit.
+    let child = Command::new("sh")
+        .args(["-c", "ulimit -v 1048576 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_server"))
+        .args(["--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard::new(child);
+    let logs = stderr_lines(guard.stderr.take().unwrap());
+    let exit = wait_exit(&mut guard, Duration::from_secs(20))
+        .unwrap()
+        .expect("the server did not exit");
+    let log: Vec<String> =
+        std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(10)).ok()).collect();
+    assert_eq!(exit.code(), Some(1), "{exit}: {log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("cannot start 1024 worker runtime(s)")),
+        "{log:#?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
+}
