@@ -370,3 +370,35 @@ fn workers_that_cannot_start_fail_the_start_cleanly() {
     );
     assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
 }
+
+/// With `workers = 4` each accept loop holds a permit of `max_connections` while it waits
+/// to accept: one connection of four is not the limit, and no "connection limit reached"
+/// warning may say so (it did, from the loop that accepted it, as soon as it looped).
+#[test]
+fn permits_held_by_idle_accept_loops_are_not_the_connection_limit() {
+    let config = "[server]\nworkers = 4\ndrain_timeout = \"5s\"\n[[listener]]\nname = \"frames\"\n\
+                  mode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\nmax_connections = 4\n";
+    let (mut guard, addr, logs) = start(config);
+    // One connection, served (its frame acked), held open.
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    encode_frame(Version::V2, CrcSize::Crc32, b"one", &mut bytes).unwrap();
+    stream.write_all(&bytes).unwrap();
+    let mut ack = [0u8; ACK_FRAME_LEN];
+    stream.read_exact(&mut ack).unwrap();
+    kill_process(Pid::from_child(&guard), Signal::TERM).unwrap();
+    let exit = wait_exit(&mut guard, Duration::from_secs(10))
+        .unwrap()
+        .expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit}");
+    let log: Vec<String> =
+        std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(10)).ok()).collect();
+    let warned: Vec<&String> = log
+        .iter()
+        .filter(|l| l.contains("connection limit reached"))
+        .collect();
+    assert!(warned.is_empty(), "1 connection of 4: {warned:#?}");
+}
