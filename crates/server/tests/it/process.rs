@@ -371,34 +371,48 @@ fn workers_that_cannot_start_fail_the_start_cleanly() {
     assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
 }
 
-/// With `workers = 4` each accept loop holds a permit of `max_connections` while it waits
-/// to accept: one connection of four is not the limit, and no "connection limit reached"
-/// warning may say so (it did, from the loop that accepted it, as soon as it looped).
-#[test]
-fn permits_held_by_idle_accept_loops_are_not_the_connection_limit() {
+/// The "connection limit reached" warnings of a crc-tcp listener with `workers = 4` and
+/// `max_connections = 4`, with `open` connections served (each frame acked) and held open
+/// until the server has exited after SIGTERM.
+fn limit_warnings(open: usize) -> Vec<String> {
     let config = "[server]\nworkers = 4\ndrain_timeout = \"5s\"\n[[listener]]\nname = \"frames\"\n\
                   mode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\nmax_connections = 4\n";
     let (mut guard, addr, logs) = start(config);
-    // One connection, served (its frame acked), held open.
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut bytes = Vec::new();
-    encode_frame(Version::V2, CrcSize::Crc32, b"one", &mut bytes).unwrap();
-    stream.write_all(&bytes).unwrap();
-    let mut ack = [0u8; ACK_FRAME_LEN];
-    stream.read_exact(&mut ack).unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..open {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut bytes = Vec::new();
+        encode_frame(Version::V2, CrcSize::Crc32, b"one", &mut bytes).unwrap();
+        stream.write_all(&bytes).unwrap();
+        let mut ack = [0u8; ACK_FRAME_LEN];
+        stream.read_exact(&mut ack).unwrap();
+        streams.push(stream);
+    }
     kill_process(Pid::from_child(&guard), Signal::TERM).unwrap();
     let exit = wait_exit(&mut guard, Duration::from_secs(10))
         .unwrap()
         .expect("exits after SIGTERM");
     assert!(exit.success(), "{exit}");
-    let log: Vec<String> =
-        std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(10)).ok()).collect();
-    let warned: Vec<&String> = log
-        .iter()
+    std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(10)).ok())
         .filter(|l| l.contains("connection limit reached"))
-        .collect();
+        .collect()
+}
+
+/// With `workers = 4` each accept loop holds a permit of `max_connections` while it waits
+/// to accept: one connection of four is not the limit, and no "connection limit reached"
+/// warning may say so (it did, from the loop that accepted it, as soon as it looped).
+#[test]
+fn permits_held_by_idle_accept_loops_are_not_the_connection_limit() {
+    let warned = limit_warnings(1);
     assert!(warned.is_empty(), "1 connection of 4: {warned:#?}");
+}
+
+/// Four connections of four are the limit: one warning for the listener, not one per loop.
+#[test]
+fn the_connection_limit_is_warned_once_per_listener_not_per_worker() {
+    let warned = limit_warnings(4);
+    assert_eq!(warned.len(), 1, "4 connections of 4: {warned:#?}");
 }
