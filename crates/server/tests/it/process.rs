@@ -416,3 +416,37 @@ fn the_connection_limit_is_warned_once_per_listener_not_per_worker() {
     let warned = limit_warnings(4);
     assert_eq!(warned.len(), 1, "4 connections of 4: {warned:#?}");
 }
+
+/// The socks5 default of `max_connections` follows from the open-file limit: every session
+/// it lets in must get its two descriptors, also with `workers = 16`, whose runtimes and
+/// duplicates of the listening socket hold descriptors of their own.
+#[test]
+fn the_default_max_connections_fits_the_open_file_limit_with_workers() {
+    let target = std_echo();
+    let config = "[server]\nworkers = 16\n\
+                  [[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n\
+                  [[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n";
+    let (_guard, _frames, logs, _) = start_with_open_files(config, Some(256));
+    let listening = line_with(&logs, "\"listener\":\"proxy\"");
+    let field = |key: &str| {
+        listening
+            .split(&format!("\"{key}\":"))
+            .nth(1)
+            .map(|rest| rest.trim_start_matches('"'))
+            .and_then(|rest| rest.split(['"', ',', '}']).next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no {key} in {listening}"))
+    };
+    let proxy: SocketAddr = field("addr").parse().unwrap();
+    let max: usize = field("max_connections").parse().unwrap();
+    let mut tunnels = Vec::with_capacity(max);
+    for index in 0..max {
+        let mut tunnel = socks_tunnel(proxy, target);
+        tunnel.write_all(b"ping").unwrap();
+        let mut echoed = [0u8; 4];
+        tunnel
+            .read_exact(&mut echoed)
+            .unwrap_or_else(|error| panic!("tunnel {index} of {max}: {error}"));
+        tunnels.push(tunnel);
+    }
+}
