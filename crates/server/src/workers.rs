@@ -111,6 +111,16 @@ impl Drop for Unstarted {
     }
 }
 
+/// The descriptors a single-threaded runtime holds: its epoll instance, its waker, and
+/// those of its signal and process drivers.
+const RUNTIME_FDS: u64 = 4;
+
+/// The descriptors `workers` worker runtimes hold with `listeners` listeners: each its own,
+/// and a duplicate of every listening socket.
+pub(crate) fn descriptors(workers: usize, listeners: usize) -> u64 {
+    (workers as u64).saturating_mul(RUNTIME_FDS.saturating_add(listeners as u64))
+}
+
 /// The default of `workers`: one per CPU this process may run on.
 pub(crate) fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

@@ -54,7 +54,10 @@ fn start_with_open_files(
 
 #[test]
 fn warns_when_max_connections_does_not_fit_the_open_file_limit() {
-    let config = "[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\nmax_connections = 10000\n\
+    // `workers = 0`: no worker runtime holds descriptors (see
+    // the_default_max_connections_fits_the_open_file_limit_with_workers).
+    let config = "[server]\nworkers = 0\n\
+                  [[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\nmax_connections = 10000\n\
                   [[listener]]\nname = \"fits\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n";
     let (_guard, _addr, rx, early) = start_with_open_files(config, Some(256));
     let warning = early
