@@ -453,3 +453,44 @@ fn the_default_max_connections_fits_the_open_file_limit_with_workers() {
         tunnels.push(tunnel);
     }
 }
+
+/// Refusals by `max_connections_per_ip` are logged at most once per interval per listener,
+/// with the count since the last line: with `workers = 4` the four accept loops share that
+/// throttle (each had its own: up to four lines, each counting only its own refusals).
+#[test]
+fn per_ip_refusals_are_logged_once_per_listener_with_workers() {
+    let config = "[server]\nworkers = 4\n[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\n\
+                  bind = \"127.0.0.1:0\"\nmax_connections_per_ip = 1\n";
+    let (mut guard, addr, logs) = start(config);
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    encode_frame(Version::V2, CrcSize::Crc32, b"held", &mut bytes).unwrap();
+    held.write_all(&bytes).unwrap();
+    let mut ack = [0u8; ACK_FRAME_LEN];
+    held.read_exact(&mut ack).unwrap();
+    const REFUSED: usize = 40;
+    for _ in 0..REFUSED {
+        let mut refused = TcpStream::connect(addr).unwrap();
+        refused
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Closed at once, before a byte is read: EOF or a reset.
+        let mut byte = [0u8; 1];
+        assert!(!matches!(refused.read(&mut byte), Ok(n) if n > 0));
+    }
+    kill_process(Pid::from_child(&guard), Signal::TERM).unwrap();
+    let exit = wait_exit(&mut guard, Duration::from_secs(10))
+        .unwrap()
+        .expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit}");
+    let lines: Vec<String> = std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(10)).ok())
+        .filter(|l| l.contains("connection refused: the client has max_connections_per_ip"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{REFUSED} refusals within seconds: {lines:#?}"
+    );
+}
