@@ -133,6 +133,8 @@ pub(crate) struct Stops {
     pub(crate) kill: CancellationToken,
     /// Every connection of the listener, whatever its generation.
     pub(crate) tasks: TaskTracker,
+    /// The listener's rate-limited warnings, shared by its accept loops (one per worker).
+    pub(crate) logs: Arc<Logs>,
 }
 
 /// Accepts connections until `stops.stop` fires, each served by the current
@@ -152,7 +154,7 @@ pub(crate) async fn accept_loop(
     tasks: TaskTracker,
 ) {
     let stop = stops.stop.clone();
-    let logs = Arc::new(Logs::default());
+    let logs = Arc::clone(&stops.logs);
     loop {
         let generation = Arc::clone(&current.borrow_and_update());
         let Some(permit) = permit(&generation, &stop, &mut current).await else {
@@ -386,7 +388,7 @@ fn refuse_per_ip(stats: &ListenerStats, logs: &Logs, listener: &str, ip: IpAddr,
 
 /// The rate-limited warnings of one listener.
 #[derive(Debug, Default)]
-struct Logs {
+pub(crate) struct Logs {
     per_ip: Throttle,
     untrusted: Throttle,
     bad_header: Throttle,
