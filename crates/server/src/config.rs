@@ -184,6 +184,8 @@ impl Config {
             .iter()
             .filter_map(ListenerConfig::proxy_bind)
             .collect();
+        let worker_fds =
+            crate::workers::descriptors(self.server.worker_count(), self.listeners.len());
         let mut prepared = Vec::with_capacity(self.listeners.len());
         for (index, listener) in self.listeners.iter().enumerate() {
             let name = listener.name(index);
@@ -197,7 +199,7 @@ impl Config {
             }
             prepared.push(
                 listener
-                    .prepare(index, &proxies)
+                    .prepare(index, &proxies, worker_fds)
                     .with_context(|| at.clone())?,
             );
             if let Some(path) = listener.sink_path()

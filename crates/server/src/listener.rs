@@ -8,7 +8,10 @@
 use std::{
     collections::{HashMap, hash_map::Entry},
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -93,6 +96,12 @@ pub(crate) struct Generation {
     /// The connections served under these settings.
     pub(crate) tasks: TaskTracker,
     permits: Arc<Semaphore>,
+    /// Permits held by accept loops waiting to accept (one per loop, with `[server]
+    /// workers`): taken, but by no connection.
+    idle: AtomicUsize,
+    /// "connection limit reached" was logged, and the connections have not fallen below
+    /// half the limit since (one warning per listener, however many loops).
+    full_warned: AtomicBool,
     per_ip: Option<Arc<PerIp>>,
     proxy: Option<Arc<proxy_protocol::ProxySettings>>,
     name: Arc<str>,
@@ -102,6 +111,8 @@ impl Generation {
     pub(crate) fn new(common: Common, mode: &'static str, service: Service) -> Arc<Self> {
         Arc::new(Self {
             permits: Arc::new(Semaphore::new(common.max_connections)),
+            idle: AtomicUsize::new(0),
+            full_warned: AtomicBool::new(false),
             per_ip: common.max_connections_per_ip.map(PerIp::new),
             proxy: common.proxy_protocol.clone().map(Arc::new),
             name: Arc::from(common.name.as_str()),
@@ -122,6 +133,8 @@ pub(crate) struct Stops {
     pub(crate) kill: CancellationToken,
     /// Every connection of the listener, whatever its generation.
     pub(crate) tasks: TaskTracker,
+    /// The listener's rate-limited warnings, shared by its accept loops (one per worker).
+    pub(crate) logs: Arc<Logs>,
 }
 
 /// Accepts connections until `stops.stop` fires, each served by the current
@@ -141,16 +154,16 @@ pub(crate) async fn accept_loop(
     tasks: TaskTracker,
 ) {
     let stop = stops.stop.clone();
-    let mut full_warned = false;
-    let logs = Arc::new(Logs::default());
+    let logs = Arc::clone(&stops.logs);
     loop {
         let generation = Arc::clone(&current.borrow_and_update());
-        let Some(permit) = permit(&generation, &mut full_warned, &stop, &mut current).await else {
+        let Some(permit) = permit(&generation, &stop, &mut current).await else {
             break;
         };
         let Some(permit) = permit else {
             continue; // a reload came while waiting for a permit
         };
+        let idle = Idle::hold(&generation);
         let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -162,6 +175,7 @@ pub(crate) async fn accept_loop(
                 }
             },
         };
+        drop(idle);
         // A reload applied while accept waited: this connection gets the new settings.
         let (generation, permit) = if current.has_changed().unwrap_or(false) {
             drop(permit);
@@ -182,26 +196,44 @@ pub(crate) async fn accept_loop(
     debug!(listener = %current.borrow().common.name, "stopped accepting");
 }
 
+/// One of `generation`'s permits held by an accept loop while it waits to accept.
+struct Idle<'a>(&'a AtomicUsize);
+
+impl<'a> Idle<'a> {
+    fn hold(generation: &'a Generation) -> Self {
+        generation.idle.fetch_add(1, Ordering::Relaxed);
+        Self(&generation.idle)
+    }
+}
+
+impl Drop for Idle<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A connection permit of `generation`: `None` when the listener stops, `Some(None)` when
 /// a reload came first.
 async fn permit(
     generation: &Generation,
-    full_warned: &mut bool,
     stop: &CancellationToken,
     current: &mut watch::Receiver<Arc<Generation>>,
 ) -> Option<Option<OwnedSemaphorePermit>> {
     let permits = &generation.permits;
     let max = generation.common.max_connections;
-    if permits.available_permits() > max / 2 {
-        *full_warned = false;
+    // The permits no connection holds: free ones and those of loops waiting to accept.
+    let unused = || permits.available_permits() + generation.idle.load(Ordering::Relaxed);
+    if unused() > max / 2 {
+        generation.full_warned.store(false, Ordering::Relaxed);
     }
     if let Ok(permit) = Arc::clone(permits).try_acquire_owned() {
         return Some(Some(permit));
     }
-    if !*full_warned {
+    // No permit: the limit is reached only when connections hold every one, not when
+    // another worker's loop holds the last while it waits to accept.
+    if unused() == 0 && !generation.full_warned.swap(true, Ordering::Relaxed) {
         warn!(listener = %generation.common.name, max_connections = max,
             "connection limit reached; new connections wait in the accept queue");
-        *full_warned = true;
     }
     tokio::select! {
         () = stop.cancelled() => None,
@@ -356,7 +388,7 @@ fn refuse_per_ip(stats: &ListenerStats, logs: &Logs, listener: &str, ip: IpAddr,
 
 /// The rate-limited warnings of one listener.
 #[derive(Debug, Default)]
-struct Logs {
+pub(crate) struct Logs {
     per_ip: Throttle,
     untrusted: Throttle,
     bad_header: Throttle,

@@ -42,7 +42,8 @@ pub(crate) trait ModeConfig: std::fmt::Debug + Send + Sync {
         StatsKind::Sessions
     }
     /// Checks the mode's own keys and builds its ready-to-run settings, with the listener's
-    /// [`Common`] part (named `name`, counting in `stats`).
+    /// [`Common`] part (named `name`, counting in `stats`). `worker_fds` are the descriptors
+    /// the `[server] workers` hold (see [`crate::workers::descriptors`]).
     ///
     /// # Errors
     ///
@@ -52,6 +53,7 @@ pub(crate) trait ModeConfig: std::fmt::Debug + Send + Sync {
         name: String,
         stats: Arc<ListenerStats>,
         proxies: &[SocketAddr],
+        worker_fds: u64,
     ) -> anyhow::Result<(Common, Arc<dyn ModeSettings>)>;
 }
 

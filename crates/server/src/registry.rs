@@ -125,12 +125,18 @@ impl ListenerConfig {
     /// the one step behind `--check-config`, the start and a reload: what it accepts runs.
     ///
     /// `proxies` are the bind addresses of every proxy listener of the config, which a
-    /// proxy listener refuses to connect to (a loop through two listeners is still a loop).
+    /// proxy listener refuses to connect to (a loop through two listeners is still a loop);
+    /// `worker_fds` the descriptors the worker runtimes hold.
     ///
     /// # Errors
     ///
     /// An error naming the key at fault.
-    pub(crate) fn prepare(&self, index: usize, proxies: &[SocketAddr]) -> anyhow::Result<Prepared> {
+    pub(crate) fn prepare(
+        &self,
+        index: usize,
+        proxies: &[SocketAddr],
+        worker_fds: u64,
+    ) -> anyhow::Result<Prepared> {
         match self.max_connections_per_ip() {
             Some(0) => {
                 return Err(invalid(
@@ -154,7 +160,7 @@ impl ListenerConfig {
             kind: self.keys().stats_kind(),
             ..ListenerStats::default()
         });
-        let (common, settings) = self.keys().prepare(name, stats, proxies)?;
+        let (common, settings) = self.keys().prepare(name, stats, proxies, worker_fds)?;
         Ok(Prepared {
             common,
             mode: self.mode(),
@@ -226,7 +232,7 @@ mod tests {
             assert_eq!(config.name(3), format!("{name}[3]"));
             assert_eq!(config.bind(), "127.0.0.1:0".parse().unwrap());
             assert_eq!(config.proxy_bind().is_some(), *name != "crc-tcp");
-            config.prepare(0, &[]).unwrap();
+            config.prepare(0, &[], 0).unwrap();
         }
         let error = toml::from_str::<ListenerConfig>("mode = \"gopher\"\nbind = \"127.0.0.1:0\"")
             .unwrap_err()

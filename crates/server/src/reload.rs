@@ -234,6 +234,7 @@ impl Running {
             stop: self.shutdown.child_token(),
             kill: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            logs: Arc::default(),
         };
         self.kills.retain(|kill| !kill.is_cancelled());
         self.kills.push(stops.kill.clone());

@@ -46,6 +46,8 @@ impl Workers {
             return Ok(None);
         }
         let stop = CancellationToken::new();
+        // Any failure stops the workers started so far.
+        let started_all = stop.clone().drop_guard();
         let mut handles = Vec::with_capacity(count);
         let (started, running) = std::sync::mpsc::channel();
         for index in 0..count {
@@ -53,22 +55,23 @@ impl Workers {
                 .enable_all()
                 .build()?;
             handles.push(runtime.handle().clone());
+            let runtime = Unstarted(Some(runtime));
             let (stop, started) = (stop.clone(), started.clone());
             std::thread::Builder::new()
                 .name(format!("netkit-wk-{index}"))
                 .spawn(move || {
                     let _ = started.send(());
-                    runtime.block_on(stop.cancelled());
+                    runtime.run(stop);
                     debug!(worker = index, "worker stopped");
                 })?;
         }
         // Every worker thread runs (and has its name) before the first listener is bound.
         for _ in 0..count {
             running.recv_timeout(START_TIMEOUT).map_err(|_| {
-                stop.cancel();
                 io::Error::new(io::ErrorKind::TimedOut, "a worker thread did not start")
             })?;
         }
+        started_all.disarm();
         debug!(workers = count, "worker runtimes started");
         Ok(Some(Self {
             inner: Arc::new(Inner { handles, stop }),
@@ -84,6 +87,38 @@ impl Workers {
     pub(crate) fn count(&self) -> usize {
         self.inner.handles.len()
     }
+}
+
+/// A worker's runtime on its way to its thread. Dropped there after it ran; dropped where
+/// it was built (inside the caller's runtime, when the thread cannot start), it shuts down
+/// without waiting, since a runtime dropped inside another panics.
+struct Unstarted(Option<tokio::runtime::Runtime>);
+
+impl Unstarted {
+    /// Runs the runtime on this thread until `stop`, then drops it here.
+    fn run(mut self, stop: CancellationToken) {
+        if let Some(runtime) = self.0.take() {
+            runtime.block_on(stop.cancelled());
+        }
+    }
+}
+
+impl Drop for Unstarted {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The descriptors a single-threaded runtime holds: its epoll instance, its waker, and
+/// those of its signal and process drivers.
+const RUNTIME_FDS: u64 = 4;
+
+/// The descriptors `workers` worker runtimes hold with `listeners` listeners: each its own,
+/// and a duplicate of every listening socket.
+pub(crate) fn descriptors(workers: usize, listeners: usize) -> u64 {
+    (workers as u64).saturating_mul(RUNTIME_FDS.saturating_add(listeners as u64))
 }
 
 /// The default of `workers`: one per CPU this process may run on.

@@ -1075,6 +1075,7 @@ impl crate::mode::ModeConfig for CrcTcpConfig {
         name: String,
         stats: Arc<ListenerStats>,
         _proxies: &[SocketAddr],
+        _worker_fds: u64,
     ) -> anyhow::Result<(Common, Arc<dyn crate::mode::ModeSettings>)> {
         self.validate()?;
         Ok((self.common(name, stats), Arc::new(self.clone())))

@@ -166,9 +166,10 @@ impl crate::mode::ModeConfig for HttpConfig {
         name: String,
         stats: Arc<ListenerStats>,
         proxies: &[SocketAddr],
+        worker_fds: u64,
     ) -> anyhow::Result<(Common, Arc<dyn crate::mode::ModeSettings>)> {
         let mut options = self.0.prepare(proxies)?;
         options.mode = "http";
-        Ok((self.0.common(name, stats), Arc::new(options)))
+        Ok((self.0.common(name, stats, worker_fds), Arc::new(options)))
     }
 }

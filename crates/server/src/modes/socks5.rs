@@ -247,7 +247,8 @@ pub(crate) fn default_bind_timeout() -> Duration {
     socks5::ServerOptions::default().bind_timeout
 }
 
-/// File descriptors kept aside for listeners, sinks and the runtime.
+/// File descriptors kept aside for listeners, sinks and the runtime (the worker runtimes'
+/// come on top).
 const RESERVED_FDS: u64 = 64;
 /// The most sessions the default allows, however high the open-file limit.
 const MAX_DEFAULT_CONNECTIONS: u64 = 65_536;
@@ -259,10 +260,10 @@ fn open_file_limit() -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// Sessions the open-file limit allows: each holds two descriptors (client
-/// and outbound, or client and UDP relay).
-fn connections_for_fd_limit(limit: u64) -> usize {
-    let sessions = limit.saturating_sub(RESERVED_FDS) / 2;
+/// Sessions the open-file limit allows besides `worker_fds` (those of the worker runtimes):
+/// each holds two descriptors (client and outbound, or client and UDP relay).
+fn connections_for_fd_limit(limit: u64, worker_fds: u64) -> usize {
+    let sessions = limit.saturating_sub(RESERVED_FDS.saturating_add(worker_fds)) / 2;
     usize::try_from(sessions.clamp(1, MAX_DEFAULT_CONNECTIONS)).unwrap_or(1)
 }
 
@@ -564,16 +565,23 @@ impl Socks5Config {
         Ok(users)
     }
 
-    pub(crate) fn common(&self, name: String, stats: Arc<ListenerStats>) -> Common {
+    pub(crate) fn common(
+        &self,
+        name: String,
+        stats: Arc<ListenerStats>,
+        worker_fds: u64,
+    ) -> Common {
         let limit = open_file_limit();
-        let fits = connections_for_fd_limit(limit);
+        let fits = connections_for_fd_limit(limit, worker_fds);
         let max_connections = match self.max_connections {
             Some(configured) => {
                 if configured > fits {
                     warn!(listener = %name, max_connections = configured, open_file_limit = limit,
                         "max_connections needs about {} file descriptors, more than the open-file limit allows; \
                          raise it (ulimit -n, LimitNOFILE=) or lower max_connections to {fits}",
-                        configured.saturating_mul(2).saturating_add(RESERVED_FDS as usize));
+                        configured
+                            .saturating_mul(2)
+                            .saturating_add(RESERVED_FDS.saturating_add(worker_fds) as usize));
                 }
                 configured
             }
@@ -920,9 +928,10 @@ impl crate::mode::ModeConfig for Socks5Config {
         name: String,
         stats: Arc<ListenerStats>,
         proxies: &[SocketAddr],
+        worker_fds: u64,
     ) -> anyhow::Result<(Common, Arc<dyn crate::mode::ModeSettings>)> {
         let options = Socks5Config::prepare(self, proxies)?;
-        Ok((self.common(name, stats), Arc::new(options)))
+        Ok((self.common(name, stats, worker_fds), Arc::new(options)))
     }
 }
 
@@ -1021,9 +1030,12 @@ mod tests {
 
     #[test]
     fn default_connections_fit_the_open_file_limit() {
-        assert_eq!(connections_for_fd_limit(1024), 480);
-        assert_eq!(connections_for_fd_limit(10), 1);
-        assert_eq!(connections_for_fd_limit(u64::MAX), 65_536);
+        assert_eq!(connections_for_fd_limit(1024, 0), 480);
+        assert_eq!(connections_for_fd_limit(10, 0), 1);
+        assert_eq!(connections_for_fd_limit(u64::MAX, 0), 65_536);
+        // 16 workers, two listeners: 16 × (4 + 2) descriptors more are kept aside.
+        assert_eq!(connections_for_fd_limit(1024, 96), 432);
+        assert_eq!(connections_for_fd_limit(u64::MAX, 96), 65_536);
     }
 
     fn with_delay(delay: &str) -> anyhow::Result<Socks5Config> {

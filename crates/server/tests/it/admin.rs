@@ -197,12 +197,17 @@ async fn metrics_count_frames_and_socks5_requests_with_listener_labels() {
     let requests =
         format!("netkit_socks5_requests_total{{{socks},command=\"connect\",reply=\"succeeded\"}}");
     let protocol = format!("netkit_socks5_handshake_failures_total{{{socks},reason=\"protocol\"}}");
-    // Sessions are counted when they end: wait for both.
+    // Sessions are counted when they end, and an ack's latency once it is written (the
+    // client may read the ack first, on another worker thread): wait for all three.
+    let acks = format!("netkit_frame_ack_seconds_count{{{crc}}}");
     let metrics = within(STEP, async {
         loop {
             let (status, body) = server.get("/metrics").await;
             assert_eq!(status, 200);
-            if sample(&body, &requests) == Some(1.0) && sample(&body, &protocol) == Some(1.0) {
+            if sample(&body, &requests) == Some(1.0)
+                && sample(&body, &protocol) == Some(1.0)
+                && sample(&body, &acks) == Some(2.0)
+            {
                 break body;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

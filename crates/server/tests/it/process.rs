@@ -54,7 +54,10 @@ fn start_with_open_files(
 
 #[test]
 fn warns_when_max_connections_does_not_fit_the_open_file_limit() {
-    let config = "[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\nmax_connections = 10000\n\
+    // `workers = 0`: no worker runtime holds descriptors (see
+    // the_default_max_connections_fits_the_open_file_limit_with_workers).
+    let config = "[server]\nworkers = 0\n\
+                  [[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\nmax_connections = 10000\n\
                   [[listener]]\nname = \"fits\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n";
     let (_guard, _addr, rx, early) = start_with_open_files(config, Some(256));
     let warning = early
@@ -331,4 +334,163 @@ fn workers_serve_the_connections_on_their_own_threads() {
             );
         }
     }
+}
+
+/// Worker threads that cannot all start (here: an address-space limit too small for 1024
+/// thread stacks, as a pids limit of a container would be) end the start with an error
+/// that says so, exit status 1; not with a panic (status 101) from a runtime dropped
+/// inside the main runtime.
+#[test]
+fn workers_that_cannot_start_fail_the_start_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("server.toml");
+    std::fs::write(
+        &path,
+        "[server]\nworkers = 1024\n[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    // 1 GiB of address space: the process starts, 1024 stacks of 2 MiB do not fit.
+    let child = Command::new("sh")
+        .args(["-c", "ulimit -v 1048576 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_server"))
+        .args(["--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard::new(child);
+    let logs = stderr_lines(guard.stderr.take().unwrap());
+    let exit = wait_exit(&mut guard, Duration::from_secs(20))
+        .unwrap()
+        .expect("the server did not exit");
+    let log: Vec<String> =
+        std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(10)).ok()).collect();
+    assert_eq!(exit.code(), Some(1), "{exit}: {log:#?}");
+    assert!(
+        log.iter()
+            .any(|l| l.contains("cannot start 1024 worker runtime(s)")),
+        "{log:#?}"
+    );
+    assert!(!log.iter().any(|l| l.contains("panicked")), "{log:#?}");
+}
+
+/// The "connection limit reached" warnings of a crc-tcp listener with `workers = 4` and
+/// `max_connections = 4`, with `open` connections served (each frame acked) and held open
+/// until the server has exited after SIGTERM.
+fn limit_warnings(open: usize) -> Vec<String> {
+    let config = "[server]\nworkers = 4\ndrain_timeout = \"5s\"\n[[listener]]\nname = \"frames\"\n\
+                  mode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\nmax_connections = 4\n";
+    let (mut guard, addr, logs) = start(config);
+    let mut streams = Vec::new();
+    for _ in 0..open {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut bytes = Vec::new();
+        encode_frame(Version::V2, CrcSize::Crc32, b"one", &mut bytes).unwrap();
+        stream.write_all(&bytes).unwrap();
+        let mut ack = [0u8; ACK_FRAME_LEN];
+        stream.read_exact(&mut ack).unwrap();
+        streams.push(stream);
+    }
+    kill_process(Pid::from_child(&guard), Signal::TERM).unwrap();
+    let exit = wait_exit(&mut guard, Duration::from_secs(10))
+        .unwrap()
+        .expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit}");
+    std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(10)).ok())
+        .filter(|l| l.contains("connection limit reached"))
+        .collect()
+}
+
+/// With `workers = 4` each accept loop holds a permit of `max_connections` while it waits
+/// to accept: one connection of four is not the limit, and no "connection limit reached"
+/// warning may say so (it did, from the loop that accepted it, as soon as it looped).
+#[test]
+fn permits_held_by_idle_accept_loops_are_not_the_connection_limit() {
+    let warned = limit_warnings(1);
+    assert!(warned.is_empty(), "1 connection of 4: {warned:#?}");
+}
+
+/// Four connections of four are the limit: one warning for the listener, not one per loop.
+#[test]
+fn the_connection_limit_is_warned_once_per_listener_not_per_worker() {
+    let warned = limit_warnings(4);
+    assert_eq!(warned.len(), 1, "4 connections of 4: {warned:#?}");
+}
+
+/// The socks5 default of `max_connections` follows from the open-file limit: every session
+/// it lets in must get its two descriptors, also with `workers = 16`, whose runtimes and
+/// duplicates of the listening socket hold descriptors of their own.
+#[test]
+fn the_default_max_connections_fits_the_open_file_limit_with_workers() {
+    let target = std_echo();
+    let config = "[server]\nworkers = 16\n\
+                  [[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n\
+                  [[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n";
+    let (_guard, _frames, logs, _) = start_with_open_files(config, Some(256));
+    let listening = line_with(&logs, "\"listener\":\"proxy\"");
+    let field = |key: &str| {
+        listening
+            .split(&format!("\"{key}\":"))
+            .nth(1)
+            .map(|rest| rest.trim_start_matches('"'))
+            .and_then(|rest| rest.split(['"', ',', '}']).next())
+            .map(str::to_owned)
+            .unwrap_or_else(|| panic!("no {key} in {listening}"))
+    };
+    let proxy: SocketAddr = field("addr").parse().unwrap();
+    let max: usize = field("max_connections").parse().unwrap();
+    let mut tunnels = Vec::with_capacity(max);
+    for index in 0..max {
+        let mut tunnel = socks_tunnel(proxy, target);
+        tunnel.write_all(b"ping").unwrap();
+        let mut echoed = [0u8; 4];
+        tunnel
+            .read_exact(&mut echoed)
+            .unwrap_or_else(|error| panic!("tunnel {index} of {max}: {error}"));
+        tunnels.push(tunnel);
+    }
+}
+
+/// Refusals by `max_connections_per_ip` are logged at most once per interval per listener,
+/// with the count since the last line: with `workers = 4` the four accept loops share that
+/// throttle (each had its own: up to four lines, each counting only its own refusals).
+#[test]
+fn per_ip_refusals_are_logged_once_per_listener_with_workers() {
+    let config = "[server]\nworkers = 4\n[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\n\
+                  bind = \"127.0.0.1:0\"\nmax_connections_per_ip = 1\n";
+    let (mut guard, addr, logs) = start(config);
+    let mut held = TcpStream::connect(addr).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut bytes = Vec::new();
+    encode_frame(Version::V2, CrcSize::Crc32, b"held", &mut bytes).unwrap();
+    held.write_all(&bytes).unwrap();
+    let mut ack = [0u8; ACK_FRAME_LEN];
+    held.read_exact(&mut ack).unwrap();
+    const REFUSED: usize = 40;
+    for _ in 0..REFUSED {
+        let mut refused = TcpStream::connect(addr).unwrap();
+        refused
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // Closed at once, before a byte is read: EOF or a reset.
+        let mut byte = [0u8; 1];
+        assert!(!matches!(refused.read(&mut byte), Ok(n) if n > 0));
+    }
+    kill_process(Pid::from_child(&guard), Signal::TERM).unwrap();
+    let exit = wait_exit(&mut guard, Duration::from_secs(10))
+        .unwrap()
+        .expect("exits after SIGTERM");
+    assert!(exit.success(), "{exit}");
+    let lines: Vec<String> = std::iter::from_fn(|| logs.recv_timeout(Duration::from_secs(10)).ok())
+        .filter(|l| l.contains("connection refused: the client has max_connections_per_ip"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{REFUSED} refusals within seconds: {lines:#?}"
+    );
 }
