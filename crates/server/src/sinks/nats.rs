@@ -10,7 +10,7 @@
 //! says 503, and the listener's `netkit_nats_*` metrics say so. Publishes
 //! are pipelined: a connection keeps up to `max_in_flight` frames awaiting
 //! their ack (and the listener as a whole as many: a permit each), and the
-//! crc-tcp connection writes the acks in frame order ([`Acks`]: the core
+//! crc-tcp connection writes the acks in frame order (`Acks`: the core
 //! client's publish with a reply subject of the connection's, rather than
 //! JetStream's `send_publish` and its per-message futures).
 
