@@ -150,14 +150,15 @@ fn line_with(logs: &mpsc::Receiver<String>, needle: &str) -> String {
         .unwrap_or_else(|| panic!("no line with {needle:?} within 10 s"))
 }
 
-/// One frame to a crc-tcp listener, acked ok.
-fn frame_acked(addr: SocketAddr) {
+/// A connection to a crc-tcp listener that sent one frame of `payload` and read its ack,
+/// which must be ok.
+fn connection_with_one_frame_acked(addr: SocketAddr, payload: &[u8]) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let mut bytes = Vec::new();
-    encode_frame(Version::V2, CrcSize::Crc32, b"hi", &mut bytes).unwrap();
+    encode_frame(Version::V2, CrcSize::Crc32, payload, &mut bytes).unwrap();
     stream.write_all(&bytes).unwrap();
     let mut ack = [0u8; ACK_FRAME_LEN];
     stream.read_exact(&mut ack).unwrap();
@@ -165,6 +166,12 @@ fn frame_acked(addr: SocketAddr) {
         panic!("bad ack")
     };
     assert_eq!(ack.status, AckStatus::Ok);
+    stream
+}
+
+/// One frame to a crc-tcp listener, acked ok.
+fn frame_acked(addr: SocketAddr) {
+    connection_with_one_frame_acked(addr, b"hi");
 }
 
 #[test]
@@ -383,16 +390,7 @@ fn limit_warnings(open: usize) -> Vec<String> {
     let (mut guard, addr, logs) = start(config);
     let mut streams = Vec::new();
     for _ in 0..open {
-        let mut stream = TcpStream::connect(addr).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut bytes = Vec::new();
-        encode_frame(Version::V2, CrcSize::Crc32, b"one", &mut bytes).unwrap();
-        stream.write_all(&bytes).unwrap();
-        let mut ack = [0u8; ACK_FRAME_LEN];
-        stream.read_exact(&mut ack).unwrap();
-        streams.push(stream);
+        streams.push(connection_with_one_frame_acked(addr, b"one"));
     }
     kill_process(Pid::from_child(&guard), Signal::TERM).unwrap();
     let exit = wait_exit(&mut guard, Duration::from_secs(10))
