@@ -82,7 +82,11 @@ pub(crate) fn graceful_shutdown(ctx: &mut Ctx) -> anyhow::Result<String> {
         .arg(arg(ctx.addr(PROXY)))
         .arg(format!("http://127.0.0.1:{}/big", ctx.http.port()));
     let mut download = Proc::spawn("curl", &mut download, Stdio::null(), Stdout::Take)?;
-    let body = download.take_stdout().context("no stdout pipe")?;
+    let body = Counted {
+        inner: download.take_stdout().context("no stdout pipe")?,
+        bytes: Arc::new(AtomicU64::new(0)),
+    };
+    let downloaded = Arc::clone(&body.bytes);
     let checker = thread::spawn(move || Verifier::new(Pattern::new(BIG_SEED)).consume(body));
 
     wait_until(Duration::from_secs(5), || {
@@ -101,6 +105,13 @@ pub(crate) fn graceful_shutdown(ctx: &mut Ctx) -> anyhow::Result<String> {
     });
     if !tunnelling {
         bail!("curl's tunnel through the proxy was not active within 5 s");
+    }
+    // An active connection may still be in its handshake, which shutdown cancels: the
+    // download is under way once bytes came through it.
+    if !wait_until(Duration::from_secs(5), || {
+        downloaded.load(Ordering::Relaxed) > 0
+    }) {
+        bail!("no byte of the download came through the proxy within 5 s");
     }
     let acked_at_stop = acked.load(Ordering::Relaxed);
     let downloading = !download.has_exited();
@@ -335,4 +346,18 @@ fn acked_sender(
     let _ = writer.join();
     report.sent = sent.load(Ordering::Relaxed);
     report
+}
+
+/// A reader that counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
 }
