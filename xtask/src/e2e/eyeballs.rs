@@ -115,15 +115,8 @@ pub(crate) fn happy_eyeballs(ctx: &mut Ctx) -> anyhow::Result<String> {
         },
     )
     .context("the server in its mount namespace")?;
-    let admin = server
-        .events()
-        .wait_for(0, WAIT, |e| message(e) == "admin listening")
-        .and_then(|e| {
-            e["addr"]
-                .as_str()
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-        })
-        .context("the server logged no `admin listening`")?;
+    let admin = super::prometheus::admin_addr_of(server.events(), WAIT)
+        .context("the server's admin endpoint")?;
 
     let url = format!("http://{NAME}:{port}/small");
     let mark = server.events().mark();

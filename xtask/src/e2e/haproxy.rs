@@ -338,15 +338,8 @@ impl Run<'_> {
             "netkit_connections_rejected_total{listener=\"socks\",mode=\"socks5\",reason=\"rule\"}";
         let mut total = 0.0;
         for server in [&self.a, &self.b] {
-            let admin = server
-                .events()
-                .wait_for(0, WAIT, |e| message(e) == "admin listening")
-                .and_then(|e| {
-                    e["addr"]
-                        .as_str()
-                        .and_then(|a| a.parse::<SocketAddr>().ok())
-                })
-                .context("an instance logged no `admin listening`")?;
+            let admin = super::prometheus::admin_addr_of(server.events(), WAIT)
+                .context("an instance's admin endpoint")?;
             let (status, metrics) = super::prometheus::get(admin, "/metrics")?;
             if status != 200 {
                 bail!("GET /metrics: {status}");

@@ -160,15 +160,8 @@ pub(crate) fn nats(ctx: &mut Ctx) -> anyhow::Result<String> {
             log_name: "e2e-nats.log",
         },
     )?;
-    let admin = collector
-        .events()
-        .wait_for(0, WAIT, |e| message(e) == "admin listening")
-        .and_then(|e| {
-            e["addr"]
-                .as_str()
-                .and_then(|a| a.parse::<SocketAddr>().ok())
-        })
-        .context("the collector did not log `admin listening`")?;
+    let admin = super::prometheus::admin_addr_of(collector.events(), WAIT)
+        .context("the collector's admin endpoint")?;
     let frames = collector.addr(LISTENER);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -27,7 +27,7 @@ use anyhow::{Context, bail};
 
 use super::{Ctx, LOG};
 use crate::{
-    harness::message,
+    harness::{Events, message},
     process::{self, Proc, Stdout},
 };
 
@@ -40,12 +40,16 @@ const ACK_OK: [u8; 25] = [
     0, 0, 0, 2, 0, 0, 0, 0x0d, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xbb, 0xe5, 0x68, 0xa3,
 ];
 
-/// The admin endpoint's address, from the server's `admin listening` event.
+/// The admin endpoint's address, from the main server's `admin listening` event.
 pub(super) fn admin_addr(ctx: &Ctx) -> anyhow::Result<SocketAddr> {
-    let event = ctx
-        .server
-        .events()
-        .wait_for(0, STEP, |e| message(e) == "admin listening")
+    admin_addr_of(ctx.server.events(), STEP)
+}
+
+/// The admin endpoint's address, from the `admin listening` event among `events`, waiting
+/// up to `wait` for it.
+pub(super) fn admin_addr_of(events: &Events, wait: Duration) -> anyhow::Result<SocketAddr> {
+    let event = events
+        .wait_for(0, wait, |e| message(e) == "admin listening")
         .context("the server did not log `admin listening`")?;
     event["addr"]
         .as_str()
