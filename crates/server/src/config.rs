@@ -693,6 +693,21 @@ mod tests {
         );
         assert_eq!(handler.publish_timeout, Duration::from_secs(5));
         assert!(handler.create_stream.is_none() && !handler.tls_required);
+        assert_eq!(handler.headers, crate::sinks::nats::HeaderFormat::Compact);
+        for (value, format) in [
+            ("compact", crate::sinks::nats::HeaderFormat::Compact),
+            ("split", crate::sinks::nats::HeaderFormat::Split),
+        ] {
+            let config =
+                Config::parse(&nats(&format!(", headers = \"{value}\"")), "test.toml").unwrap();
+            let crate::registry::ListenerConfig::CrcTcp(crc) = &config.listeners[0] else {
+                panic!("not crc-tcp");
+            };
+            let crate::modes::crc_tcp::HandlerConfig::Nats(handler) = &crc.handler else {
+                panic!("not nats");
+            };
+            assert_eq!(handler.headers, format);
+        }
         let empty = crc_key("handler", "{ type = \"nats\", servers = [] }");
         for (text, expected) in [
             (
@@ -734,6 +749,9 @@ mod tests {
             (nats(", stream = \"A.B\""), "handler.stream: \"A.B\""),
             (nats(", create_stream = { storage = \"disk\" }"), "disk"),
             (nats(", servers2 = 1"), "servers2"),
+            (nats(", headers = \"each\""), "each"),
+            (nats(", headers = \"Compact\""), "Compact"),
+            (nats(", headers = 1"), "invalid type: integer `1`"),
         ] {
             let message = error_of(&text);
             assert!(message.contains(expected), "{text}: {message}");

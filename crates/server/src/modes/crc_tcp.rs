@@ -868,7 +868,7 @@ impl CrcTcp {
         let data = conn.buf.bytes.split_to(used).freeze();
         let read_at = Instant::now();
         let conn_headers = Arc::clone(conn.headers.get_or_insert_with(|| {
-            Arc::new(ConnHeaders::new(conn.peer, conn.number, &conn.stream_id))
+            Arc::new(sink.conn_headers(conn.peer, conn.number, &conn.stream_id))
         }));
         let mut batch = nats::BatchHeaders::new(conn_headers, nats::received_now());
         for (offset, (&crc_ok, (payload, version, crc_size))) in

@@ -96,6 +96,23 @@ pub struct NatsConfig {
     /// A publish not acknowledged within this answers status 5.
     #[serde(default = "default_publish_timeout", with = "humantime_serde")]
     pub publish_timeout: Duration,
+    /// How a message's headers carry the frame's facts.
+    #[serde(default)]
+    pub headers: HeaderFormat,
+}
+
+/// `headers = "compact" | "split"`: the facts of a frame (version, crc_size, seq, receive
+/// time) and of its source (client, listener, connection, stream id) in two headers of
+/// `key=value;` pairs, or each in a header of its own. Each header costs the publisher and
+/// nats-server per message (BENCHMARKS.md, "Fewer headers"), so compact is the default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HeaderFormat {
+    /// `Nats-Msg-Id`, `Netkit-Frame` and `Netkit-Source`.
+    #[default]
+    Compact,
+    /// `Nats-Msg-Id` and eight `Netkit-*` headers, one per fact.
+    Split,
 }
 
 /// `create_stream = { ... }`: the stream made when it is missing.
@@ -312,6 +329,8 @@ pub(crate) struct NatsSink {
     window: Arc<Semaphore>,
     subject: Subject,
     listener: HeaderValue,
+    listener_name: String,
+    format: HeaderFormat,
     publish_timeout: Duration,
     max_in_flight: usize,
     stats: Arc<ListenerStats>,
@@ -336,24 +355,59 @@ const CONNECTION: HeaderName = HeaderName::from_static("Netkit-Connection");
 const STREAM: HeaderName = HeaderName::from_static("Netkit-Stream");
 const SEQ: HeaderName = HeaderName::from_static("Netkit-Seq");
 const RECEIVED: HeaderName = HeaderName::from_static("Netkit-Received");
+const FRAME: HeaderName = HeaderName::from_static("Netkit-Frame");
+const SOURCE: HeaderName = HeaderName::from_static("Netkit-Source");
 
 /// What every message of one crc-tcp connection says the same.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnHeaders {
+    format: HeaderFormat,
     client: HeaderValue,
     connection: HeaderValue,
     stream_hex: String,
     stream: HeaderValue,
+    /// `headers = "compact"`: the `Netkit-Source` value.
+    source: HeaderValue,
 }
 
 impl ConnHeaders {
-    pub(crate) fn new(client: SocketAddr, connection: u64, stream_id: &[u8; 16]) -> Self {
+    fn new(
+        format: HeaderFormat,
+        listener: &str,
+        client: SocketAddr,
+        connection: u64,
+        stream_id: &[u8; 16],
+    ) -> Self {
         let stream_hex: String = stream_id.iter().map(|b| format!("{b:02x}")).collect();
+        let source = match format {
+            HeaderFormat::Split => HeaderValue::new(),
+            HeaderFormat::Compact => {
+                let mut source = format!("client={client};listener=");
+                escape_pair_value(&mut source, listener);
+                let _ = write!(source, ";conn={connection};stream={stream_hex}");
+                value_owned(source)
+            }
+        };
         Self {
+            format,
             client: value(&client.to_string()),
             connection: value(&connection.to_string()),
             stream: value(&stream_hex),
             stream_hex,
+            source,
+        }
+    }
+}
+
+/// Appends `text` as the value of a `key=value;` pair: every byte that is not printable ASCII,
+/// and `%`, `;` and `=`, as `%XX` (uppercase hex), so that no listener name can break the
+/// pairs (or the header's line) apart.
+fn escape_pair_value(out: &mut String, text: &str) {
+    for &byte in text.as_bytes() {
+        if byte.is_ascii_graphic() && !matches!(byte, b'%' | b';' | b'=') {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
         }
     }
 }
@@ -387,6 +441,9 @@ impl BatchHeaders {
         crc_size: u32,
         seq: u64,
     ) -> HeaderMap {
+        if self.conn.format == HeaderFormat::Compact {
+            return self.compact(version, crc_size, seq);
+        }
         let fixed = match &mut self.fixed {
             Some((v, c, map)) if *v == version && *c == crc_size => map,
             slot => {
@@ -413,6 +470,25 @@ impl BatchHeaders {
         id.push_str(&seq_text);
         headers.insert(MSG_ID, value_owned(id));
         headers.insert(SEQ, value_owned(seq_text));
+        headers
+    }
+
+    /// `headers = "compact"`: `Nats-Msg-Id`, `Netkit-Frame` and `Netkit-Source`, a fresh map
+    /// (three inserts fit its first table) with three values.
+    fn compact(&self, version: u32, crc_size: u32, seq: u64) -> HeaderMap {
+        let received = self.received.as_str();
+        let mut frame = String::with_capacity(48 + received.len());
+        let _ = write!(
+            frame,
+            "v={version};crc={crc_size};seq={seq};received={received}"
+        );
+        let stream = &self.conn.stream_hex;
+        let mut id = String::with_capacity(stream.len() + 21);
+        let _ = write!(id, "{stream}-{seq}");
+        let mut headers = HeaderMap::new();
+        headers.insert(MSG_ID, value_owned(id));
+        headers.insert(FRAME, value_owned(frame));
+        headers.insert(SOURCE, self.conn.source.clone());
         headers
     }
 }
@@ -869,6 +945,8 @@ impl NatsSink {
             window: Arc::new(Semaphore::new(config.max_in_flight)),
             subject: Subject::from(config.subject(listener)),
             listener: value(listener),
+            listener_name: listener.to_owned(),
+            format: config.headers,
             publish_timeout: config.publish_timeout,
             max_in_flight: config.max_in_flight,
             stats,
@@ -880,6 +958,16 @@ impl NatsSink {
     /// Frames a connection may have awaiting their ack.
     pub(crate) fn max_in_flight(&self) -> usize {
         self.max_in_flight
+    }
+
+    /// What every message of the connection `number` from `client` with `stream_id` says.
+    pub(crate) fn conn_headers(
+        &self,
+        client: SocketAddr,
+        number: u64,
+        stream_id: &[u8; 16],
+    ) -> ConnHeaders {
+        ConnHeaders::new(self.format, &self.listener_name, client, number, stream_id)
     }
 
     /// The headers of `frame`, one of the batch `batch`.
@@ -1095,7 +1183,13 @@ mod tests {
 
     #[test]
     fn message_ids_are_the_stream_hex_and_the_seq() {
-        let headers = ConnHeaders::new("127.0.0.1:9".parse().unwrap(), 3, &[0xab; 16]);
+        let headers = ConnHeaders::new(
+            HeaderFormat::Split,
+            "ingest",
+            "127.0.0.1:9".parse().unwrap(),
+            3,
+            &[0xab; 16],
+        );
         assert_eq!(headers.stream_hex, "ab".repeat(16));
         assert_eq!(headers.connection.as_str(), "3");
         assert_eq!(headers.client.as_str(), "127.0.0.1:9");
@@ -1140,6 +1234,8 @@ mod tests {
     #[test]
     fn each_frame_gets_the_nine_headers_from_the_batch_map() {
         let conn = Arc::new(ConnHeaders::new(
+            HeaderFormat::Split,
+            "ingest",
             "127.0.0.1:9".parse().unwrap(),
             3,
             &[0xab; 16],
@@ -1170,5 +1266,74 @@ mod tests {
         check(&second, "2", "4", "8");
         check(&third, "1", "2", "9");
         check(&fourth, "2", "4", "10");
+    }
+
+    #[test]
+    fn compact_headers_are_the_id_the_frame_and_the_source() {
+        let conn = Arc::new(ConnHeaders::new(
+            HeaderFormat::Compact,
+            "ingest",
+            "[::1]:9".parse().unwrap(),
+            3,
+            &[0xab; 16],
+        ));
+        let mut batch = BatchHeaders::new(conn, value("2026-12-01T10:58:00.000000001Z"));
+        let listener = value("ingest");
+        for (version, crc, seq) in [(2, 4, 7), (1, 2, 8), (2, 0, u64::MAX)] {
+            let headers = batch.frame(&listener, version, crc, seq);
+            assert_eq!(headers.len(), 3);
+            let get = |name: HeaderName| headers.get(name).map(|v| v.as_str().to_owned());
+            assert_eq!(get(MSG_ID).unwrap(), format!("{}-{seq}", "ab".repeat(16)));
+            assert_eq!(
+                get(FRAME).unwrap(),
+                format!("v={version};crc={crc};seq={seq};received=2026-12-01T10:58:00.000000001Z")
+            );
+            assert_eq!(
+                get(SOURCE).unwrap(),
+                format!(
+                    "client=[::1]:9;listener=ingest;conn=3;stream={}",
+                    "ab".repeat(16)
+                )
+            );
+            for name in [
+                SEQ, VERSION, CRC_SIZE, CLIENT, LISTENER, CONNECTION, STREAM, RECEIVED,
+            ] {
+                assert!(headers.get(name).is_none());
+            }
+        }
+    }
+
+    #[test]
+    fn a_listener_name_cannot_break_the_source_pairs_apart() {
+        let source = |listener: &str| {
+            ConnHeaders::new(
+                HeaderFormat::Compact,
+                listener,
+                "127.0.0.1:9".parse().unwrap(),
+                0,
+                &[0; 16],
+            )
+            .source
+            .as_str()
+            .to_owned()
+        };
+        let pairs = |source: &str| source.split(';').map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(pairs(&source("in;gest=1%"))[1], "listener=in%3Bgest%3D1%25");
+        assert_eq!(pairs(&source("a b\r\nc"))[1], "listener=a%20b%0D%0Ac");
+        assert_eq!(pairs(&source("é"))[1], "listener=%C3%A9");
+        for hostile in [
+            "",
+            ";",
+            "=",
+            "%",
+            "x;conn=9",
+            "\r\nNats-Msg-Id: x",
+            "\u{7f}\t",
+        ] {
+            let source = source(hostile);
+            assert_eq!(pairs(&source).len(), 4, "{hostile:?} gave {source:?}");
+            assert!(source.bytes().all(|b| b.is_ascii_graphic()), "{source:?}");
+            assert!(source.contains(";conn=0;stream="), "{source:?}");
+        }
     }
 }

@@ -270,9 +270,14 @@ mod fake {
 
 /// A listener `frames` with the nats handler on `nats`.
 fn handler_on(nats: std::net::SocketAddr, publish_timeout: &str) -> String {
+    handler_with(nats, &format!("publish_timeout = \"{publish_timeout}\""))
+}
+
+/// A listener `frames` with the nats handler on `nats` and the handler keys `keys`.
+fn handler_with(nats: std::net::SocketAddr, keys: &str) -> String {
     format!(
         "[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n\
-         handler = {{ type = \"nats\", servers = [\"nats://{nats}\"], stream = \"FRAMES\", publish_timeout = \"{publish_timeout}\" }}\n"
+         handler = {{ type = \"nats\", servers = [\"nats://{nats}\"], stream = \"FRAMES\", {keys} }}\n"
     )
 }
 
@@ -321,24 +326,43 @@ async fn acks_are_ok_only_after_the_puback_and_in_frame_order() {
     assert_eq!(payloads, [&b"first"[..], b"second", b"third"]);
     let first = &published[0];
     assert_eq!(first.subject, "frames.frames");
-    let id = format!("Nats-Msg-Id: {}-10\r\n", "ab".repeat(16));
-    for header in [
-        id.as_str(),
-        "Netkit-Version: 2\r\n",
-        "Netkit-Crc-Size: 4\r\n",
-        "Netkit-Listener: frames\r\n",
-        "Netkit-Connection: ",
-        "Netkit-Stream: abababababababababababababababab\r\n",
-        "Netkit-Seq: 10\r\n",
-        "Netkit-Client: 127.0.0.1:",
-        "Netkit-Received: 20",
-    ] {
-        assert!(
-            first.headers.contains(header),
-            "{header:?} not in {:?}",
-            first.headers
-        );
-    }
+    // `headers = "compact"` (the default): the id and two headers of `key=value` pairs.
+    let lines: Vec<&str> = first.headers.split("\r\n").collect();
+    assert_eq!(lines.len(), 6, "{:?}", first.headers);
+    assert_eq!(lines[0], "NATS/1.0");
+    assert_eq!(lines[4..], ["", ""]);
+    let header = |name: &str| {
+        let prefix = format!("{name}: ");
+        let found: Vec<&str> = lines
+            .iter()
+            .filter_map(|line| line.strip_prefix(prefix.as_str()))
+            .collect();
+        assert_eq!(found.len(), 1, "{name} in {:?}", first.headers);
+        found[0].to_owned()
+    };
+    assert_eq!(header("Nats-Msg-Id"), format!("{}-10", "ab".repeat(16)));
+    let frame_facts = header("Netkit-Frame");
+    let received = frame_facts
+        .strip_prefix("v=2;crc=4;seq=10;received=20")
+        .unwrap_or_else(|| panic!("Netkit-Frame: {frame_facts}"));
+    assert!(
+        received.ends_with('Z') && received.len() == 28,
+        "{received}"
+    );
+    let source = header("Netkit-Source");
+    let port = source
+        .strip_prefix("client=127.0.0.1:")
+        .and_then(|rest| rest.split_once(";listener=frames;conn="))
+        .and_then(|(port, rest)| {
+            let (conn, stream) = rest.split_once(";stream=")?;
+            conn.parse::<u64>().ok()?;
+            (stream == "ab".repeat(16)).then_some(port)
+        })
+        .unwrap_or_else(|| panic!("Netkit-Source: {source}"));
+    assert_eq!(
+        port.parse::<u16>().unwrap(),
+        stream.local_addr().unwrap().port()
+    );
     // The later two are acknowledged first (the second as a duplicate): no ack may go out,
     // since the first frame is not stored yet.
     nats.reply(&published[2].reply, "{\"stream\":\"FRAMES\",\"seq\":3}")
@@ -392,6 +416,50 @@ async fn acks_are_ok_only_after_the_puback_and_in_frame_order() {
         "the unanswered publish took {:?}",
         started.elapsed()
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_headers_carry_each_fact_in_a_header_of_its_own() {
+    let mut nats = fake::FakeNats::start().await;
+    let server = Admin::start(&handler_with(nats.addr, "headers = \"split\"")).await;
+    connected(&server).await;
+    let mut bytes = Vec::new();
+    proto::encode_session(
+        &proto::Session {
+            stream_id: [0xab; 16],
+            first_seq: 10,
+        },
+        &mut bytes,
+    );
+    bytes.extend(frame(b"first"));
+    let mut stream = send(server.addr("frames"), &bytes).await;
+    let first = within(STEP, nats.published.recv())
+        .await
+        .expect("a publish");
+    let id = format!("Nats-Msg-Id: {}-10\r\n", "ab".repeat(16));
+    for header in [
+        id.as_str(),
+        "Netkit-Version: 2\r\n",
+        "Netkit-Crc-Size: 4\r\n",
+        "Netkit-Listener: frames\r\n",
+        "Netkit-Connection: ",
+        "Netkit-Stream: abababababababababababababababab\r\n",
+        "Netkit-Seq: 10\r\n",
+        "Netkit-Client: 127.0.0.1:",
+        "Netkit-Received: 20",
+    ] {
+        assert!(
+            first.headers.contains(header),
+            "{header:?} not in {:?}",
+            first.headers
+        );
+    }
+    assert_eq!(first.headers.matches("\r\n").count(), 1 + 9 + 1);
+    assert!(!first.headers.contains("Netkit-Frame"));
+    nats.reply(&first.reply, "{\"stream\":\"FRAMES\",\"seq\":1}")
+        .await;
+    assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 10)]);
     server.stop().await;
 }
 
