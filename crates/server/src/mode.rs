@@ -125,4 +125,8 @@ pub struct Common {
     pub access_log: Option<std::path::PathBuf>,
     /// The listener's counters, shared with its service.
     pub stats: Arc<ListenerStats>,
+    /// Serve the connections on the shared runtime even with `[server] workers`: crc-tcp with
+    /// the `nats` handler, whose every frame goes to the NATS client's task there (on a
+    /// worker, each batch and each PubAck would wake the other thread).
+    pub shared_runtime: bool,
 }

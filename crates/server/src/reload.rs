@@ -238,8 +238,13 @@ impl Running {
         };
         self.kills.retain(|kill| !kill.is_cancelled());
         self.kills.push(stops.kill.clone());
+        // Where the listener accepts is chosen at its start; a reload keeps it.
+        let workers = self
+            .workers
+            .as_ref()
+            .filter(|_| !generation.common.shared_runtime);
         let (current, receiver) = watch::channel(generation);
-        let accept = match &self.workers {
+        let accept = match workers {
             None => tokio::spawn(listener::accept_loop(
                 listener,
                 receiver,

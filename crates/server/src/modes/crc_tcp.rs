@@ -286,6 +286,7 @@ impl CrcTcpConfig {
                 self.proxy_protocol_timeout,
             ),
             access_log: self.access_log.clone(),
+            shared_runtime: matches!(self.handler, HandlerConfig::Nats(_)),
         }
     }
 

@@ -600,6 +600,7 @@ impl Socks5Config {
                 self.proxy_protocol_timeout,
             ),
             access_log: self.access_log.clone(),
+            shared_runtime: false,
         }
     }
 }

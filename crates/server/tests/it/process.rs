@@ -343,6 +343,50 @@ fn workers_serve_the_connections_on_their_own_threads() {
     }
 }
 
+/// A crc-tcp listener with the `nats` handler is served on the shared runtime, where the NATS
+/// client's task runs, even with workers: on a worker every batch and every PubAck would wake
+/// the other thread (BENCHMARKS.md: 20 % more CPU per frame). Here NATS is unreachable, so
+/// each frame is answered status 5 by the sink: the work is the connection's alone.
+#[test]
+fn a_nats_listener_is_served_on_the_shared_runtime_with_workers() {
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere_addr = nowhere.local_addr().unwrap();
+    drop(nowhere);
+    let config = format!(
+        "[server]\nworkers = 2\n[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n\
+         handler = {{ type = \"nats\", servers = [\"nats://{nowhere_addr}\"] }}\n"
+    );
+    let (guard, addr, _logs) = start(&config);
+    let pid = guard.id();
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (workers_before, runtime_before) =
+        (cpu_of(pid, "netkit-wk-"), cpu_of(pid, "tokio-rt-worker"));
+    let mut batch = Vec::new();
+    for _ in 0..100 {
+        encode_frame(Version::V2, CrcSize::Crc32, &[7u8; 64], &mut batch).unwrap();
+    }
+    let mut acks = vec![0u8; 100 * ACK_FRAME_LEN];
+    for round in 0..100 {
+        stream.write_all(&batch).unwrap();
+        stream.read_exact(&mut acks).unwrap();
+        for ack in acks.chunks(ACK_FRAME_LEN) {
+            let Ok(Decoded::Done(ack, _)) = decode_ack(ack) else {
+                panic!("bad ack in round {round}")
+            };
+            assert_eq!(ack.status, AckStatus::HandlerFailed, "round {round}");
+        }
+    }
+    let on_workers = cpu_of(pid, "netkit-wk-") - workers_before;
+    let on_runtime = cpu_of(pid, "tokio-rt-worker") - runtime_before;
+    assert!(
+        on_workers * 10 < on_runtime,
+        "the nats listener ran on the workers: {on_workers} ns on the workers, {on_runtime} ns on the runtime"
+    );
+}
+
 /// Worker threads that cannot all start (here: an address-space limit too small for 1024
 /// thread stacks, as a pids limit of a container would be) end the start with an error
 /// that says so, exit status 1; not with a panic (status 101) from a runtime dropped
