@@ -12,7 +12,7 @@
 //!
 //! Modules: [`cli`] (the options), [`send`], [`bench`](mod@bench), [`ack`] (what the
 //! listener sends back), [`connect`] (opening connections, directly or
-//! through the `socks5` crate's client), [`read`], [`consume`],
+//! through the `socks5` crate's client), [`read`], [`consume`] (with [`pairs`], the compact headers' values),
 //! [`resend`], [`deadline`], [`histogram`] and [`output`].
 //!
 //! With `--resend`, `send` and `bench` survive broken connections: see
@@ -30,6 +30,7 @@ mod consume;
 mod deadline;
 mod histogram;
 mod output;
+mod pairs;
 mod read;
 mod report;
 mod resend;
