@@ -609,6 +609,9 @@ mod tests {
             (SEQ, "8"),
         ]);
         assert_eq!(counted(&[not_a_number]), (1, one(HEX, 8, 8, 1)));
+        // And a split number that is not one: the id's.
+        let split_not_a_number = map(&[(MSG_ID, &id), (STREAM, HEX), (SEQ, "x")]);
+        assert_eq!(counted(&[split_not_a_number]), (1, one(HEX, 6, 6, 1)));
         let nothing_usable = map(&[(FRAME, "seq="), (SOURCE, "stream")]);
         assert_eq!(counted(&[nothing_usable]), (1, BTreeMap::new()));
     }
