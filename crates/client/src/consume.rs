@@ -7,11 +7,18 @@
 //! message is pending for the filter), so a stream that keeps growing still
 //! ends the run. Everything is bounded by `--timeout`.
 //!
+//! `--count` reads a message's client stream and frame number from the
+//! compact headers (`Netkit-Source` `stream=`, `Netkit-Frame` `seq=`, read
+//! by [`crate::pairs`]), else from the split ones (`Netkit-Stream`,
+//! `Netkit-Seq`), else from the two halves of its `Nats-Msg-Id`, each on its
+//! own. Printing shows every header as it came, pairs and all.
+//!
 //! `--count` keeps every distinct `Nats-Msg-Id` and every (stream, seq) seen,
 //! so its memory grows with the stream's distinct messages (a few dozen
 //! bytes each); printing keeps one message at a time.
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, HashSet},
     io::{BufWriter, Write},
     process::ExitCode,
@@ -27,13 +34,22 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::time::{Instant, timeout_at};
 
-use crate::{cli::ConsumeArgs, resend::hex};
+use crate::{cli::ConsumeArgs, pairs::find_pair, resend::hex};
 
 /// The header that names a message (`{stream hex}-{seq}`).
 const MSG_ID: &str = "Nats-Msg-Id";
-/// The header with the client's stream id, in hex.
+/// The compact header about the frame (`v=..;crc=..;seq=..;received=..`).
+const FRAME: &str = "Netkit-Frame";
+/// Its pair with the frame's number in its stream.
+const FRAME_SEQ: &str = "seq";
+/// The compact header about where the frame came from
+/// (`client=..;listener=..;conn=..;stream=..`).
+const SOURCE: &str = "Netkit-Source";
+/// Its pair with the client's stream id, in hex.
+const SOURCE_STREAM: &str = "stream";
+/// The split header with the client's stream id, in hex.
 const STREAM: &str = "Netkit-Stream";
-/// The header with the frame's number in its stream.
+/// The split header with the frame's number in its stream.
 const SEQ: &str = "Netkit-Seq";
 
 /// Prints or counts the stream's messages.
@@ -159,14 +175,7 @@ impl Output {
     /// that stopped early, as `| head` does, is not an error).
     fn message(&mut self, seq: u64, message: &jetstream::Message) -> Result<bool> {
         if let Some(count) = &mut self.count {
-            // Only the three headers it needs, read in place: counting a
-            // large stream should cost little per message.
-            let map = message.headers.as_ref();
-            let get = |name: &str| {
-                map.and_then(|map| map.get(name))
-                    .map(|value| value.as_str())
-            };
-            count.add(get(MSG_ID), get(STREAM), get(SEQ));
+            count.add_message(message.headers.as_ref());
             return Ok(true);
         }
         let headers = headers(message.headers.as_ref());
@@ -301,8 +310,31 @@ struct StreamCount {
 }
 
 impl Count {
-    /// Counts a message by its headers. The client stream and number come
-    /// from `Netkit-Stream` and `Netkit-Seq`, else from the `Nats-Msg-Id`
+    /// Counts a message by its headers: see [`Count::add`], with the client
+    /// stream from `Netkit-Source`'s `stream=` pair, else `Netkit-Stream`,
+    /// and the number from `Netkit-Frame`'s `seq=` pair, else `Netkit-Seq`
+    /// (a malformed pair, or a `seq=` that is not a number, counts as
+    /// absent).
+    fn add_message(&mut self, headers: Option<&HeaderMap>) {
+        // Only the headers it needs, read in place (a pair without escapes
+        // is borrowed): counting a large stream should cost little per
+        // message.
+        let get = |name: &str| {
+            headers
+                .and_then(|map| map.get(name))
+                .map(|value| value.as_str())
+        };
+        let pair = |name: &str, key: &str| get(name).and_then(|value| find_pair(value, key));
+        let stream = pair(SOURCE, SOURCE_STREAM).or_else(|| get(STREAM).map(Cow::Borrowed));
+        let seq = pair(FRAME, FRAME_SEQ)
+            .filter(|seq| seq.parse::<u64>().is_ok())
+            .or_else(|| get(SEQ).map(Cow::Borrowed));
+        self.add(get(MSG_ID), stream.as_deref(), seq.as_deref());
+    }
+
+    /// Counts a message by its id and the client stream and number its
+    /// other headers gave, else (each on its own, and for the number also
+    /// when the one given is not a number) the two halves of the id
     /// (`{stream}-{seq}`); a message with neither is counted only in the
     /// totals.
     fn add(&mut self, id: Option<&str>, stream: Option<&str>, seq: Option<&str>) {
@@ -317,9 +349,10 @@ impl Count {
         }
         let from_id = id.and_then(|id| id.rsplit_once('-'));
         let stream = stream.or(from_id.map(|(stream, _)| stream));
+        let number = |seq: &str| seq.parse::<u64>().ok();
         let seq = seq
-            .or(from_id.map(|(_, seq)| seq))
-            .and_then(|seq| seq.parse::<u64>().ok());
+            .and_then(number)
+            .or_else(|| from_id.and_then(|(_, seq)| number(seq)));
         let (Some(stream), Some(seq)) = (stream, seq) else {
             return;
         };
@@ -453,6 +486,147 @@ mod tests {
                 max_seq: 5,
                 missing: 4
             }
+        );
+    }
+
+    const HEX: &str = "abababababababababababababababab";
+    const OTHER: &str = "cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd";
+
+    fn map(headers: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, *value);
+        }
+        map
+    }
+
+    /// The one (stream, seqs) `--count` made of these messages.
+    fn counted(messages: &[HeaderMap]) -> (u64, BTreeMap<String, StreamCount>) {
+        let mut count = Count::default();
+        for message in messages {
+            count.add_message(Some(message));
+        }
+        let summary = count.summary();
+        (summary.messages, summary.streams)
+    }
+
+    fn one(
+        stream: &str,
+        min_seq: u64,
+        max_seq: u64,
+        messages: u64,
+    ) -> BTreeMap<String, StreamCount> {
+        let missing = max_seq + 1 - messages;
+        BTreeMap::from([(
+            stream.to_owned(),
+            StreamCount {
+                messages,
+                min_seq,
+                max_seq,
+                missing,
+            },
+        )])
+    }
+
+    /// The compact form, as the handler writes it by default: the stream
+    /// and number come from the pairs (here the id disagrees, to tell).
+    #[test]
+    fn counts_by_the_compact_headers() {
+        let messages: Vec<HeaderMap> = (0..3)
+            .map(|seq| {
+                map(&[
+                    (MSG_ID, &format!("{OTHER}-{}", seq + 10)),
+                    (
+                        FRAME,
+                        &format!("v=2;crc=4;seq={seq};received=2026-12-01T13:34:35.968589123Z"),
+                    ),
+                    (
+                        SOURCE,
+                        &format!("client=127.0.0.1:5000;listener=in%3Bgest;conn=3;stream={HEX}"),
+                    ),
+                ])
+            })
+            .collect();
+        assert_eq!(counted(&messages), (3, one(HEX, 0, 2, 3)));
+    }
+
+    /// Pairs in another order, unknown keys, an escape: read all the same.
+    #[test]
+    fn the_compact_pairs_may_come_in_any_order_with_more_keys() {
+        let message = map(&[
+            (FRAME, "later=x%3Dy;seq=4;v=2"),
+            (SOURCE, &format!("stream=%61b{};new=1", &HEX[2..])),
+        ]);
+        assert_eq!(counted(&[message]), (1, one(HEX, 4, 4, 1)));
+    }
+
+    #[test]
+    fn the_compact_headers_win_over_the_split_ones() {
+        let message = map(&[
+            (FRAME, "seq=1"),
+            (SOURCE, &format!("stream={HEX}")),
+            (STREAM, OTHER),
+            (SEQ, "9"),
+        ]);
+        assert_eq!(counted(&[message]), (1, one(HEX, 1, 1, 1)));
+    }
+
+    /// The split form (`headers = "split"`, and servers before it).
+    #[test]
+    fn counts_by_the_split_headers() {
+        let message = map(&[(MSG_ID, &format!("{OTHER}-7")), (STREAM, HEX), (SEQ, "2")]);
+        assert_eq!(counted(&[message]), (1, one(HEX, 2, 2, 1)));
+    }
+
+    #[test]
+    fn counts_by_the_id_alone() {
+        let message = map(&[(MSG_ID, &format!("{HEX}-5"))]);
+        assert_eq!(counted(&[message]), (1, one(HEX, 5, 5, 1)));
+    }
+
+    /// A malformed pair is absent: each half falls back on its own, to the
+    /// split header, then to the id.
+    #[test]
+    fn a_malformed_pair_falls_back() {
+        let id = format!("{OTHER}-6");
+        let bad_stream = map(&[
+            (MSG_ID, &id),
+            (FRAME, "seq=3"),
+            (SOURCE, "stream=%zz"),
+            (STREAM, HEX),
+        ]);
+        assert_eq!(counted(&[bad_stream]), (1, one(HEX, 3, 3, 1)));
+        let bad_seq = map(&[
+            (MSG_ID, &id),
+            (FRAME, "seq=3;seq=4"),
+            (SOURCE, &format!("stream={HEX}")),
+        ]);
+        assert_eq!(counted(&[bad_seq]), (1, one(HEX, 6, 6, 1)));
+        let not_a_number = map(&[
+            (MSG_ID, &id),
+            (FRAME, "seq=three"),
+            (SOURCE, &format!("stream={HEX}")),
+            (SEQ, "8"),
+        ]);
+        assert_eq!(counted(&[not_a_number]), (1, one(HEX, 8, 8, 1)));
+        // And a split number that is not one: the id's.
+        let split_not_a_number = map(&[(MSG_ID, &id), (STREAM, HEX), (SEQ, "x")]);
+        assert_eq!(counted(&[split_not_a_number]), (1, one(HEX, 6, 6, 1)));
+        let nothing_usable = map(&[(FRAME, "seq="), (SOURCE, "stream")]);
+        assert_eq!(counted(&[nothing_usable]), (1, BTreeMap::new()));
+    }
+
+    /// Printing keeps every header as it came, the pairs unexpanded.
+    #[test]
+    fn printing_keeps_the_compact_headers_whole() {
+        let frame = "v=2;crc=4;seq=0;received=2026-12-01T13:34:35.968589123Z";
+        let headers = headers(Some(&map(&[(FRAME, frame), (MSG_ID, "ab-0")])));
+        assert_eq!(
+            headers,
+            BTreeMap::from([
+                (MSG_ID.to_owned(), "ab-0".to_owned()),
+                (FRAME.to_owned(), frame.to_owned()),
+            ])
         );
     }
 

@@ -5,8 +5,9 @@
 //! 1. A collector of its own (admin endpoint, one crc-tcp listener with the
 //!    nats handler and `create_stream`) becomes ready (`/readyz` 200 once the
 //!    stream exists); `client send --wait-ack` sends three frames, and the
-//!    stream holds exactly them, with the spec's headers (read back with
-//!    `async-nats`).
+//!    stream holds exactly them, with the spec's headers in their compact
+//!    form, the handler's default (read back with `async-nats`; see
+//!    [`check_headers`]).
 //! 2. A session (stream id, frames 0 and 1) is sent, then sent again on a new
 //!    connection with one frame more: every frame is acked ok, and the stream
 //!    grows by three messages, not five (JetStream dropped the duplicates by
@@ -19,6 +20,7 @@
 //!    stored after the ones from before.
 
 use std::{
+    collections::{BTreeMap, BTreeSet},
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
@@ -27,7 +29,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use async_nats::jetstream;
+use async_nats::{HeaderMap, jetstream};
 use proto::{Ack, AckStatus, CrcSize, Decoded, Session, Version, decode_ack};
 
 use super::{Ctx, arg, prometheus::get};
@@ -42,6 +44,12 @@ const LISTENER: &str = "ingest";
 const STREAM: &str = "E2E_FRAMES";
 /// The handler's publish timeout.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+/// The header that names a message (`{stream hex}-{seq}`).
+const MSG_ID: &str = "Nats-Msg-Id";
+/// The compact header about the frame (`v=..;crc=..;seq=..;received=..`).
+const FRAME: &str = "Netkit-Frame";
+/// The compact header about its source (`client=..;listener=..;conn=..;stream=..`).
+const SOURCE: &str = "Netkit-Source";
 /// Each wait for a state change (a server up, readiness, a log line).
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -209,32 +217,7 @@ fn checks(
         bail!("the stream holds {payloads:?}, expected {expected:?}");
     }
     let first = stored.first().context("no message")?;
-    let header = |name: &str| {
-        first
-            .headers
-            .get(name)
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default()
-    };
-    let stream_hex = header("Netkit-Stream");
-    let checks = [
-        ("Nats-Msg-Id", format!("{stream_hex}-0")),
-        ("Netkit-Version", "2".to_owned()),
-        ("Netkit-Crc-Size", "4".to_owned()),
-        ("Netkit-Listener", LISTENER.to_owned()),
-        ("Netkit-Seq", "0".to_owned()),
-    ];
-    for (name, want) in checks {
-        if header(name) != want {
-            bail!("header {name} = {:?}, expected {want:?}", header(name));
-        }
-    }
-    if stream_hex.len() != 32 || !header("Netkit-Client").starts_with("127.0.0.1:") {
-        bail!("headers {:?}", first.headers);
-    }
-    if !header("Netkit-Received").ends_with('Z') || header("Netkit-Connection").is_empty() {
-        bail!("headers {:?}", first.headers);
-    }
+    check_headers(&first.headers)?;
 
     // 2. The same session twice: duplicates dropped.
     let stream_id = *b"e2e-nats-session";
@@ -301,6 +284,125 @@ fn checks(
         "{} messages stored, duplicates dropped, status 5 and 503 while nats-server was down, reconnected",
         stored.len()
     ))
+}
+
+/// The compact headers of the first frame `client send --wait-ack --version
+/// 2 --crc-size 4` put in the stream, as the handler writes them by default
+/// (`headers = "compact"`): exactly `Nats-Msg-Id` (`{stream}-0`),
+/// `Netkit-Frame` (`v=2`, `crc=4`, `seq=0`, `received` an RFC 3339 UTC time)
+/// and `Netkit-Source` (`client=127.0.0.1:PORT`, `listener` this scenario's,
+/// `conn` a number, `stream` 32 lowercase hex digits).
+///
+/// The pairs are read strictly (see [`pairs`]), in any order; keys this check
+/// does not know are allowed, as readers must ignore them.
+///
+/// # Errors
+///
+/// Names the header, and the pair, that is missing or wrong.
+fn check_headers(headers: &HeaderMap) -> anyhow::Result<()> {
+    let names: BTreeSet<String> = headers.iter().map(|(name, _)| name.to_string()).collect();
+    let expected = BTreeSet::from([MSG_ID, FRAME, SOURCE].map(str::to_owned));
+    if names != expected {
+        bail!("headers {names:?}, expected only the compact ones {expected:?}");
+    }
+    let header = |name: &str| {
+        let mut values = headers.get_all(name);
+        match (values.next(), values.next()) {
+            (Some(value), None) => Ok(value.as_str()),
+            _ => Err(anyhow::anyhow!("header {name}: expected exactly one value")),
+        }
+    };
+    let frame = pairs(header(FRAME)?).with_context(|| format!("header {FRAME}"))?;
+    let source = pairs(header(SOURCE)?).with_context(|| format!("header {SOURCE}"))?;
+    let pair = |name: &str, pairs: &BTreeMap<String, String>, key: &str| {
+        pairs
+            .get(key)
+            .cloned()
+            .with_context(|| format!("header {name} has no {key}= pair: {pairs:?}"))
+    };
+    for (key, want) in [("v", "2"), ("crc", "4"), ("seq", "0")] {
+        let got = pair(FRAME, &frame, key)?;
+        if got != want {
+            bail!("header {FRAME}: {key}={got:?}, expected {want:?}");
+        }
+    }
+    let received = pair(FRAME, &frame, "received")?;
+    if !received.ends_with('Z') || !received.contains('T') {
+        bail!("header {FRAME}: received={received:?}, expected an RFC 3339 UTC time");
+    }
+    let stream = pair(SOURCE, &source, "stream")?;
+    if stream.len() != 32
+        || !stream
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        bail!("header {SOURCE}: stream={stream:?}, expected 32 lowercase hex digits");
+    }
+    let listener = pair(SOURCE, &source, "listener")?;
+    if listener != LISTENER {
+        bail!("header {SOURCE}: listener={listener:?}, expected {LISTENER:?}");
+    }
+    let client = pair(SOURCE, &source, "client")?;
+    let port = client.strip_prefix("127.0.0.1:").unwrap_or_default();
+    if port.parse::<u16>().is_err() {
+        bail!("header {SOURCE}: client={client:?}, expected 127.0.0.1:PORT");
+    }
+    let conn = pair(SOURCE, &source, "conn")?;
+    if conn.parse::<u64>().is_err() {
+        bail!("header {SOURCE}: conn={conn:?}, expected a connection number");
+    }
+    let id = header(MSG_ID)?;
+    if id != format!("{stream}-0") {
+        bail!("header {MSG_ID} = {id:?}, expected {stream}-0 (the source's stream, frame 0)");
+    }
+    Ok(())
+}
+
+/// A compact header's value read strictly, as the server must write it:
+/// `key=value` pairs separated by `;`; a key is printable ASCII but `%`, `;`
+/// and `=`; in a value those and every byte outside `!`..=`~` are `%XX`
+/// (uppercase hex), and the decoded value is UTF-8. A key given twice, an
+/// empty pair or any other byte is an error.
+fn pairs(value: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    let plain = |b: u8| matches!(b, b'!'..=b'~') && !matches!(b, b'%' | b';' | b'=');
+    let mut pairs = BTreeMap::new();
+    for pair in value.split(';') {
+        let (key, raw) = pair
+            .split_once('=')
+            .with_context(|| format!("{pair:?} in {value:?} is not key=value"))?;
+        if key.is_empty() || !key.bytes().all(plain) {
+            bail!("key {key:?} in {value:?}");
+        }
+        let mut decoded = Vec::new();
+        let mut rest = raw.as_bytes();
+        while let Some((&byte, tail)) = rest.split_first() {
+            rest = match (byte, tail) {
+                (b'%', [high, low, tail @ ..]) => {
+                    let digit = |d: &u8| {
+                        char::from(*d)
+                            .to_digit(16)
+                            .filter(|_| !d.is_ascii_lowercase())
+                    };
+                    let (Some(high), Some(low)) = (digit(high), digit(low)) else {
+                        bail!("bad escape in {pair:?} of {value:?}");
+                    };
+                    decoded.push(u8::try_from(high * 16 + low)?);
+                    tail
+                }
+                (byte, tail) if plain(byte) => {
+                    decoded.push(byte);
+                    tail
+                }
+                _ => bail!("{pair:?} in {value:?}: {byte:#04x} should be escaped, or a bad escape"),
+            };
+        }
+        let decoded = String::from_utf8(decoded)
+            .with_context(|| format!("{pair:?} in {value:?} is not UTF-8 once decoded"))?;
+        if pairs.insert(key.to_owned(), decoded).is_some() {
+            bail!("key {key:?} twice in {value:?}");
+        }
+    }
+    Ok(pairs)
 }
 
 /// Waits until `/readyz` answers `status`.
@@ -385,4 +487,146 @@ async fn read_stream(addr: SocketAddr) -> anyhow::Result<Vec<jetstream::message:
     })
     .await
     .context("reading the stream timed out")?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STREAM_HEX: &str = "0123456789abcdef0123456789abcdef";
+    const GOOD_FRAME: &str = "v=2;crc=4;seq=0;received=2026-12-01T13:34:35.968589123Z";
+    const GOOD_SOURCE: &str =
+        "client=127.0.0.1:5000;listener=ingest;conn=3;stream=0123456789abcdef0123456789abcdef";
+
+    fn map(headers: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(*name, *value);
+        }
+        map
+    }
+
+    fn compact(frame: &str, source: &str) -> HeaderMap {
+        map(&[
+            (MSG_ID, &format!("{STREAM_HEX}-0")),
+            (FRAME, frame),
+            (SOURCE, source),
+        ])
+    }
+
+    /// The error's whole chain, to match on.
+    fn error(headers: &HeaderMap) -> String {
+        match check_headers(headers) {
+            Ok(()) => panic!("accepted {headers:?}"),
+            Err(error) => format!("{error:#}"),
+        }
+    }
+
+    #[test]
+    fn accepts_the_compact_headers() {
+        check_headers(&compact(GOOD_FRAME, GOOD_SOURCE)).unwrap();
+        // In another order, with keys it does not know, and escapes.
+        let frame = "received=2026-12-01T13:34:35Z;later=%3B%25;seq=0;crc=4;v=2";
+        let source = format!(
+            "stream={STREAM_HEX};conn=0;new=%C3%A9;listener=in%67est;client=127.0.0.1:65535"
+        );
+        check_headers(&compact(frame, &source)).unwrap();
+    }
+
+    #[test]
+    fn rejects_missing_or_extra_headers() {
+        for drop in [MSG_ID, FRAME, SOURCE] {
+            let mut headers = compact(GOOD_FRAME, GOOD_SOURCE);
+            headers = headers
+                .iter()
+                .filter(|(name, _)| name.to_string() != drop)
+                .flat_map(|(name, values)| values.iter().map(|v| (name.clone(), v.clone())))
+                .collect();
+            assert!(
+                error(&headers).contains("expected only the compact ones"),
+                "{drop}"
+            );
+        }
+        let mut split_too = compact(GOOD_FRAME, GOOD_SOURCE);
+        split_too.insert("Netkit-Seq", "0");
+        assert!(error(&split_too).contains("expected only the compact ones"));
+        let mut twice = compact(GOOD_FRAME, GOOD_SOURCE);
+        twice.append(FRAME, GOOD_FRAME);
+        assert!(error(&twice).contains("exactly one value"));
+    }
+
+    #[test]
+    fn rejects_each_wrong_or_missing_field() {
+        let frame = |from: &str, to: &str| compact(&GOOD_FRAME.replace(from, to), GOOD_SOURCE);
+        let source = |from: &str, to: &str| compact(GOOD_FRAME, &GOOD_SOURCE.replace(from, to));
+        let cases = [
+            (frame("v=2", "v=1"), "v=\"1\""),
+            (frame("v=2;", ""), "no v= pair"),
+            (frame("crc=4", "crc=2"), "crc=\"2\""),
+            (frame("crc=4;", ""), "no crc= pair"),
+            (frame("seq=0", "seq=1"), "seq=\"1\""),
+            (frame("seq=0;", ""), "no seq= pair"),
+            (frame("35.968589123Z", "35.968589123+01:00"), "received="),
+            (
+                frame(";received=2026-12-01T13:34:35.968589123Z", ""),
+                "no received= pair",
+            ),
+            (
+                source("listener=ingest", "listener=other"),
+                "listener=\"other\"",
+            ),
+            (source("listener=ingest;", ""), "no listener= pair"),
+            (source("127.0.0.1:5000", "10.0.0.1:5000"), "client="),
+            (source("127.0.0.1:5000", "127.0.0.1:"), "client="),
+            (source("client=127.0.0.1:5000;", ""), "no client= pair"),
+            (source("conn=3", "conn="), "conn="),
+            (source("conn=3;", ""), "no conn= pair"),
+            (
+                source(STREAM_HEX, &STREAM_HEX.to_uppercase()),
+                "32 lowercase hex",
+            ),
+            (source(STREAM_HEX, &STREAM_HEX[1..]), "32 lowercase hex"),
+            (
+                source(";stream=0123456789abcdef0123456789abcdef", ""),
+                "no stream= pair",
+            ),
+        ];
+        for (headers, expected) in cases {
+            let error = error(&headers);
+            assert!(error.contains(expected), "{error} lacks {expected:?}");
+        }
+        let mut other_id = compact(GOOD_FRAME, GOOD_SOURCE);
+        other_id.insert(MSG_ID, format!("{STREAM_HEX}-1").as_str());
+        assert!(error(&other_id).contains(MSG_ID));
+    }
+
+    #[test]
+    fn rejects_values_that_break_the_grammar() {
+        for bad in [
+            "",
+            "v=2;;crc=4",
+            "v=2;",
+            "=2",
+            "v",
+            "v=%",
+            "v=%2",
+            "v=%zz",
+            "v=%3b",
+            "v=2=2",
+            "v=2 ",
+            "v=\u{e9}",
+            "v=%FF",
+            "v=2;v=2",
+        ] {
+            assert!(pairs(bad).is_err(), "{bad:?}");
+            let frame = format!("{bad};{GOOD_FRAME}");
+            assert!(
+                check_headers(&compact(&frame, GOOD_SOURCE)).is_err(),
+                "{frame:?}"
+            );
+        }
+        let decoded = pairs("a=%25%3B%3D%20;b=").unwrap();
+        assert_eq!(decoded["a"], "%;= ");
+        assert_eq!(decoded["b"], "");
+    }
 }
