@@ -5,17 +5,16 @@
 //! connection, through a crc-tcp listener with the nats handler), both into
 //! the same stream (file storage, one replica) of one `nats-server` on
 //! loopback. Target: the collector at 0.7x the bare publisher's rate or more.
-//! A second baseline publishes with the nine headers the collector sets
-//! (which make a 64 B message about five times larger, and cost nats-server
-//! about half as much CPU again), so the collector's own cost shows apart
-//! from the message format the spec fixes. CPU: utime+stime of the
-//! publisher (this process), of nats-server and of the collector per run.
-//! A third baseline publishes with those headers through the core client
-//! (`publish_with_reply_and_headers` to a reply subject under one wildcard
-//! subscription, PubAcks counted there): JetStream's publish without the
+//! A second baseline publishes with the headers the collector sets (`headers =
+//! "compact"`, its default: two besides the `Nats-Msg-Id`), so the collector's own cost
+//! shows apart from the message format. CPU: utime+stime of the publisher (this process),
+//! of nats-server and of the collector per run. A third baseline publishes with those
+//! headers through the core client (`publish_with_reply_and_headers` to a reply subject
+//! under one wildcard subscription, PubAcks counted there): JetStream's publish without the
 //! per-message inbox, oneshot, request map and ack timer of
-//! `jetstream::Context::send_publish`, the cost a collector built that way
-//! would save.
+//! `jetstream::Context::send_publish`, the way the collector publishes. The collector also
+//! runs once with `headers = "split"` (nine headers) on a second listener, to show what
+//! the headers cost.
 //! Skipped with a note under `--quick` and when nats-server is missing.
 //! With `--baseline-server`, that binary's collector is measured too, each
 //! collector twice at each size in the order A B B A (the collector measured

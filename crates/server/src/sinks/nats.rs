@@ -1,6 +1,6 @@
 //! The `nats` handler of `crc-tcp`: every accepted frame becomes one
-//! JetStream message (the frame's payload, with the headers of
-//! docs/PROTOCOL.md and a `Nats-Msg-Id` of `STREAM-SEQ`), and its ack is ok
+//! JetStream message (the frame's payload, with the headers of the README's
+//! "The `nats` handler" and a `Nats-Msg-Id` of `STREAM-SEQ`), and its ack is ok
 //! only once JetStream has acknowledged the message (stored, and replicated
 //! when the stream has replicas). A publish that fails or is not
 //! acknowledged within `publish_timeout` answers status 5.
