@@ -324,7 +324,9 @@ fn check_stream_name(name: &str) -> Result<(), String> {
 
 /// The running handler of one listener.
 pub(crate) struct NatsSink {
-    client: Client,
+    /// Shared by the publishes in flight: an `Arc` clone per frame is one count, a `Client`
+    /// clone six (and a channel sender's).
+    client: Arc<Client>,
     /// The listener's window: a permit per frame sent and not yet answered.
     window: Arc<Semaphore>,
     subject: Subject,
@@ -501,7 +503,7 @@ fn value(text: &str) -> HeaderValue {
 
 /// [`value`] of a string made here, without copying it.
 fn value_owned(text: String) -> HeaderValue {
-    if text.contains(['\r', '\n']) {
+    if text.bytes().any(|byte| matches!(byte, b'\r' | b'\n')) {
         HeaderValue::new()
     } else {
         HeaderValue::from(text)
@@ -551,9 +553,9 @@ pub(crate) struct Acks {
 
 struct Entry {
     seq: u64,
+    /// When its read completed: its deadline is this plus `publish_timeout` (a wait for the
+    /// listener's window counts), its publish time in the histogram runs from it.
     read_at: Instant,
-    /// When its publish began (its deadline is this plus `publish_timeout`).
-    started: Instant,
     /// Whether it was sent (its time goes into the publish histogram).
     sent: bool,
     state: State,
@@ -680,7 +682,6 @@ impl Acks {
         self.queue.push_back(Entry {
             seq,
             read_at,
-            started: Instant::now(),
             sent: false,
             state,
         });
@@ -711,7 +712,7 @@ impl Acks {
         };
         // The front's deadline. The timer may run early (set for an older front): then it is
         // set again, so a frame costs no timer of its own.
-        let deadline = front.started + sink.publish_timeout;
+        let deadline = front.read_at + sink.publish_timeout;
         if self.armed.is_none_or(|armed| armed > deadline) {
             self.timer.as_mut().reset(deadline);
             self.armed = Some(deadline);
@@ -803,7 +804,7 @@ impl Acks {
                 continue;
             };
             entry.sent = true;
-            let client = sink.client.clone();
+            let client = Arc::clone(&sink.client);
             let subject = sink.subject.clone();
             self.sending = Some((
                 token,
@@ -862,7 +863,7 @@ impl Acks {
         if let Some(sink) = &self.sink
             && entry.sent
         {
-            sink.stats.nats.publish.observe(entry.started.elapsed());
+            sink.stats.nats.publish.observe(entry.read_at.elapsed());
         }
         Some((entry.seq, status, entry.read_at))
     }
@@ -941,7 +942,7 @@ impl NatsSink {
             wake,
         ));
         Ok(Self {
-            client,
+            client: Arc::new(client),
             window: Arc::new(Semaphore::new(config.max_in_flight)),
             subject: Subject::from(config.subject(listener)),
             listener: value(listener),
