@@ -9,7 +9,7 @@
 //!
 //! `--count` reads a message's client stream and frame number from the
 //! compact headers (`Netkit-Source` `stream=`, `Netkit-Frame` `seq=`, read
-//! by [`crate::pairs`]), else from the split ones (`Netkit-Stream`,
+//! by `proto::pairs`), else from the split ones (`Netkit-Stream`,
 //! `Netkit-Seq`), else from the two halves of its `Nats-Msg-Id`, each on its
 //! own. Printing shows every header as it came, pairs and all.
 //!
@@ -34,7 +34,9 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::time::{Instant, timeout_at};
 
-use crate::{cli::ConsumeArgs, pairs::find_pair, resend::hex};
+use proto::pairs::find_pair;
+
+use crate::{cli::ConsumeArgs, resend::hex};
 
 /// The header that names a message (`{stream hex}-{seq}`).
 const MSG_ID: &str = "Nats-Msg-Id";

@@ -12,9 +12,9 @@
 //!
 //! Modules: [`cli`] (the options), [`send`], [`bench`](mod@bench), [`ack`] (what the
 //! listener sends back), [`connect`] (opening connections, directly or
-//! through the `socks5` crate's client), [`read`], [`consume`] (with
-//! [`pairs`], the values of the compact NATS headers), [`resend`],
-//! [`deadline`], [`histogram`] and [`output`].
+//! through the `socks5` crate's client), [`read`], [`consume`] (the compact
+//! NATS headers' values read by `proto::pairs`), [`resend`], [`deadline`],
+//! [`histogram`] and [`output`].
 //!
 //! With `--resend`, `send` and `bench` survive broken connections: see
 //! [`resend`], which also fixes the exit status 4 (frames given up).
@@ -31,7 +31,6 @@ mod consume;
 mod deadline;
 mod histogram;
 mod output;
-mod pairs;
 mod read;
 mod report;
 mod resend;

@@ -7,7 +7,7 @@
 //! input and panics when a property fails (that is how libFuzzer learns of a
 //! failure). Modules: [`prefix`] (the "a prefix decides no differently"
 //! property shared by every pure decoder), [`proto`] (frame header, frame,
-//! ack, session frame, the `tokio_util` codecs), [`socks5`] (greeting, RFC 1929 request,
+//! ack, session frame, the `tokio_util` codecs, the compact NATS headers' pairs), [`socks5`] (greeting, RFC 1929 request,
 //! request, UDP header, and the replies a client parses), [`socks4`] (the
 //! SOCKS4/4a request and reply), [`config`]
 //! (`server`'s config loader) and [`proxy_header()`] (the PROXY protocol header).
@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("frame_codec", proto::frame_codec),
     ("ack", proto::ack),
     ("session", proto::session),
+    ("header_pairs", proto::header_pairs),
     ("socks5_greeting", socks5::greeting),
     ("socks5_password_request", socks5::password_request),
     ("socks5_request", socks5::request),

@@ -312,3 +312,29 @@ where
         left: buf.to_vec(),
     }
 }
+
+/// `proto::pairs`: the input, as text (lossy), is a header value read for a few keys, never
+/// panicking; a value found writes back as a plain pair or one with escapes; and the input
+/// written as a value reads back exactly, among other pairs.
+pub fn header_pairs(data: &[u8]) {
+    use proto::pairs::{escape_value, find_pair};
+    let text = String::from_utf8_lossy(data);
+    for key in ["", "a", "seq", "listener", "%", "=", ";"] {
+        if let Some(value) = find_pair(&text, key) {
+            let mut written = String::new();
+            escape_value(&mut written, &value);
+            assert!(written.bytes().all(|b| b.is_ascii_graphic()), "{written:?}");
+            assert_eq!(
+                find_pair(&format!("{key}={written}"), key).as_deref(),
+                Some(&*value)
+            );
+        }
+    }
+    let mut header = String::from("v=2;listener=");
+    escape_value(&mut header, &text);
+    header.push_str(";seq=7");
+    assert!(header.bytes().all(|b| b.is_ascii_graphic()), "{header:?}");
+    assert_eq!(find_pair(&header, "listener").as_deref(), Some(&*text));
+    assert_eq!(find_pair(&header, "seq").as_deref(), Some("7"));
+    assert_eq!(find_pair(&header, "v").as_deref(), Some("2"));
+}

@@ -11,7 +11,9 @@
 //! - [`ack`]: the acknowledgement frame and its [`AckStatus`];
 //! - [`session`]: the optional first frame that names a client's stream, so
 //!   a frame sent again on a new connection keeps its identity;
-//! - [`codec`]: a `tokio_util::codec` adapter over the pure functions.
+//! - [`codec`]: a `tokio_util::codec` adapter over the pure functions;
+//! - [`pairs`]: the `key=value;` values of the `nats` handler's compact
+//!   message headers, written and read.
 //!
 //! Left out on purpose: sockets, files, configuration. Decoders are sans-IO:
 //! they borrow a byte slice, never consume it, and say how many bytes they
@@ -32,6 +34,7 @@ pub mod crc;
 mod error;
 pub mod frame;
 pub mod header;
+pub mod pairs;
 pub mod session;
 
 pub use ack::{ACK_FRAME_LEN, Ack, AckStatus, decode_ack, encode_ack};

@@ -1188,13 +1188,16 @@ mod tests {
     #[test]
     fn resident_memory_is_read_from_smaps_rollup() {
         let pid = std::process::id();
+        // The sums cover this process's children too, which other tests start and end
+        // between two reads (one failed `pss <= rss` that way): no comparison across reads
+        // but a growth far larger than a child's.
         let rss = tree_smaps_kib(pid, "Rss:").unwrap();
         let pss = tree_smaps_kib(pid, "Pss:").unwrap();
-        assert!(rss > 0 && pss > 0 && pss <= rss, "rss {rss} pss {pss}");
-        // 16 MiB touched page by page shows in the resident set.
-        let touched = std::hint::black_box(vec![1u8; 16 << 20]);
+        assert!(rss > 0 && pss > 0, "rss {rss} pss {pss}");
+        // 64 MiB touched page by page shows in the resident set.
+        let touched = std::hint::black_box(vec![1u8; 64 << 20]);
         let grown = tree_smaps_kib(pid, "Rss:").unwrap();
-        assert!(grown >= rss + 12 * 1024, "rss {rss} KiB, then {grown} KiB");
+        assert!(grown >= rss + 48 * 1024, "rss {rss} KiB, then {grown} KiB");
         drop(touched);
         assert_eq!(tree_smaps_kib(pid, "NoSuchField:").unwrap(), 0);
     }

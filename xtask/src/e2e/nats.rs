@@ -358,46 +358,29 @@ fn check_headers(headers: &HeaderMap) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A compact header's value read strictly, as the server must write it:
-/// `key=value` pairs separated by `;`; a key is printable ASCII but `%`, `;`
-/// and `=`; in a value those and every byte outside `!`..=`~` are `%XX`
-/// (uppercase hex), and the decoded value is UTF-8. A key given twice, an
-/// empty pair or any other byte is an error.
+/// A compact header's value read strictly, as the server must write it: `key=value` pairs
+/// separated by `;`, none empty, each key once, and each value exactly what
+/// `proto::pairs::escape_value` writes for what `proto::pairs::find_pair` reads from it
+/// (uppercase escapes, nothing escaped that need not be, UTF-8 once decoded).
 fn pairs(value: &str) -> anyhow::Result<BTreeMap<String, String>> {
-    let plain = |b: u8| matches!(b, b'!'..=b'~') && !matches!(b, b'%' | b';' | b'=');
     let mut pairs = BTreeMap::new();
     for pair in value.split(';') {
         let (key, raw) = pair
             .split_once('=')
             .with_context(|| format!("{pair:?} in {value:?} is not key=value"))?;
-        if key.is_empty() || !key.bytes().all(plain) {
+        let mut plain_key = String::new();
+        proto::pairs::escape_value(&mut plain_key, key);
+        if key.is_empty() || plain_key != key {
             bail!("key {key:?} in {value:?}");
         }
-        let mut decoded = Vec::new();
-        let mut rest = raw.as_bytes();
-        while let Some((&byte, tail)) = rest.split_first() {
-            rest = match (byte, tail) {
-                (b'%', [high, low, tail @ ..]) => {
-                    let digit = |d: &u8| {
-                        char::from(*d)
-                            .to_digit(16)
-                            .filter(|_| !d.is_ascii_lowercase())
-                    };
-                    let (Some(high), Some(low)) = (digit(high), digit(low)) else {
-                        bail!("bad escape in {pair:?} of {value:?}");
-                    };
-                    decoded.push(u8::try_from(high * 16 + low)?);
-                    tail
-                }
-                (byte, tail) if plain(byte) => {
-                    decoded.push(byte);
-                    tail
-                }
-                _ => bail!("{pair:?} in {value:?}: {byte:#04x} should be escaped, or a bad escape"),
-            };
+        let decoded = proto::pairs::find_pair(value, key)
+            .with_context(|| format!("{pair:?} in {value:?}: a bad escape, a byte that should be escaped, not UTF-8, or the key twice"))?
+            .into_owned();
+        let mut canonical = String::new();
+        proto::pairs::escape_value(&mut canonical, &decoded);
+        if canonical != raw {
+            bail!("{pair:?} in {value:?}: the server writes {key}={canonical}");
         }
-        let decoded = String::from_utf8(decoded)
-            .with_context(|| format!("{pair:?} in {value:?} is not UTF-8 once decoded"))?;
         if pairs.insert(key.to_owned(), decoded).is_some() {
             bail!("key {key:?} twice in {value:?}");
         }
@@ -527,9 +510,8 @@ mod tests {
         check_headers(&compact(GOOD_FRAME, GOOD_SOURCE)).unwrap();
         // In another order, with keys it does not know, and escapes.
         let frame = "received=2026-12-01T13:34:35Z;later=%3B%25;seq=0;crc=4;v=2";
-        let source = format!(
-            "stream={STREAM_HEX};conn=0;new=%C3%A9;listener=in%67est;client=127.0.0.1:65535"
-        );
+        let source =
+            format!("stream={STREAM_HEX};conn=0;new=%C3%A9;listener=ingest;client=127.0.0.1:65535");
         check_headers(&compact(frame, &source)).unwrap();
     }
 
@@ -617,6 +599,9 @@ mod tests {
             "v=\u{e9}",
             "v=%FF",
             "v=2;v=2",
+            // Escaped where the server writes the byte itself.
+            "v=%32",
+            "v%3D=2",
         ] {
             assert!(pairs(bad).is_err(), "{bad:?}");
             let frame = format!("{bad};{GOOD_FRAME}");

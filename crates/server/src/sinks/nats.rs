@@ -104,7 +104,8 @@ pub struct NatsConfig {
 /// `headers = "compact" | "split"`: the facts of a frame (version, crc_size, seq, receive
 /// time) and of its source (client, listener, connection, stream id) in two headers of
 /// `key=value;` pairs, or each in a header of its own. Each header costs the publisher and
-/// nats-server per message (BENCHMARKS.md, "Fewer headers"), so compact is the default.
+/// nats-server per message (BENCHMARKS.md, "Fewer headers, and the shared runtime"), so
+/// compact is the default.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HeaderFormat {
@@ -386,9 +387,9 @@ impl ConnHeaders {
             HeaderFormat::Compact => {
                 let mut source = String::from("client=");
                 // Escaped too: a link-local IPv6 client has a scope id after a `%`.
-                escape_pair_value(&mut source, &client.to_string());
+                proto::pairs::escape_value(&mut source, &client.to_string());
                 source.push_str(";listener=");
-                escape_pair_value(&mut source, listener);
+                proto::pairs::escape_value(&mut source, listener);
                 let _ = write!(source, ";conn={connection};stream={stream_hex}");
                 value_owned(source)
             }
@@ -400,19 +401,6 @@ impl ConnHeaders {
             stream: value(&stream_hex),
             stream_hex,
             source,
-        }
-    }
-}
-
-/// Appends `text` as the value of a `key=value;` pair: every byte that is not printable ASCII,
-/// and `%`, `;` and `=`, as `%XX` (uppercase hex), so that no listener name can break the
-/// pairs (or the header's line) apart.
-fn escape_pair_value(out: &mut String, text: &str) {
-    for &byte in text.as_bytes() {
-        if byte.is_ascii_graphic() && !matches!(byte, b'%' | b';' | b'=') {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
         }
     }
 }

@@ -281,12 +281,18 @@ fn handler_with(nats: std::net::SocketAddr, keys: &str) -> String {
     )
 }
 
-/// Waits (bounded) until the handler says it is connected.
+/// Waits (bounded) until the handler of `frames` says it is connected.
 async fn connected(server: &Admin) {
+    connected_as(server, "frames").await;
+}
+
+/// Waits (bounded) until the handler of the listener `name` says it is connected.
+async fn connected_as(server: &Admin, name: &str) {
+    let line = format!("netkit_nats_connected{{listener=\"{name}\",mode=\"crc-tcp\"}} 1");
     within(STEP, async {
         loop {
             let (_, metrics) = server.get("/metrics").await;
-            if metrics.contains("netkit_nats_connected{listener=\"frames\",mode=\"crc-tcp\"} 1") {
+            if metrics.contains(&line) {
                 break;
             }
             tokio::task::yield_now().await;
@@ -460,6 +466,49 @@ async fn split_headers_carry_each_fact_in_a_header_of_its_own() {
     nats.reply(&first.reply, "{\"stream\":\"FRAMES\",\"seq\":1}")
         .await;
     assert_eq!(read_acks(&mut stream, 1).await, [ack(AckStatus::Ok, 10)]);
+    server.stop().await;
+}
+
+/// A listener name with every character the pairs reserve, and the client's address, read
+/// back from the published `Netkit-Source` by the reader `client consume` uses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_listener_name_reads_back_from_the_source_header() {
+    let mut nats = fake::FakeNats::start().await;
+    let name = "in;gest=%\u{e9}";
+    let config = format!(
+        "[[listener]]\nname = \"{name}\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n\
+         handler = {{ type = \"nats\", servers = [\"nats://{}\"], stream = \"FRAMES\" }}\n",
+        nats.addr
+    );
+    let server = Admin::start(&config).await;
+    connected_as(&server, name).await;
+    let mut stream = send(server.addr(name), &frame(b"first")).await;
+    let first = within(STEP, nats.published.recv())
+        .await
+        .expect("a publish");
+    let source = first
+        .headers
+        .split("\r\n")
+        .find_map(|line| line.strip_prefix("Netkit-Source: "))
+        .unwrap_or_else(|| panic!("no Netkit-Source in {:?}", first.headers));
+    assert!(source.bytes().all(|b| b.is_ascii_graphic()), "{source}");
+    assert_eq!(
+        proto::pairs::find_pair(source, "listener").as_deref(),
+        Some(name)
+    );
+    let client = stream.local_addr().unwrap().to_string();
+    assert_eq!(
+        proto::pairs::find_pair(source, "client").as_deref(),
+        Some(client.as_str())
+    );
+    nats.reply(&first.reply, "{\"stream\":\"FRAMES\",\"seq\":1}")
+        .await;
+    let mut ack = [0u8; ACK_FRAME_LEN];
+    within(STEP, stream.read_exact(&mut ack)).await.unwrap();
+    let Ok(Decoded::Done(ack, _)) = decode_ack(&ack) else {
+        panic!("bad ack")
+    };
+    assert_eq!(ack.status, AckStatus::Ok);
     server.stop().await;
 }
 

@@ -1,15 +1,17 @@
-//! The values of the compact NATS headers (`Netkit-Frame`, `Netkit-Source`):
-//! `key=value` pairs separated by `;`, with no spaces, for example
-//! `v=2;crc=4;seq=10;received=2026-12-01T13:34:35.968589123Z`.
+//! The values of the `nats` handler's compact headers (`Netkit-Frame`,
+//! `Netkit-Source`): `key=value` pairs separated by `;`, with no spaces, for
+//! example `v=2;crc=4;seq=10;received=2026-12-01T13:34:35.968589123Z`.
 //!
 //! In a value, every byte that is not printable ASCII (`!`..=`~`), and every
-//! `%`, `;` and `=`, is written `%XX`: two hex digits of the byte (the server
-//! writes them uppercase; lowercase is read too), UTF-8 bytes one by one.
+//! `%`, `;` and `=`, is written `%XX`: two hex digits of the byte (uppercase
+//! from [`escape_value`]; lowercase is read too), UTF-8 bytes one by one.
 //! Readers do not rely on the order of the pairs and ignore keys they do not
 //! know.
 //!
-//! Pure, and it never panics: a pair that breaks the grammar is read as
-//! absent, and only that pair (see [`find_pair`]).
+//! The writer ([`escape_value`], the server's) and the reader ([`find_pair`],
+//! `client consume`'s) live together so that one property test covers both.
+//! Pure, and neither panics: a pair that breaks the grammar is read as
+//! absent, and only that pair.
 
 use std::borrow::Cow;
 
@@ -29,7 +31,7 @@ use std::borrow::Cow;
 /// A malformed pair with another key does not matter. An empty value
 /// (`key=`) is `Some("")`. The value is borrowed from `header` unless it
 /// had an escape.
-pub(crate) fn find_pair<'a>(header: &'a str, key: &str) -> Option<Cow<'a, str>> {
+pub fn find_pair<'a>(header: &'a str, key: &str) -> Option<Cow<'a, str>> {
     let mut found = None;
     for pair in header.split(';') {
         let Some((name, value)) = pair.split_once('=') else {
@@ -44,6 +46,26 @@ pub(crate) fn find_pair<'a>(header: &'a str, key: &str) -> Option<Cow<'a, str>> 
         found = Some(decode_value(value));
     }
     found.flatten()
+}
+
+/// Appends `text` as the value of a pair: every byte that is not printable
+/// ASCII, and `%`, `;` and `=`, as `%XX` (uppercase hex), so that no text can
+/// break the pairs (or the header's line) apart. [`find_pair`] gives `text`
+/// back.
+pub fn escape_value(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &byte in text.as_bytes() {
+        if is_plain(byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push('%');
+            for nibble in [byte >> 4, byte & 0x0f] {
+                out.push(char::from(
+                    HEX.get(usize::from(nibble)).copied().unwrap_or(b'0'),
+                ));
+            }
+        }
+    }
 }
 
 /// One value, percent-decoded; `None` when it breaks the grammar or is not
@@ -88,18 +110,19 @@ mod tests {
 
     use super::*;
 
-    /// The writer's side, as the server's `nats` handler does it.
+    /// The writer's value of `value`.
     fn encode_value(value: &[u8]) -> String {
-        value
-            .iter()
-            .map(|&byte| {
-                if is_plain(byte) {
-                    char::from(byte).to_string()
-                } else {
-                    format!("%{byte:02X}")
-                }
-            })
-            .collect()
+        let mut out = String::new();
+        escape_value(&mut out, &String::from_utf8_lossy(value));
+        out
+    }
+
+    #[test]
+    fn escapes_what_the_grammar_reserves_in_uppercase() {
+        let escaped = encode_value("in;gest=1% é\r\n[fe80::1%2]:9".as_bytes());
+        assert_eq!(escaped, "in%3Bgest%3D1%25%20%C3%A9%0D%0A[fe80::1%252]:9");
+        assert!(escaped.bytes().all(|b| b.is_ascii_graphic()));
+        assert_eq!(encode_value(b"plain-127.0.0.1:9"), "plain-127.0.0.1:9");
     }
 
     #[test]
