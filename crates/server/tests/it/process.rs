@@ -22,6 +22,19 @@ fn start(config: &str) -> (ChildGuard, SocketAddr, mpsc::Receiver<String>) {
     (guard, addr, rx)
 }
 
+/// The server binary, under `ulimit LIMIT` (e.g. `-n 256`) when given.
+fn server_under(limit: Option<&str>) -> Command {
+    match limit {
+        Some(limit) => {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &format!("ulimit {limit} && exec \"$0\" \"$@\"")]);
+            sh.arg(env!("CARGO_BIN_EXE_server"));
+            sh
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_server")),
+    }
+}
+
 /// As [`start`], under an open-file limit of `open_files` (soft and hard) if given.
 fn start_with_open_files(
     config: &str,
@@ -30,16 +43,8 @@ fn start_with_open_files(
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.toml");
     std::fs::write(&path, config).unwrap();
-    let mut command = match open_files {
-        Some(limit) => {
-            let mut sh = Command::new("sh");
-            sh.args(["-c", &format!("ulimit -n {limit} && exec \"$0\" \"$@\"")]);
-            sh.arg(env!("CARGO_BIN_EXE_server"));
-            sh
-        }
-        None => Command::new(env!("CARGO_BIN_EXE_server")),
-    };
-    let child = command
+    let limit = open_files.map(|limit| format!("-n {limit}"));
+    let child = server_under(limit.as_deref())
         .args(["--log-format", "json", "--log-level", "debug", "--config"])
         .arg(&path)
         .stderr(Stdio::piped())
@@ -401,9 +406,7 @@ fn workers_that_cannot_start_fail_the_start_cleanly() {
     )
     .unwrap();
     // 1 GiB of address space: the process starts, 1024 stacks of 2 MiB do not fit.
-    let child = Command::new("sh")
-        .args(["-c", "ulimit -v 1048576 && exec \"$0\" \"$@\""])
-        .arg(env!("CARGO_BIN_EXE_server"))
+    let child = server_under(Some("-v 1048576"))
         .args(["--config"])
         .arg(&path)
         .stderr(Stdio::piped())
