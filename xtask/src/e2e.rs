@@ -75,6 +75,10 @@ pub(crate) const USER: &str = "alice";
 /// Her password.
 pub(crate) const PASSWORD: &str = "wonder-land";
 /// The server's drain timeout.
+/// The length of the test site's `/small` body.
+pub(crate) const SMALL_LEN: u64 = 64 * 1024;
+/// The bound of one curl transfer of a scenario (`--max-time`).
+pub(crate) const CURL_TIMEOUT: Duration = Duration::from_secs(15);
 pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The size of `/big` on the local HTTP server.
 const BIG_LEN: u64 = 100 * 1024 * 1024;
@@ -340,7 +344,7 @@ fn start(bins: Binaries) -> anyhow::Result<Ctx> {
     );
     let http = HttpServer::start(Site {
         page: page(&nonce),
-        small_len: 64 * 1024,
+        small_len: SMALL_LEN,
         big_len: BIG_LEN,
         small: Pattern::new(SMALL_SEED),
         big: Pattern::new(BIG_SEED),

@@ -29,6 +29,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use super::{Ctx, arg, proxy::fetch};
+use crate::e2e::{CURL_TIMEOUT, SMALL_LEN};
 use crate::{
     harness::{Server, ServerSpec, message},
     peers::{Pattern, SMALL_SEED},
@@ -51,10 +52,6 @@ const CHAIN_PASSWORD_ESCAPED: &str = "ch%40in%3Apass";
 const BAD_PASSWORD: &str = "not-the-password-7f3a";
 /// A's `outbound_bind`: the client B sees.
 const A_SOURCE: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-/// The length of `/small`.
-const SMALL_LEN: u64 = 64 * 1024;
-/// Each curl run.
-const CURL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Each wait for a log event.
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -31,6 +31,7 @@ use anyhow::{Context, bail};
 use socket2::{Domain, Socket, Type};
 
 use super::{Ctx, arg, page, proxy::fetch};
+use crate::e2e::SMALL_LEN;
 use crate::{
     harness::{Server, ServerSpec, message},
     peers::{BIG_SEED, HttpServer, Pattern, SMALL_SEED, Site},
@@ -47,8 +48,6 @@ const DELAY: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much longer than the delay the connect may take (a loaded machine).
 const MARGIN: Duration = Duration::from_secs(2);
-/// The length of `/small`.
-const SMALL_LEN: u64 = 64 * 1024;
 /// Each wait for a log event.
 const WAIT: Duration = Duration::from_secs(10);
 

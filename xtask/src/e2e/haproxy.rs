@@ -37,6 +37,7 @@ use serde_json::Value;
 use socket2::{Domain, Socket, Type};
 
 use super::{Ctx, arg, proxy::fetch};
+use crate::e2e::{CURL_TIMEOUT, SMALL_LEN};
 use crate::{
     harness::{Server, ServerSpec, message, toml_path},
     peers::{Pattern, SMALL_SEED},
@@ -49,16 +50,12 @@ const LISTENER: &str = "socks";
 const DENIED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 3);
 /// A client outside `proxy_protocol_from`.
 const UNTRUSTED: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-/// The length of `/small`.
-const SMALL_LEN: u64 = 64 * 1024;
 /// Requests from 127.0.0.1 while both instances run.
 const BALANCED: usize = 6;
 /// Requests in a row that must succeed once an instance is marked down.
 const AFTER_DOWN: usize = 10;
 /// The most requests sent while waiting for HAProxy to mark it down.
 const MAX_GAP_REQUESTS: usize = 40;
-/// Each curl run.
-const CURL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Each wait for HAProxy's view of its servers, and for log events.
 const WAIT: Duration = Duration::from_secs(15);
 /// Each instance's access log, in its directory.

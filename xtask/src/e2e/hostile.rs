@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use proto::{Decoded, decode_ack};
 
 use super::{Ctx, LOG, PROXY, PROXY_AUTH, arg, proxy::fetch};
+use crate::e2e::SMALL_LEN;
 use crate::{
     harness::message,
     peers::{Pattern, SMALL_SEED},
@@ -142,7 +143,7 @@ pub(crate) fn hostile_peers(ctx: &mut Ctx) -> anyhow::Result<String> {
             sent.stderr_tail()
         ));
     }
-    match fetched.and_then(|(checked, _)| checked.expect(64 * 1024, "curl during the attack")) {
+    match fetched.and_then(|(checked, _)| checked.expect(SMALL_LEN, "curl during the attack")) {
         Ok(()) => {}
         Err(error) => failures.push(format!("{error:#}")),
     }

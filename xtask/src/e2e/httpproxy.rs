@@ -27,6 +27,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use super::{Ctx, PASSWORD, USER, arg, marker, proxy};
+use crate::e2e::{CURL_TIMEOUT, SMALL_LEN};
 use crate::{
     harness::{Server, ServerSpec, message},
     peers::{Pattern, SMALL_SEED, Verifier, echo_server},
@@ -37,10 +38,6 @@ use crate::{
 const HTTP: &str = "http";
 /// The listener with one.
 const HTTP_AUTH: &str = "http-auth";
-/// The length of `/small` (and of the TLS server's file).
-const SMALL_LEN: u64 = 64 * 1024;
-/// Each curl run.
-const CURL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Each wait for a log event or a peer.
 const WAIT: Duration = Duration::from_secs(10);
 /// The pattern ncat sends.

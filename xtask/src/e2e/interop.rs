@@ -10,6 +10,7 @@ use std::{
 use anyhow::{Context, bail};
 
 use super::{Ctx, PASSWORD, PROXY, PROXY_AUTH, USER, arg, in_root, proxy, require_python_module};
+use crate::e2e::SMALL_LEN;
 use crate::{
     harness::{Server, ServerSpec, message},
     peers::{Pattern, SMALL_SEED, echo_server},
@@ -31,8 +32,6 @@ auth = "password"
 users = [{ username = "curl-user", password = "p4ss:word" }]
 handshake_timeout = "1s"
 "#;
-/// The length of `/small` on the local HTTP server.
-const SMALL_LEN: u64 = 64 * 1024;
 
 /// Scenario: curl logs in with `--proxy-user user:pa:ss` and fetches a page
 /// (the server's `session` event names the user); with a wrong password

@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use super::{Ctx, PASSWORD, PROXY, PROXY_AUTH, USER, arg, in_root, marker, require_python_module};
+use crate::e2e::SMALL_LEN;
 use crate::{
     peers::{BIG_SEED, Checked, CheckingSink, Pattern, SMALL_SEED, UdpEcho, Verifier},
     process::{Proc, Stdout, require},
@@ -95,7 +96,7 @@ pub(crate) fn curl(ctx: &mut Ctx) -> anyhow::Result<String> {
     let mut report = Vec::new();
     for (name, proxy_args, host, user) in cases {
         for (path, seed, len) in [
-            ("small", SMALL_SEED, 64 * 1024),
+            ("small", SMALL_SEED, SMALL_LEN),
             ("big", BIG_SEED, ctx.big_len()),
         ] {
             let mark = ctx.server.events().mark();

@@ -28,6 +28,7 @@ use super::{
     prometheus::{get, value},
     proxy::fetch,
 };
+use crate::e2e::SMALL_LEN;
 use crate::{
     harness::{Server, ServerSpec, message, toml_path},
     peers::{BIG_SEED, HttpServer, Pattern, SMALL_SEED, Site},
@@ -111,7 +112,7 @@ pub(crate) fn reload(ctx: &mut super::Ctx) -> anyhow::Result<String> {
     )?;
     let http = HttpServer::start(Site {
         page: String::new(),
-        small_len: 64 * 1024,
+        small_len: SMALL_LEN,
         big_len: DOWNLOAD_LEN,
         small: Pattern::new(SMALL_SEED),
         big: Pattern::new(BIG_SEED),
@@ -196,7 +197,7 @@ impl Run {
             WAIT,
         )
         .context("localhost before the rule")?;
-        before.expect(64 * 1024, "/small by the name localhost")?;
+        before.expect(SMALL_LEN, "/small by the name localhost")?;
         let (frames, proxy) = (self.server.addr("frames"), self.server.addr("proxy"));
         // The download, through the proxy as alice with the first password.
         let download = {

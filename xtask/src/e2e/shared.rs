@@ -27,6 +27,7 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use super::{Ctx, PASSWORD, USER, arg, proxy::fetch};
+use crate::e2e::{CURL_TIMEOUT, SMALL_LEN};
 use crate::{
     harness::{Server, ServerSpec, message},
     peers::{Pattern, SMALL_SEED},
@@ -39,10 +40,6 @@ const SHARED: &str = "shared";
 const SHARED_AUTH: &str = "shared-auth";
 /// The client in `shared-auth`'s `no_auth_networks`.
 const EXEMPT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-/// The length of `/small`.
-const SMALL_LEN: u64 = 64 * 1024;
-/// Each curl run.
-const CURL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Each wait for a log event.
 const WAIT: Duration = Duration::from_secs(10);
 
