@@ -12,7 +12,9 @@
 //!    exactly them (read back with `async-nats`, logged in). With a wrong
 //!    password the collector still starts, but logs (`warn` or `error`) a
 //!    line naming the authorization failure, `/readyz` answers 503 `nats: not
-//!    connected`, frames get status 5, and nothing more is stored.
+//!    connected`, frames get status 5, and nothing more is stored. The same
+//!    without a login, and with the right one but `tls_required = true` (the
+//!    server offers no TLS).
 //! 2. `authorization { token }`: the same with the right and a wrong token.
 //! 3. `tls { cert_file, key_file }`, a certificate for the IP 127.0.0.1
 //!    signed by a CA made here: a collector with `tls://`, `tls_ca_file` (that
@@ -89,6 +91,8 @@ handler = { type = "nats", servers = ["{URL}"], subject = "e2e.auth.{listener}",
 struct Access {
     /// `tls://` rather than `nats://`.
     tls: bool,
+    /// `tls_required = true`.
+    required: bool,
     user: Option<(&'static str, &'static str)>,
     token: Option<&'static str>,
     ca: Option<PathBuf>,
@@ -120,14 +124,14 @@ impl Access {
                 toml_path(key)
             );
         }
-        if self.tls {
+        if self.required {
             keys += ", tls_required = true";
         }
         keys
     }
 
     fn options(&self) -> ConnectOptions {
-        let mut options = ConnectOptions::new().require_tls(self.tls);
+        let mut options = ConnectOptions::new().require_tls(self.required);
         if let Some((user, password)) = self.user {
             options = options.user_and_password(user.to_owned(), password.to_owned());
         }
@@ -169,6 +173,8 @@ pub(crate) fn nats_auth(ctx: &mut Ctx) -> anyhow::Result<String> {
     let ctx = &*ctx;
     let mut done = Vec::new();
 
+    let pki = Pki::make(&openssl, &dir.join("pki"))?;
+
     // 1. user and password.
     let right = Access {
         user: Some((USER, PASSWORD)),
@@ -191,6 +197,13 @@ pub(crate) fn nats_auth(ctx: &mut Ctx) -> anyhow::Result<String> {
     done.push(part.refused("wrong-password", &wrong, &["authorization"])?);
     let no_login = Access::default();
     done.push(part.refused("no-password", &no_login, &["authorization"])?);
+    // `tls_required` with a server that offers no TLS (a `nats://` URL): refused.
+    let tls_required = Access {
+        required: true,
+        ca: Some(pki.ca.clone()),
+        ..part.right.clone()
+    };
+    done.push(part.refused("tls-required", &tls_required, &["tls"])?);
     drop(part);
 
     // 2. token.
@@ -216,9 +229,9 @@ pub(crate) fn nats_auth(ctx: &mut Ctx) -> anyhow::Result<String> {
     drop(part);
 
     // 3. TLS, the server's certificate checked.
-    let pki = Pki::make(&openssl, &dir.join("pki"))?;
     let right = Access {
         tls: true,
+        required: true,
         ca: Some(pki.ca.clone()),
         ..Access::default()
     };
@@ -238,6 +251,7 @@ pub(crate) fn nats_auth(ctx: &mut Ctx) -> anyhow::Result<String> {
     part.accepted("tls")?;
     let wrong = Access {
         tls: true,
+        required: true,
         ca: Some(pki.other_ca.clone()),
         ..Access::default()
     };
@@ -247,6 +261,7 @@ pub(crate) fn nats_auth(ctx: &mut Ctx) -> anyhow::Result<String> {
     // 4. TLS with a client certificate required.
     let right = Access {
         tls: true,
+        required: true,
         ca: Some(pki.ca.clone()),
         cert: Some(pki.client.clone()),
         ..Access::default()
@@ -268,6 +283,7 @@ pub(crate) fn nats_auth(ctx: &mut Ctx) -> anyhow::Result<String> {
     part.accepted("mtls")?;
     let wrong = Access {
         tls: true,
+        required: true,
         ca: Some(pki.ca.clone()),
         ..Access::default()
     };
