@@ -29,7 +29,8 @@
 //! naming what the log said instead. Today (async-nats 0.51) a TLS failure
 //! logs only `event: client error: nats: IO error` at `info` per attempt (the
 //! cause, `invalid peer certificate: UnknownIssuer`, is at `debug` in
-//! `async_nats::connector`), so parts 3 and 4 fail that check.
+//! `async_nats::connector`), so `tls-required` (part 1) and parts 3 and 4
+//! fail that check.
 //!
 //! `creds_file` is not covered: it needs an operator and account JWT setup
 //! (`nsc`, not packaged in Debian).
@@ -681,4 +682,46 @@ fn run_openssl(openssl: &Path, args: &[&str]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_failure_is_named_only_by_a_warn_or_error_line_with_the_word() {
+        let words = &["tls", "certificate"];
+        let error = json!({"level": "ERROR", "message": "nats: cannot connect", "error": "invalid peer Certificate"});
+        assert!(names_failure(&error, words));
+        let warn = json!({"level": "WARN", "message": "nats: TLS handshake failed"});
+        assert!(names_failure(&warn, words));
+        let info = json!({"level": "INFO", "message": "nats: TLS handshake failed"});
+        assert!(!names_failure(&info, words));
+        let other = json!({"level": "ERROR", "message": "event: client error: nats: IO error"});
+        assert!(!names_failure(&other, words));
+    }
+
+    #[test]
+    fn the_summary_counts_a_repeated_line_once() {
+        let line = json!({"level": "INFO", "message": "event: client error: nats: IO error"});
+        let events = [
+            json!({"level": "INFO", "message": "listening"}),
+            line.clone(),
+            line.clone(),
+            json!({"level": "WARN", "message": "x", "error": "y"}),
+        ];
+        assert_eq!(
+            summary(&events),
+            r#""INFO event: client error: nats: IO error" x2, "WARN x error=\"y\"""#
+        );
+        assert_eq!(summary(&events[..1]), "nothing");
+    }
+
+    #[test]
+    fn session_ids_differ_per_label() {
+        assert_eq!(&stream_id("password"), b"e2e-auth-passwor");
+        assert_ne!(stream_id("wrong-password"), stream_id("wrong-token"));
+    }
 }
