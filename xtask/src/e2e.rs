@@ -39,6 +39,7 @@ mod httpproxy;
 mod interop;
 mod jetstream;
 pub(crate) mod nats;
+mod nats_auth;
 mod prometheus;
 mod proxy;
 mod reload;
@@ -218,6 +219,7 @@ const SCENARIOS: &[(&str, ScenarioFn)] = &[
     ("collectors-file-sink", jetstream::file_sink_limit),
     ("reload", reload::reload),
     ("nats", nats::nats),
+    ("nats-auth", nats_auth::nats_auth),
     ("graceful-shutdown", shutdown::graceful_shutdown),
 ];
 

@@ -51,7 +51,7 @@ const FRAME: &str = "Netkit-Frame";
 /// The compact header about its source (`client=..;listener=..;conn=..;stream=..`).
 const SOURCE: &str = "Netkit-Source";
 /// Each wait for a state change (a server up, readiness, a log line).
-const WAIT: Duration = Duration::from_secs(20);
+pub(super) const WAIT: Duration = Duration::from_secs(20);
 
 const CONFIG: &str = r#"[server]
 drain_timeout = "2s"
@@ -110,7 +110,22 @@ impl NatsServer {
     /// Starts `binary` with JetStream on `addr` and the store in `store`, and
     /// waits until it accepts connections.
     pub(crate) fn start(binary: &Path, addr: SocketAddr, store: &Path) -> anyhow::Result<Self> {
+        Self::start_with(binary, addr, store, None)
+    }
+
+    /// [`NatsServer::start`], and with `config` (`-c`) when given: a config
+    /// file for what has no command-line flag (`authorization`, `tls`); the
+    /// flags (JetStream, address, port, store) take precedence over it.
+    pub(crate) fn start_with(
+        binary: &Path,
+        addr: SocketAddr,
+        store: &Path,
+        config: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(binary);
+        if let Some(config) = config {
+            cmd.arg("-c").arg(config);
+        }
         cmd.args([
             "-js",
             "-a",
@@ -389,7 +404,7 @@ fn pairs(value: &str) -> anyhow::Result<BTreeMap<String, String>> {
 }
 
 /// Waits until `/readyz` answers `status`.
-fn wait_ready(admin: SocketAddr, status: u16) -> anyhow::Result<()> {
+pub(super) fn wait_ready(admin: SocketAddr, status: u16) -> anyhow::Result<()> {
     let mut last = (0, String::new());
     let reached = testkit::wait_until(WAIT, || {
         last = get(admin, "/readyz").unwrap_or((0, String::new()));
@@ -406,7 +421,7 @@ fn wait_ready(admin: SocketAddr, status: u16) -> anyhow::Result<()> {
 }
 
 /// Opens a connection, sends a session frame and `payloads`, reads their acks.
-fn session(
+pub(super) fn session(
     addr: SocketAddr,
     stream_id: [u8; 16],
     first_seq: u64,
@@ -439,7 +454,7 @@ fn session(
     Ok(acks)
 }
 
-fn expect_ok(acks: &[Ack], seqs: std::ops::Range<u64>) -> anyhow::Result<()> {
+pub(super) fn expect_ok(acks: &[Ack], seqs: std::ops::Range<u64>) -> anyhow::Result<()> {
     let expected: Vec<Ack> = seqs
         .map(|seq| Ack {
             status: AckStatus::Ok,
