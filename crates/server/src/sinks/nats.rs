@@ -885,8 +885,9 @@ impl NatsSink {
             .event_callback({
                 let (stats, wake, listener) =
                     (Arc::clone(&stats), Arc::clone(&wake), listener.to_owned());
+                let failures = Arc::new(ConnectLog::new(config));
                 move |event| {
-                    on_event(&event, &stats, &wake, &listener);
+                    on_event(&event, &stats, &wake, &listener, &failures);
                     std::future::ready(())
                 }
             });
@@ -984,10 +985,30 @@ fn readable(key: &'static str, path: &std::path::Path) -> anyhow::Result<()> {
 
 /// The client's events: the connection state for readiness and metrics, and
 /// one log line per change.
-fn on_event(event: &Event, stats: &ListenerStats, wake: &Notify, listener: &str) {
+fn on_event(
+    event: &Event,
+    stats: &ListenerStats,
+    wake: &Notify,
+    listener: &str,
+    failures: &ConnectLog,
+) {
     let nats = &stats.nats;
     match event {
+        Event::ClientError(_) | Event::ServerError(_) => {
+            let error = event.to_string();
+            if let Some(repeated) = failures.note(&error, Instant::now()) {
+                warn!(
+                    listener,
+                    servers = %failures.servers,
+                    error,
+                    repeated,
+                    hint = connect_hint(&error, failures.tls),
+                    "nats: cannot connect or was refused; frames get status 5 until it connects"
+                );
+            }
+        }
         Event::Connected => {
+            failures.reset();
             let reconnect = nats.disconnects.load(Relaxed) > 0;
             nats.connected.store(true, Relaxed);
             if reconnect {
@@ -1074,6 +1095,78 @@ async fn supervise(
             }
             delay = (delay * 2).min(Duration::from_secs(5));
         }
+    }
+}
+
+/// The warnings about failed connection attempts: one at the first failure and at each
+/// change of the error, else one per [`ConnectLog::EVERY`] with the count since (the client
+/// retries every 2 s at most), until it connects again.
+#[derive(Debug)]
+struct ConnectLog {
+    /// `handler.servers`, for the line.
+    servers: String,
+    /// Whether TLS is on (a `tls://` server, `tls_required`, a CA or client certificate).
+    tls: bool,
+    /// The error last logged, when, and the attempts not logged since.
+    state: std::sync::Mutex<Option<(String, Instant, u64)>>,
+}
+
+impl ConnectLog {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    fn new(config: &NatsConfig) -> Self {
+        Self {
+            servers: config.servers.join(","),
+            tls: config.tls_required
+                || config.tls_ca_file.is_some()
+                || config.tls_cert_file.is_some()
+                || config.servers.iter().any(|s| s.starts_with("tls://")),
+            state: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Notes a failure; `Some(attempts not logged before it)` when a line is due.
+    fn note(&self, error: &str, now: Instant) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &mut *state {
+            Some((last, at, unlogged))
+                if last == error && now.saturating_duration_since(*at) < Self::EVERY =>
+            {
+                *unlogged += 1;
+                None
+            }
+            slot => {
+                let unlogged = slot.as_ref().map_or(0, |(_, _, unlogged)| *unlogged);
+                *slot = Some((error.to_owned(), now, 0));
+                Some(unlogged)
+            }
+        }
+    }
+
+    /// Connected: the next failure is logged at once.
+    fn reset(&self) {
+        *self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
+/// What to check for a failed connection attempt: async-nats reports a failed TLS
+/// handshake only as "IO error" (its cause is in its own debug line).
+fn connect_hint(error: &str, tls: bool) -> &'static str {
+    let error = error.to_ascii_lowercase();
+    if error.contains("authorization") || error.contains("authentication") {
+        "the server refused the login: check handler.user and handler.password, handler.token or handler.creds_file"
+    } else if error.contains("tls") {
+        "check TLS on both sides: handler.tls_required, the servers' URLs (tls://) and nats-server's tls block"
+    } else if tls && error.contains("io error") {
+        "with TLS on, a failed TLS handshake (a server certificate that no CA in handler.tls_ca_file signed, a client certificate the server refused) shows only as an IO error; --log-level info,async_nats=debug logs its cause"
+    } else {
+        "is nats-server running and reachable at handler.servers? --log-level info,async_nats=debug logs each attempt"
     }
 }
 
@@ -1374,5 +1467,45 @@ mod tests {
                 "{source:?}"
             );
         }
+    }
+
+    fn config_of(text: &str) -> NatsConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_failed_connection_is_logged_at_once_at_each_change_and_every_30_s() {
+        let log = ConnectLog::new(&config_of("servers = [\"nats://127.0.0.1:4222\"]"));
+        let start = Instant::now();
+        let io = "client error: nats: IO error";
+        assert_eq!(log.note(io, start), Some(0));
+        assert_eq!(log.note(io, start + Duration::from_secs(2)), None);
+        assert_eq!(log.note(io, start + Duration::from_secs(4)), None);
+        // Another error: at once, with the attempts not logged before it.
+        let refused = "server error: authorization violation";
+        assert_eq!(log.note(refused, start + Duration::from_secs(5)), Some(2));
+        assert_eq!(log.note(refused, start + Duration::from_secs(6)), None);
+        assert_eq!(log.note(refused, start + Duration::from_secs(35)), Some(1));
+        // Connected: the next failure is news again.
+        log.reset();
+        assert_eq!(log.note(refused, start + Duration::from_secs(36)), Some(0));
+    }
+
+    #[test]
+    fn the_hint_says_where_to_look() {
+        let plain = ConnectLog::new(&config_of("servers = [\"nats://127.0.0.1:4222\"]"));
+        assert!(!plain.tls);
+        assert_eq!(plain.servers, "nats://127.0.0.1:4222");
+        for tls in [
+            "servers = [\"tls://127.0.0.1:4222\"]",
+            "servers = [\"nats://a:1\"]\ntls_required = true",
+            "servers = [\"nats://a:1\"]\ntls_ca_file = \"/ca.pem\"",
+        ] {
+            assert!(ConnectLog::new(&config_of(tls)).tls, "{tls}");
+        }
+        assert!(connect_hint("server error: authorization violation", false).contains("login"));
+        assert!(connect_hint("client error: nats: IO error", true).contains("tls_ca_file"));
+        assert!(connect_hint("client error: nats: IO error", false).contains("reachable"));
+        assert!(connect_hint("client error: TLS error", false).contains("TLS"));
     }
 }
