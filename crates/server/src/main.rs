@@ -9,7 +9,9 @@ use clap::{Parser, ValueEnum};
 use server::{Config, ConfigSource, MODES, config::DEFAULT_CONFIG};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{
+    EnvFilter, Layer, Registry, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 /// Network toolkit server: listeners from a TOML file, each in a mode.
 #[derive(Debug, Parser)]
@@ -145,18 +147,24 @@ fn init_logging(level: Option<&str>, format: LogFormat) -> anyhow::Result<()> {
     // log shippers and fail2ban can match (tracing-subscriber colours by default).
     let ansi = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let output = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder
+    let output: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Human => output.boxed(),
+        LogFormat::Json => output
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false)
-            .init(),
-    }
+            .boxed(),
+    };
+    // The second layer sees async-nats's debug lines about failed connection attempts
+    // whatever the level, so that the nats handler's warning can name their cause.
+    tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(server::sinks::nats::connect_causes())
+        .try_init()
+        .context("cannot install the logger")?;
     Ok(())
 }

@@ -26,11 +26,13 @@
 //!
 //! The log check runs last in each refused case, and a missing line fails
 //! the scenario only after every part ran (`DEFECT (the handler's log)`),
-//! naming what the log said instead. Today (async-nats 0.51) a TLS failure
-//! logs only `event: client error: nats: IO error` at `info` per attempt (the
-//! cause, `invalid peer certificate: UnknownIssuer`, is at `debug` in
-//! `async_nats::connector`), so `tls-required` (part 1) and parts 3 and 4
-//! fail that check.
+//! naming what the log said instead. A refused login must be named
+//! (`authorization`), and a failed TLS handshake by its cause, which
+//! async-nats's error event leaves out ("IO error") and the handler's
+//! warning carries from async-nats's debug line: `InvalidContentType`
+//! (`tls_required` against a server without TLS), `UnknownIssuer` (another
+//! CA), `BadCertificate` (no client certificate). Before the handler logged
+//! that warning, `tls-required` and parts 3 and 4 failed this check.
 //!
 //! `creds_file` is not covered: it needs an operator and account JWT setup
 //! (`nsc`, not packaged in Debian).
@@ -204,7 +206,7 @@ pub(crate) fn nats_auth(ctx: &mut Ctx) -> anyhow::Result<String> {
         ca: Some(pki.ca.clone()),
         ..part.right.clone()
     };
-    done.push(part.refused("tls-required", &tls_required, &["tls"])?);
+    done.push(part.refused("tls-required", &tls_required, &["InvalidContentType"])?);
     drop(part);
 
     // 2. token.
@@ -256,7 +258,7 @@ pub(crate) fn nats_auth(ctx: &mut Ctx) -> anyhow::Result<String> {
         ca: Some(pki.other_ca.clone()),
         ..Access::default()
     };
-    done.push(part.refused("other-ca", &wrong, &["tls", "certificate"])?);
+    done.push(part.refused("other-ca", &wrong, &["UnknownIssuer"])?);
     drop(part);
 
     // 4. TLS with a client certificate required.
@@ -288,7 +290,7 @@ pub(crate) fn nats_auth(ctx: &mut Ctx) -> anyhow::Result<String> {
         ca: Some(pki.ca.clone()),
         ..Access::default()
     };
-    done.push(part.refused("no-client-cert", &wrong, &["tls", "certificate"])?);
+    done.push(part.refused("no-client-cert", &wrong, &["BadCertificate"])?);
     drop(part);
 
     let (named, defects): (Vec<_>, Vec<_>) = done.into_iter().partition(Result::is_ok);

@@ -996,11 +996,14 @@ fn on_event(
     match event {
         Event::ClientError(_) | Event::ServerError(_) => {
             let error = event.to_string();
-            if let Some(repeated) = failures.note(&error, Instant::now()) {
+            let cause = connect_cause(&failures.addrs);
+            let seen = format!("{error} ({})", cause.as_deref().unwrap_or_default());
+            if let Some(repeated) = failures.note(&seen, Instant::now()) {
                 warn!(
                     listener,
                     servers = %failures.servers,
                     error,
+                    cause = cause.as_deref().unwrap_or("(not logged by async-nats)"),
                     repeated,
                     hint = connect_hint(&error, failures.tls),
                     "nats: cannot connect or was refused; frames get status 5 until it connects"
@@ -1105,6 +1108,8 @@ async fn supervise(
 struct ConnectLog {
     /// `handler.servers`, for the line.
     servers: String,
+    /// Their hosts and ports, to find the cause async-nats logged.
+    addrs: Vec<(String, u16)>,
     /// Whether TLS is on (a `tls://` server, `tls_required`, a CA or client certificate).
     tls: bool,
     /// The error last logged, when, and the attempts not logged since.
@@ -1117,6 +1122,12 @@ impl ConnectLog {
     fn new(config: &NatsConfig) -> Self {
         Self {
             servers: config.servers.join(","),
+            addrs: config
+                .servers
+                .iter()
+                .filter_map(|server| ServerAddr::from_str(server).ok())
+                .map(|addr| (addr.host().to_owned(), addr.port()))
+                .collect(),
             tls: config.tls_required
                 || config.tls_ca_file.is_some()
                 || config.tls_cert_file.is_some()
@@ -1155,8 +1166,89 @@ impl ConnectLog {
     }
 }
 
-/// What to check for a failed connection attempt: async-nats reports a failed TLS
-/// handshake only as "IO error" (its cause is in its own debug line).
+/// The causes async-nats logged (at `debug`) for its last failed connection attempts, newest
+/// last: the server's address as it writes it (`Debug`) and the error with its source, which
+/// its `ClientError` event leaves out ("IO error" for a refused certificate).
+static CONNECT_CAUSES: std::sync::Mutex<VecDeque<(String, String)>> =
+    std::sync::Mutex::new(VecDeque::new());
+
+/// Causes kept: the newest of a few servers' attempts.
+const CONNECT_CAUSES_KEPT: usize = 16;
+
+/// A `tracing` layer for the binary's subscriber: keeps the cause of each connection attempt
+/// async-nats logs as failed (target `async_nats::connector`, "connection attempt failed",
+/// fields `server` and `error`), whatever the log level, for [`ConnectLog`]'s warning.
+pub fn connect_causes<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer as _;
+    ConnectCauses.with_filter(
+        tracing_subscriber::filter::Targets::new()
+            .with_target("async_nats::connector", tracing::Level::DEBUG),
+    )
+}
+
+struct ConnectCauses;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ConnectCauses {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut fields = CauseFields::default();
+        event.record(&mut fields);
+        if fields.message != "connection attempt failed" {
+            return;
+        }
+        let (Some(server), Some(error)) = (fields.server, fields.error) else {
+            return;
+        };
+        let mut causes = CONNECT_CAUSES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if causes.len() >= CONNECT_CAUSES_KEPT {
+            causes.pop_front();
+        }
+        causes.push_back((server, error));
+    }
+}
+
+#[derive(Default)]
+struct CauseFields {
+    message: String,
+    server: Option<String>,
+    error: Option<String>,
+}
+
+impl tracing::field::Visit for CauseFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        let text = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = text,
+            "server" => self.server = Some(text),
+            "error" => self.error = Some(text),
+            _ => {}
+        }
+    }
+}
+
+/// The newest cause kept for one of `servers` (URLs as configured): the kept address names
+/// the server's host and port.
+fn connect_cause(servers: &[(String, u16)]) -> Option<String> {
+    let causes = CONNECT_CAUSES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    causes
+        .iter()
+        .rev()
+        .find(|(server, _)| {
+            servers.iter().any(|(host, port)| {
+                server.contains(host.as_str()) && server.contains(&format!("port: Some({port})"))
+            })
+        })
+        .map(|(_, error)| error.clone())
+}
+
+/// What to check for a failed connection attempt: async-nats's event reports a failed TLS
+/// handshake only as "IO error" (its cause is in its own debug line, [`connect_cause`]).
 fn connect_hint(error: &str, tls: bool) -> &'static str {
     let error = error.to_ascii_lowercase();
     if error.contains("authorization") || error.contains("authentication") {
@@ -1164,7 +1256,7 @@ fn connect_hint(error: &str, tls: bool) -> &'static str {
     } else if error.contains("tls") {
         "check TLS on both sides: handler.tls_required, the servers' URLs (tls://) and nats-server's tls block"
     } else if tls && error.contains("io error") {
-        "with TLS on, a failed TLS handshake (a server certificate that no CA in handler.tls_ca_file signed, a client certificate the server refused) shows only as an IO error; --log-level info,async_nats=debug logs its cause"
+        "with TLS on, a failed TLS handshake shows as an IO error: the cause says why (UnknownIssuer: no CA in handler.tls_ca_file signed the server's certificate; BadCertificate: the server refused the client certificate; InvalidContentType: the server does not speak TLS)"
     } else {
         "is nats-server running and reachable at handler.servers? --log-level info,async_nats=debug logs each attempt"
     }
@@ -1507,5 +1599,26 @@ mod tests {
         assert!(connect_hint("client error: nats: IO error", true).contains("tls_ca_file"));
         assert!(connect_hint("client error: nats: IO error", false).contains("reachable"));
         assert!(connect_hint("client error: TLS error", false).contains("TLS"));
+    }
+
+    #[test]
+    fn the_cause_async_nats_logs_at_debug_is_kept_for_its_server() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let addr: ServerAddr = "tls://127.0.0.1:47123".parse().unwrap();
+        let other: ServerAddr = "tls://127.0.0.1:47124".parse().unwrap();
+        let subscriber = tracing_subscriber::registry().with(connect_causes());
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::debug!(target: "async_nats::connector", server = ?other, error = %"IO error: other", "connection attempt failed");
+            tracing::debug!(target: "async_nats::connector", server = ?addr, error = %"IO error: invalid peer certificate: UnknownIssuer", "connection attempt failed");
+            // Another message or target is not a cause.
+            tracing::debug!(target: "async_nats::connector", server = ?addr, error = %"no", "attempting connection");
+            tracing::debug!(target: "elsewhere", server = ?addr, error = %"no", "connection attempt failed");
+        });
+        let log = ConnectLog::new(&config_of("servers = [\"tls://127.0.0.1:47123\"]"));
+        assert_eq!(
+            connect_cause(&log.addrs).as_deref(),
+            Some("IO error: invalid peer certificate: UnknownIssuer")
+        );
+        assert_eq!(connect_cause(&[("127.0.0.1".to_owned(), 47125)]), None);
     }
 }

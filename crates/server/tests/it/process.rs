@@ -416,6 +416,8 @@ fn an_unreachable_nats_server_is_warned_about_with_the_listener_and_a_hint() {
         "\"listener\":\"frames\"",
         &format!("nats://{nowhere_addr}"),
         "IO error",
+        // The cause, from async-nats's own debug line.
+        "Connection refused",
         "reachable",
     ] {
         assert!(line.contains(part), "{part} not in {line}");
