@@ -994,18 +994,37 @@ fn on_event(
 ) {
     let nats = &stats.nats;
     match event {
-        Event::ClientError(_) | Event::ServerError(_) => {
+        // nats-server reports some errors on a live connection (a permissions violation):
+        // not a failed connection.
+        Event::ServerError(_) if nats.connected.load(Relaxed) => {
             let error = event.to_string();
-            let cause = connect_cause(&failures.addrs);
-            let seen = format!("{error} ({})", cause.as_deref().unwrap_or_default());
-            if let Some(repeated) = failures.note(&seen, Instant::now()) {
+            if let Some(repeated) = failures.note(&error, Instant::now()) {
                 warn!(
                     listener,
                     servers = %failures.servers,
                     error,
-                    cause = cause.as_deref().unwrap_or("(not logged by async-nats)"),
                     repeated,
-                    hint = connect_hint(&error, failures.tls),
+                    "nats: the server reported an error"
+                );
+            }
+        }
+        Event::ClientError(_) | Event::ServerError(_) => {
+            let error = event.to_string();
+            // A refused login ends async-nats's attempt before it logs a cause.
+            let refused = is_refused_login(&error);
+            let cause = if refused {
+                None
+            } else {
+                connect_cause(&failures.addrs)
+            };
+            if let Some(repeated) = failures.note(&error, Instant::now()) {
+                warn!(
+                    listener,
+                    servers = %failures.servers,
+                    error,
+                    cause = cause.as_deref().unwrap_or("(none logged by async-nats)"),
+                    repeated,
+                    hint = connect_hint(&error, cause.as_deref(), failures.tls),
                     "nats: cannot connect or was refused; frames get status 5 until it connects"
                 );
             }
@@ -1108,8 +1127,9 @@ async fn supervise(
 struct ConnectLog {
     /// `handler.servers`, for the line.
     servers: String,
-    /// Their hosts and ports, to find the cause async-nats logged.
-    addrs: Vec<(String, u16)>,
+    /// Their addresses as async-nats writes them in its debug lines (`Debug`), to find the
+    /// causes it logged.
+    addrs: Vec<String>,
     /// Whether TLS is on (a `tls://` server, `tls_required`, a CA or client certificate).
     tls: bool,
     /// The error last logged, when, and the attempts not logged since.
@@ -1126,7 +1146,7 @@ impl ConnectLog {
                 .servers
                 .iter()
                 .filter_map(|server| ServerAddr::from_str(server).ok())
-                .map(|addr| (addr.host().to_owned(), addr.port()))
+                .map(|addr| format!("{addr:?}"))
                 .collect(),
             tls: config.tls_required
                 || config.tls_ca_file.is_some()
@@ -1136,23 +1156,26 @@ impl ConnectLog {
         }
     }
 
-    /// Notes a failure; `Some(attempts not logged before it)` when a line is due.
+    /// Notes a failure; `Some(n)` when a line is due, `n` the times the same error came
+    /// since its last line (a new error starts from 0; a connection forgets the count).
     fn note(&self, error: &str, now: Instant) -> Option<u64> {
         let mut state = self
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match &mut *state {
-            Some((last, at, unlogged))
-                if last == error && now.saturating_duration_since(*at) < Self::EVERY =>
-            {
-                *unlogged += 1;
-                None
+            Some((last, at, unlogged)) if last == error => {
+                if now.saturating_duration_since(*at) < Self::EVERY {
+                    *unlogged += 1;
+                    return None;
+                }
+                let repeated = std::mem::take(unlogged);
+                *at = now;
+                Some(repeated)
             }
             slot => {
-                let unlogged = slot.as_ref().map_or(0, |(_, _, unlogged)| *unlogged);
                 *slot = Some((error.to_owned(), now, 0));
-                Some(unlogged)
+                Some(0)
             }
         }
     }
@@ -1167,13 +1190,17 @@ impl ConnectLog {
 }
 
 /// The causes async-nats logged (at `debug`) for its last failed connection attempts, newest
-/// last: the server's address as it writes it (`Debug`) and the error with its source, which
-/// its `ClientError` event leaves out ("IO error" for a refused certificate).
-static CONNECT_CAUSES: std::sync::Mutex<VecDeque<(String, String)>> =
+/// last: the server's address as it writes it (`Debug`), the error with its source, which
+/// its `ClientError` event leaves out ("IO error" for a refused certificate), and when.
+static CONNECT_CAUSES: std::sync::Mutex<VecDeque<(String, String, std::time::Instant)>> =
     std::sync::Mutex::new(VecDeque::new());
 
-/// Causes kept: the newest of a few servers' attempts.
-const CONNECT_CAUSES_KEPT: usize = 16;
+/// Causes kept: the newest attempts of a few servers.
+const CONNECT_CAUSES_KEPT: usize = 64;
+
+/// A cause older than this belongs to an earlier round of attempts (a round ends with the
+/// event that reads it, within milliseconds; rounds are at least 100 ms apart).
+const CONNECT_CAUSE_FRESH: Duration = Duration::from_secs(5);
 
 /// A `tracing` layer for the binary's subscriber: keeps the cause of each connection attempt
 /// async-nats logs as failed (target `async_nats::connector`, "connection attempt failed",
@@ -1207,7 +1234,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ConnectCauses {
         if causes.len() >= CONNECT_CAUSES_KEPT {
             causes.pop_front();
         }
-        causes.push_back((server, error));
+        causes.push_back((server, error, std::time::Instant::now()));
     }
 }
 
@@ -1230,35 +1257,54 @@ impl tracing::field::Visit for CauseFields {
     }
 }
 
-/// The newest cause kept for one of `servers` (URLs as configured): the kept address names
-/// the server's host and port.
-fn connect_cause(servers: &[(String, u16)]) -> Option<String> {
-    let causes = CONNECT_CAUSES
+/// The newest fresh cause kept for one of `servers` (`Debug` of their addresses), taking
+/// every cause of theirs out so that a later event cannot show it again. (Two listeners with
+/// the same server share its causes: the first event takes them.)
+fn connect_cause(servers: &[String]) -> Option<String> {
+    let mut causes = CONNECT_CAUSES
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    causes
-        .iter()
-        .rev()
-        .find(|(server, _)| {
-            servers.iter().any(|(host, port)| {
-                server.contains(host.as_str()) && server.contains(&format!("port: Some({port})"))
-            })
-        })
-        .map(|(_, error)| error.clone())
+    let mut newest = None;
+    causes.retain(|(server, error, at)| {
+        if !servers.contains(server) {
+            return true;
+        }
+        if at.elapsed() < CONNECT_CAUSE_FRESH {
+            newest = Some(error.clone());
+        }
+        false
+    });
+    newest
+}
+
+/// Whether the server refused the client's login.
+fn is_refused_login(error: &str) -> bool {
+    let error = error.to_ascii_lowercase();
+    error.contains("authorization") || error.contains("authentication")
 }
 
 /// What to check for a failed connection attempt: async-nats's event reports a failed TLS
 /// handshake only as "IO error" (its cause is in its own debug line, [`connect_cause`]).
-fn connect_hint(error: &str, tls: bool) -> &'static str {
-    let error = error.to_ascii_lowercase();
-    if error.contains("authorization") || error.contains("authentication") {
+fn connect_hint(error: &str, cause: Option<&str>, tls: bool) -> &'static str {
+    let lower = |text: &str| text.to_ascii_lowercase();
+    let (error, cause) = (lower(error), cause.map(lower).unwrap_or_default());
+    let tls_cause = [
+        "certificate",
+        "tls",
+        "alert",
+        "invalidcontenttype",
+        "handshake",
+    ]
+    .iter()
+    .any(|word| cause.contains(word));
+    if is_refused_login(&error) {
         "the server refused the login: check handler.user and handler.password, handler.token or handler.creds_file"
+    } else if tls_cause || (tls && error.contains("io error") && cause.is_empty()) {
+        "a TLS handshake failed: UnknownIssuer: no CA in handler.tls_ca_file signed the server's certificate; BadCertificate: the server refused the client certificate (handler.tls_cert_file); InvalidContentType: the server does not speak TLS"
     } else if error.contains("tls") {
         "check TLS on both sides: handler.tls_required, the servers' URLs (tls://) and nats-server's tls block"
-    } else if tls && error.contains("io error") {
-        "with TLS on, a failed TLS handshake shows as an IO error: the cause says why (UnknownIssuer: no CA in handler.tls_ca_file signed the server's certificate; BadCertificate: the server refused the client certificate; InvalidContentType: the server does not speak TLS)"
     } else {
-        "is nats-server running and reachable at handler.servers? --log-level info,async_nats=debug logs each attempt"
+        "is nats-server running and reachable at handler.servers?"
     }
 }
 
@@ -1573,9 +1619,9 @@ mod tests {
         assert_eq!(log.note(io, start), Some(0));
         assert_eq!(log.note(io, start + Duration::from_secs(2)), None);
         assert_eq!(log.note(io, start + Duration::from_secs(4)), None);
-        // Another error: at once, with the attempts not logged before it.
+        // Another error: at once, its own count from 0.
         let refused = "server error: authorization violation";
-        assert_eq!(log.note(refused, start + Duration::from_secs(5)), Some(2));
+        assert_eq!(log.note(refused, start + Duration::from_secs(5)), Some(0));
         assert_eq!(log.note(refused, start + Duration::from_secs(6)), None);
         assert_eq!(log.note(refused, start + Duration::from_secs(35)), Some(1));
         // Connected: the next failure is news again.
@@ -1595,10 +1641,16 @@ mod tests {
         ] {
             assert!(ConnectLog::new(&config_of(tls)).tls, "{tls}");
         }
-        assert!(connect_hint("server error: authorization violation", false).contains("login"));
-        assert!(connect_hint("client error: nats: IO error", true).contains("tls_ca_file"));
-        assert!(connect_hint("client error: nats: IO error", false).contains("reachable"));
-        assert!(connect_hint("client error: TLS error", false).contains("TLS"));
+        let io = "client error: nats: IO error";
+        assert!(
+            connect_hint("server error: authorization violation", None, false).contains("login")
+        );
+        assert!(connect_hint(io, None, true).contains("tls_ca_file"));
+        assert!(connect_hint(io, None, false).contains("reachable"));
+        assert!(connect_hint(io, Some("IO error: Connection refused"), true).contains("reachable"));
+        let unknown = Some("IO error: invalid peer certificate: UnknownIssuer");
+        assert!(connect_hint(io, unknown, false).contains("tls_ca_file"));
+        assert!(connect_hint("client error: TLS error", None, false).contains("TLS"));
     }
 
     #[test]
@@ -1619,6 +1671,186 @@ mod tests {
             connect_cause(&log.addrs).as_deref(),
             Some("IO error: invalid peer certificate: UnknownIssuer")
         );
-        assert_eq!(connect_cause(&[("127.0.0.1".to_owned(), 47125)]), None);
+        assert_eq!(connect_cause(&log.addrs), None, "taken once");
+        let elsewhere: ServerAddr = "tls://127.0.0.1:47125".parse().unwrap();
+        assert_eq!(connect_cause(&[format!("{elsewhere:?}")]), None);
+    }
+}
+
+/// Review of the connection warning (issue 11): tests that fail on the code as it is.
+#[cfg(test)]
+mod review_connect_log {
+    use std::sync::{Arc, Mutex};
+
+    use async_nats::{ClientError, ServerError};
+    use tracing_subscriber::{Layer as _, layer::SubscriberExt as _};
+
+    use super::*;
+
+    /// The lines logged (plain text, no ANSI) while `f` runs, with the causes layer installed
+    /// as `init_logging` does.
+    fn logged(f: impl FnOnce()) -> Vec<String> {
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone())
+                    .with_filter(tracing_subscriber::EnvFilter::new("info")),
+            )
+            .with(connect_causes());
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    /// async-nats's own debug line for one failed attempt (connector.rs, `try_connect`).
+    fn attempt_failed(server: &str, error: &str) {
+        let addr: ServerAddr = server.parse().unwrap();
+        tracing::debug!(target: "async_nats::connector", server = ?addr, error = %error, "connection attempt failed");
+    }
+
+    fn config_of(text: &str) -> NatsConfig {
+        toml::from_str(text).unwrap()
+    }
+
+    /// `nats://host` without a port is valid (async-nats connects to 4222), but the Debug
+    /// text of its ServerAddr says `port: None`, not `port: Some(4222)`: the cause is never
+    /// found, the line says "(not logged by async-nats)" though async-nats logged it.
+    #[test]
+    fn a_server_url_without_a_port_finds_its_cause() {
+        let server = "nats://127.0.0.2";
+        let error = "IO error: Connection refused (os error 111)";
+        let _ = logged(|| attempt_failed(server, error));
+        let log = ConnectLog::new(&config_of(&format!("servers = [\"{server}\"]")));
+        assert_eq!(log.addrs.len(), 1);
+        assert_eq!(connect_cause(&log.addrs).as_deref(), Some(error));
+    }
+
+    /// The match is a substring test of the host in the whole Debug text of the address: a
+    /// host `nats` (the usual container name) is in every address's `scheme: "nats"`, so
+    /// another server's cause is shown for this listener.
+    #[test]
+    fn a_cause_of_another_host_named_like_the_scheme_is_not_taken() {
+        let _ = logged(|| {
+            attempt_failed(
+                "nats://broker-b:47131",
+                "IO error: invalid peer certificate: UnknownIssuer",
+            );
+        });
+        let named: ServerAddr = "nats://nats:47131".parse().unwrap();
+        assert_eq!(connect_cause(&[format!("{named:?}")]), None);
+    }
+
+    /// The same substring test: `10.0.0.1` is in `Ipv4(10.0.0.11)`.
+    #[test]
+    fn a_cause_of_a_host_whose_name_contains_this_one_is_not_taken() {
+        let _ = logged(|| attempt_failed("nats://10.0.0.11:47132", "IO error: timed out"));
+        let shorter: ServerAddr = "nats://10.0.0.1:47132".parse().unwrap();
+        assert_eq!(connect_cause(&[format!("{shorter:?}")]), None);
+    }
+
+    /// The hint looks at the event's error and the config only, not at the cause: a
+    /// `nats://` URL to a server whose INFO requires TLS (async-nats then upgrades) that
+    /// fails with UnknownIssuer is told "is nats-server running and reachable".
+    #[test]
+    fn a_tls_cause_gets_the_tls_hint() {
+        let server = "nats://127.0.0.6:47137";
+        let log = ConnectLog::new(&config_of(&format!("servers = [\"{server}\"]")));
+        let stats = ListenerStats::default();
+        let lines = logged(|| {
+            attempt_failed(server, "IO error: invalid peer certificate: UnknownIssuer");
+            let io = Event::ClientError(ClientError::Other("IO error".into()));
+            on_event(&io, &stats, &Notify::new(), "frames", &log);
+        });
+        let line = lines
+            .iter()
+            .find(|line| line.contains("UnknownIssuer"))
+            .expect("a line with the cause");
+        assert!(line.contains("tls"), "{line}");
+    }
+
+    /// A refused login returns from async-nats's `try_connect` before its "connection attempt
+    /// failed" line: the event then gets the newest cause kept for that server, from an
+    /// earlier attempt (here: when nats-server was down; the same happens with another
+    /// listener's attempt to the same server).
+    #[test]
+    fn a_refused_login_is_not_given_an_older_attempts_cause() {
+        let server = "nats://127.0.0.3:47133";
+        let log = ConnectLog::new(&config_of(&format!("servers = [\"{server}\"]")));
+        let stats = ListenerStats::default();
+        let lines = logged(|| {
+            attempt_failed(server, "IO error: Connection refused (os error 111)");
+            let refused = Event::ClientError(ClientError::Other("authorization violation".into()));
+            on_event(&refused, &stats, &Notify::new(), "frames", &log);
+        });
+        let line = lines
+            .iter()
+            .find(|line| line.contains("authorization violation"))
+            .expect("a line for the refused login");
+        assert!(!line.contains("Connection refused"), "{line}");
+    }
+
+    /// A server error while connected (here a permissions violation, which nats-server sends
+    /// on a live connection) is logged as "cannot connect or was refused; frames get status 5
+    /// until it connects" with the hint "is nats-server running and reachable": wrong.
+    #[test]
+    fn a_server_error_on_a_live_connection_is_not_called_a_failed_connection() {
+        let log = ConnectLog::new(&config_of("servers = [\"nats://127.0.0.4:47134\"]"));
+        let stats = ListenerStats::default();
+        let wake = Notify::new();
+        let lines = logged(|| {
+            on_event(&Event::Connected, &stats, &wake, "frames", &log);
+            let denied = Event::ServerError(ServerError::Other(
+                "Permissions Violation for Publish to \"frames.frames\"".into(),
+            ));
+            on_event(&denied, &stats, &wake, "frames", &log);
+        });
+        let line = lines
+            .iter()
+            .find(|line| line.contains("Permissions Violation"))
+            .expect("a line for the server error");
+        assert!(!line.contains("cannot connect"), "{line}");
+        assert!(!line.contains("reachable"), "{line}");
+    }
+
+    /// Two servers failing with different causes (async-nats tries them in a shuffled order,
+    /// one event per round): the newest cause alternates, each round is a "change", and
+    /// every attempt (every <= 2 s) is logged: the 30 s limit does not hold.
+    #[test]
+    fn two_servers_failing_differently_do_not_log_every_attempt() {
+        let (a, b) = ("nats://127.0.0.5:47135", "nats://127.0.0.5:47136");
+        let log = ConnectLog::new(&config_of(&format!("servers = [\"{a}\", \"{b}\"]")));
+        let stats = ListenerStats::default();
+        let wake = Notify::new();
+        let io = Event::ClientError(ClientError::Other("IO error".into()));
+        let lines = logged(|| {
+            for _round in 0..3 {
+                attempt_failed(a, "IO error: Connection refused (os error 111)");
+                on_event(&io, &stats, &wake, "frames", &log);
+                attempt_failed(b, "IO error: invalid peer certificate: UnknownIssuer");
+                on_event(&io, &stats, &wake, "frames", &log);
+            }
+        });
+        let warned = lines
+            .iter()
+            .filter(|line| line.contains("cannot connect"))
+            .count();
+        assert!(
+            warned <= 2,
+            "{warned} lines for 6 attempts in a few ms:\n{lines:#?}"
+        );
     }
 }
