@@ -268,6 +268,19 @@ mod fake {
     }
 }
 
+/// A session frame: stream id 0xab × 16, first seq 10.
+fn session_ab_from_10() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    proto::encode_session(
+        &proto::Session {
+            stream_id: [0xab; 16],
+            first_seq: 10,
+        },
+        &mut bytes,
+    );
+    bytes
+}
+
 /// A listener `frames` with the nats handler on `nats`.
 fn handler_on(nats: std::net::SocketAddr, publish_timeout: &str) -> String {
     handler_with(nats, &format!("publish_timeout = \"{publish_timeout}\""))
@@ -307,14 +320,7 @@ async fn acks_are_ok_only_after_the_puback_and_in_frame_order() {
     // Long enough for the first part on a loaded machine, short for the unanswered publish.
     let server = Admin::start(&handler_on(nats.addr, "3s")).await;
     connected(&server).await;
-    let mut bytes = Vec::new();
-    proto::encode_session(
-        &proto::Session {
-            stream_id: [0xab; 16],
-            first_seq: 10,
-        },
-        &mut bytes,
-    );
+    let mut bytes = session_ab_from_10();
     for payload in [&b"first"[..], b"second", b"third"] {
         bytes.extend(frame(payload));
     }
@@ -430,14 +436,7 @@ async fn split_headers_carry_each_fact_in_a_header_of_its_own() {
     let mut nats = fake::FakeNats::start().await;
     let server = Admin::start(&handler_with(nats.addr, "headers = \"split\"")).await;
     connected(&server).await;
-    let mut bytes = Vec::new();
-    proto::encode_session(
-        &proto::Session {
-            stream_id: [0xab; 16],
-            first_seq: 10,
-        },
-        &mut bytes,
-    );
+    let mut bytes = session_ab_from_10();
     bytes.extend(frame(b"first"));
     let mut stream = send(server.addr("frames"), &bytes).await;
     let first = within(STEP, nats.published.recv())

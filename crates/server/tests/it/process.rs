@@ -359,9 +359,7 @@ fn workers_serve_the_connections_on_their_own_threads() {
 /// each frame is answered status 5 by the sink: the work is the connection's alone.
 #[test]
 fn a_nats_listener_is_served_on_the_shared_runtime_with_workers() {
-    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nowhere_addr = nowhere.local_addr().unwrap();
-    drop(nowhere);
+    let nowhere_addr = testkit::free_loopback_port().unwrap();
     let config = format!(
         "[server]\nworkers = 2\n[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n\
          handler = {{ type = \"nats\", servers = [\"nats://{nowhere_addr}\"] }}\n"
@@ -402,9 +400,7 @@ fn a_nats_listener_is_served_on_the_shared_runtime_with_workers() {
 /// logged, without the listener, once per attempt).
 #[test]
 fn an_unreachable_nats_server_is_warned_about_with_the_listener_and_a_hint() {
-    let nowhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let nowhere_addr = nowhere.local_addr().unwrap();
-    drop(nowhere);
+    let nowhere_addr = testkit::free_loopback_port().unwrap();
     let config = format!(
         "[[listener]]\nname = \"frames\"\nmode = \"crc-tcp\"\nbind = \"127.0.0.1:0\"\n\
          handler = {{ type = \"nats\", servers = [\"nats://{nowhere_addr}\"] }}\n"
