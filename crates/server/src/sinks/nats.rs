@@ -1204,7 +1204,7 @@ const CONNECT_CAUSE_FRESH: Duration = Duration::from_secs(5);
 
 /// A `tracing` layer for the binary's subscriber: keeps the cause of each connection attempt
 /// async-nats logs as failed (target `async_nats::connector`, "connection attempt failed",
-/// fields `server` and `error`), whatever the log level, for [`ConnectLog`]'s warning.
+/// fields `server` and `error`), whatever the log level, for the handler's connection warning.
 pub fn connect_causes<S>() -> impl tracing_subscriber::Layer<S>
 where
     S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
