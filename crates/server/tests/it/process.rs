@@ -35,23 +35,34 @@ fn server_under(limit: Option<&str>) -> Command {
     }
 }
 
-/// As [`start`], under an open-file limit of `open_files` (soft and hard) if given.
-fn start_with_open_files(
+/// The server on `config`, logging JSON at `level`, under `ulimit LIMIT` when given, and its
+/// stderr lines; the directory of the config file must outlive the start.
+fn spawn_server(
     config: &str,
-    open_files: Option<u32>,
-) -> (ChildGuard, SocketAddr, mpsc::Receiver<String>, Vec<String>) {
+    limit: Option<&str>,
+    level: &str,
+) -> (ChildGuard, mpsc::Receiver<String>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("server.toml");
     std::fs::write(&path, config).unwrap();
-    let limit = open_files.map(|limit| format!("-n {limit}"));
-    let child = server_under(limit.as_deref())
-        .args(["--log-format", "json", "--log-level", "debug", "--config"])
+    let child = server_under(limit)
+        .args(["--log-format", "json", "--log-level", level, "--config"])
         .arg(&path)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut guard = ChildGuard::new(child);
     let rx = stderr_lines(guard.stderr.take().unwrap());
+    (guard, rx, dir)
+}
+
+/// As [`start`], under an open-file limit of `open_files` (soft and hard) if given.
+fn start_with_open_files(
+    config: &str,
+    open_files: Option<u32>,
+) -> (ChildGuard, SocketAddr, mpsc::Receiver<String>, Vec<String>) {
+    let limit = open_files.map(|limit| format!("-n {limit}"));
+    let (guard, rx, _dir) = spawn_server(config, limit.as_deref(), "debug");
     let (addr, early) = wait_listening(&rx, Duration::from_secs(10))
         .unwrap_or_else(|early| panic!("no listening event; logged: {early:?}"));
     (guard, addr, rx, early)
@@ -406,17 +417,7 @@ fn an_unreachable_nats_server_is_warned_about_with_the_listener_and_a_hint() {
          handler = {{ type = \"nats\", servers = [\"nats://{nowhere_addr}\"] }}\n"
     );
     // At `warn`: the cause comes from async-nats's debug line whatever the level.
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("server.toml");
-    std::fs::write(&path, config).unwrap();
-    let child = server_under(None)
-        .args(["--log-format", "json", "--log-level", "warn", "--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = ChildGuard::new(child);
-    let logs = stderr_lines(guard.stderr.take().unwrap());
+    let (_guard, logs, _dir) = spawn_server(&config, None, "warn");
     let line = line_with(&logs, "nats: cannot connect");
     for part in [
         "\"level\":\"WARN\"",
@@ -437,22 +438,12 @@ fn an_unreachable_nats_server_is_warned_about_with_the_listener_and_a_hint() {
 /// inside the main runtime.
 #[test]
 fn workers_that_cannot_start_fail_the_start_cleanly() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("server.toml");
-    std::fs::write(
-        &path,
-        "[server]\nworkers = 1024\n[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n",
-    )
-    .unwrap();
     // 1 GiB of address space: the process starts, 1024 stacks of 2 MiB do not fit.
-    let child = server_under(Some("-v 1048576"))
-        .args(["--config"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut guard = ChildGuard::new(child);
-    let logs = stderr_lines(guard.stderr.take().unwrap());
+    let (mut guard, logs, _dir) = spawn_server(
+        "[server]\nworkers = 1024\n[[listener]]\nname = \"proxy\"\nmode = \"socks5\"\nbind = \"127.0.0.1:0\"\n",
+        Some("-v 1048576"),
+        "info",
+    );
     let exit = wait_exit(&mut guard, Duration::from_secs(20))
         .unwrap()
         .expect("the server did not exit");
